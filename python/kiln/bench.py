@@ -1,0 +1,249 @@
+"""`kiln bench`: latency and throughput of one engine on every backend, in one run.
+
+Backends: transformers eager (the baseline users know; only when transformers is installed),
+kiln eager, the artifacts called directly from Python (TorchScript, AOTInductor), ONNX Runtime,
+and the C++ runtime with each of its backends. All at the same thread count, on the same inputs,
+interleaved in one process so the machine's noise hits them alike.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+from .exporters.manifest import find_artifact, read_manifest
+
+
+@dataclass
+class BenchRow:
+    backend: str
+    batch: int
+    seq: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput: float  # samples / s at the median latency
+    iters: int
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _feed(manifest: dict, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    vocab = manifest["config"]["vocab_size"]
+    return {"input_ids": rng.integers(1000, vocab, (batch, seq), dtype=np.int64),
+            "attention_mask": np.ones((batch, seq), np.int64),
+            "token_type_ids": np.zeros((batch, seq), np.int64)}
+
+
+def _check_shape(manifest: dict, batch: int, seq: int) -> None:
+    for name, value in (("batch", batch), ("sequence", seq)):
+        r = manifest["dims"][name]
+        if not r["min"] <= value <= r["max"]:
+            raise InvalidArgumentError(f"--{'seq' if name == 'sequence' else name} {value}: outside the "
+                                       f"engine's {name} range [{r['min']}, {r['max']}]")
+
+
+def _torch_fn(module, names: list[str]) -> Callable:
+    import torch
+
+    def run(feed):
+        args = [torch.from_numpy(feed[n]) for n in names]
+        with torch.inference_mode():
+            return module(*args)
+    return run
+
+
+def _transformers_fn(manifest: dict) -> Callable | None:
+    """The same computation with transformers (the baseline), or None where it is not installed."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        return None
+    ckpt = manifest["source"]["checkpoint"]
+    task = manifest["task"]
+    cls = {"text-classification": "AutoModelForSequenceClassification",
+           "token-classification": "AutoModelForTokenClassification",
+           "question-answering": "AutoModelForQuestionAnswering",
+           "fill-mask": "AutoModelForMaskedLM", "feature-extraction": "AutoModel"}.get(task)
+    if cls is None or not Path(ckpt).is_dir():
+        return None
+    kwargs = {}
+    if manifest.get("labels"):
+        kwargs["num_labels"] = len(manifest["labels"])
+    transformers.logging.set_verbosity_error()
+    model = getattr(transformers, cls).from_pretrained(ckpt, **kwargs).eval()
+
+    def run(feed):
+        args = {k: torch.from_numpy(v) for k, v in feed.items()}
+        with torch.inference_mode():
+            out = model(**args)
+            if task == "feature-extraction":  # what sentence-transformers adds on top
+                mask = args["attention_mask"].unsqueeze(-1).float()
+                emb = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                return torch.nn.functional.normalize(emb, dim=-1)
+            return out
+    return run
+
+
+def backends(engine_dir: Path, manifest: dict, threads: int) -> dict[str, Callable[[], Callable]]:
+    """name -> factory of a callable(feed). Factories run lazily, so a failure is per backend."""
+    import torch
+    names = [s["name"] for s in manifest["inputs"]]
+    out: dict[str, Callable[[], Callable]] = {}
+    out["transformers-eager"] = lambda: _transformers_fn(manifest)
+
+    def kiln_eager():
+        from .parity import eager_model
+        return _torch_fn(eager_model(manifest), names)
+    out["kiln-eager"] = kiln_eager
+    if (ts := find_artifact(manifest, "torchscript")):
+        out["torchscript-python"] = lambda: _torch_fn(torch.jit.load(str(engine_dir / ts["file"])), names)
+    if (pt2 := find_artifact(manifest, "aoti")):
+        def aoti_python():
+            runner = torch._inductor.aoti_load_package(str(engine_dir / pt2["file"]))
+            return lambda feed: runner(*[torch.from_numpy(feed[n]) for n in names])
+        out["aoti-python"] = aoti_python
+    if (onnx_art := find_artifact(manifest, "onnx")):
+        def ort_fn():
+            import onnxruntime as ort
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            sess = ort.InferenceSession(str(engine_dir / onnx_art["file"]), opts,
+                                        providers=["CPUExecutionProvider"])
+            return lambda feed: sess.run(None, feed)
+        out["onnxruntime"] = ort_fn
+    try:
+        from .runtime import Engine, available_backends
+        for b in available_backends():
+            fmt = {"torchscript": "torchscript", "aoti": "aoti", "tensorrt": "tensorrt"}.get(b)
+            if fmt and find_artifact(manifest, fmt):
+                out[f"kiln-{b}"] = lambda b=b: Engine(engine_dir, backend=b, num_threads=threads).run
+    except ImportError:
+        pass
+    return out
+
+
+def _measure(fn: Callable, feed: dict, warmup: int, iters: int, budget_s: float) -> list[float]:
+    for _ in range(warmup):
+        fn(feed)
+    times = []
+    start = time.perf_counter()
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn(feed)
+        times.append(time.perf_counter() - t)
+        if time.perf_counter() - start > budget_s and len(times) >= 5:
+            break
+    return times
+
+
+def run_bench(engine_dir: str | Path, batches: list[int], seq: int, threads: int = 2,
+              iters: int = 50, warmup: int = 5, budget_s: float = 8.0, only: list[str] | None = None,
+              progress: Callable[[str], None] = lambda m: None) -> dict:
+    import torch
+    engine_dir = Path(engine_dir)
+    manifest = read_manifest(engine_dir)
+    for b in batches:
+        _check_shape(manifest, b, seq)
+    torch.set_num_threads(threads)
+    factories = backends(engine_dir, manifest, threads)
+    if only:
+        unknown = set(only) - set(factories)
+        if unknown:
+            raise InvalidArgumentError(f"--backends {sorted(unknown)}: unknown; known: {sorted(factories)}")
+        factories = {k: v for k, v in factories.items() if k in only}
+    fns, skipped = {}, {}
+    for name, make in factories.items():
+        try:
+            fn = make()
+        except Exception as e:  # one backend failing to load must not sink the others
+            skipped[name] = f"{type(e).__name__}: {e}"
+            continue
+        if fn is None:
+            skipped[name] = "transformers is not installed (pip install kiln[test])"
+        else:
+            fns[name] = fn
+    rows = []
+    for batch in batches:
+        feed = _feed(manifest, batch, seq)
+        for name, fn in fns.items():
+            progress(f"{name}: batch {batch} x seq {seq}")
+            gc.collect()
+            times = np.array(_measure(fn, feed, warmup, iters, budget_s)) * 1e3
+            p50 = float(np.percentile(times, 50))
+            rows.append(BenchRow(name, batch, seq, p50, float(np.percentile(times, 90)),
+                                 float(np.percentile(times, 99)), float(times.mean()),
+                                 batch / (p50 / 1e3), len(times)))
+    return {"engine": manifest["name"], "task": manifest["task"], "threads": threads,
+            "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+                        "torch": torch.__version__},
+            "rows": [r.to_json() for r in rows], "skipped": skipped}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def summary(result: dict) -> list[str]:
+    """The ratios the README promises, per batch size."""
+    lines = []
+    rows = result["rows"]
+    for batch in sorted({r["batch"] for r in rows}):
+        by = {r["backend"]: r["p50_ms"] for r in rows if r["batch"] == batch}
+        cpp = {k: v for k, v in by.items() if k.startswith("kiln-") and k != "kiln-eager"}
+        if not cpp:
+            continue
+        best = min(cpp, key=cpp.get)
+        parts = [f"batch {batch}: best C++ backend {best} {cpp[best]:.2f} ms"]
+        if "transformers-eager" in by:
+            parts.append(f"{by['transformers-eager'] / cpp[best]:.2f}x faster than transformers eager")
+        if "onnxruntime" in by:
+            parts.append(f"{by['onnxruntime'] / cpp[best]:.2f}x ONNX Runtime's speed")
+        direct = {"kiln-aoti": "aoti-python", "kiln-torchscript": "torchscript-python"}
+        for k, py in direct.items():
+            if k in by and py in by:
+                parts.append(f"{k} overhead vs {py} {100 * (by[k] / by[py] - 1):+.1f}%")
+        lines.append("; ".join(parts))
+    return lines
+
+
+def print_bench(result: dict, console=None) -> None:
+    from rich.table import Table
+
+    from .term import make_console
+    console = console or make_console()
+    table = Table(title=f"bench: {result['engine']} ({result['task']}), {result['threads']} threads, "
+                        f"{result['machine']['cpu']}")
+    for col in ("backend", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "samples/s", "iters"):
+        table.add_column(col, justify="right" if col != "backend" else "left")
+    for r in result["rows"]:
+        table.add_row(r["backend"], str(r["batch"]), str(r["seq"]), f"{r['p50_ms']:.2f}",
+                      f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['throughput']:.1f}", str(r["iters"]))
+    console.print(table)
+    for name, why in result["skipped"].items():
+        console.print(f"  skipped {name}: {why}", style="yellow")
+    for line in summary(result):
+        console.print(line)
+
+
+def write_json(result: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,310 @@
+"""The `kiln` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import KilnError
+
+EPILOG = """verbs:
+  list      recipes in export/, engines built in engines/, C++ backends usable here
+  build     export a recipe: TorchScript, ONNX and AOTInductor artifacts + manifest.json
+  run       answers from an engine through the C++ runtime (labels, entities, spans, embeddings)
+  parity    every backend vs eager PyTorch: max abs / rel error, cosine, task-level answer
+  bench     latency and throughput of every backend, one run
+  inspect   what an engine directory holds and promises
+  demo      the main job: build the BERT deployables, semantic search, parity table
+
+examples:
+  kiln build minilm-feature-extraction
+  kiln run engines/minilm-feature-extraction "a cat sat on the mat" "a kitten on a rug"
+  kiln run engines/bert-question-answering --question "Where was Marie Curie born?" \\
+      "Marie Curie was born in Warsaw."
+  kiln parity engines/minilm-feature-extraction --json parity.json
+  kiln bench engines/minilm-feature-extraction --batch 1,8 --seq 128 --json bench.json
+"""
+
+
+def _console():
+    from .term import make_console
+    return make_console()
+
+
+def cmd_list(args) -> int:
+    from rich.table import Table
+
+    from .recipe import all_recipes, load_recipe
+    console = _console()
+    table = Table(title="recipes (export/)")
+    for col in ("recipe", "family / task", "checkpoint", "head", "built"):
+        table.add_column(col)
+    for path in all_recipes():
+        r = load_recipe(path)
+        built = (Path(args.engines) / r.name / "manifest.json").is_file()
+        table.add_row(r.name, f"{r.family} / {r.task}", r.checkpoint,
+                      "random unless --checkpoint" if r.random_head else "from checkpoint",
+                      "[green]yes[/]" if built else "no")
+    console.print(table)
+    try:
+        from .runtime import available_backends
+        console.print(f"C++ runtime backends usable here: {', '.join(available_backends())}")
+    except ImportError as e:
+        console.print(f"[yellow]C++ runtime not built ({e}); run `make setup`[/]")
+    return 0
+
+
+def cmd_build(args) -> int:
+    from .exporters import build
+    from .recipe import load_recipe
+    console = _console()
+    recipe = load_recipe(args.recipe)
+    formats = [f for part in args.formats for f in part.split(",")] if args.formats else None
+    with console.status(f"building {recipe.name}") as status:
+        def progress(msg: str) -> None:
+            status.update(f"{recipe.name}: {msg}")
+            console.log(msg)
+        result = build(recipe, checkpoint=args.checkpoint, output=args.output, formats=formats,
+                       progress=progress)
+    m = result.manifest
+    console.print(f"[green]built[/] {result.path} in {result.seconds['total']:.1f} s: "
+                  + ", ".join(a["file"] for a in m["artifacts"]))
+    if m["weights"] != "real":
+        console.print(f"[yellow]note:[/] the {recipe.task} head is randomly initialised (seed "
+                      f"{recipe.seed}): answers will be meaningless; pass --checkpoint with a "
+                      "fine-tuned checkpoint for real ones")
+    return 0
+
+
+def _read_inputs(args) -> list[str]:
+    texts = list(args.inputs)
+    if not texts and not sys.stdin.isatty():
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    return texts
+
+
+def cmd_run(args) -> int:
+    import time
+
+    import numpy as np
+
+    from .pipelines import pipeline
+    console = _console()
+    pipe = pipeline(args.engine, backend=args.backend, num_threads=args.threads)
+    texts = _read_inputs(args)
+    t = time.perf_counter()
+    if pipe.task == "question-answering":
+        if not args.question:
+            raise KilnError("question-answering needs --question QUESTION and one or more contexts")
+        results = pipe([args.question] * len(texts), texts)
+    elif pipe.task == "text-classification" and args.top_k:
+        feed, ctx = pipe.preprocess(texts)
+        results = pipe.postprocess(pipe.run(feed), ctx, top_k=args.top_k)
+    else:
+        results = pipe(texts)
+    ms = (time.perf_counter() - t) * 1e3
+    note = pipe.random_weights_note
+    if pipe.task == "feature-extraction":
+        emb = np.asarray(results)
+        sims = (emb / np.linalg.norm(emb, axis=-1, keepdims=True))
+        sims = sims @ sims.T
+        payload = {"embeddings": emb.tolist(), "cosine": sims.tolist()}
+    else:
+        payload = {"results": results}
+    if args.json:
+        print(json.dumps({"engine": pipe.manifest["name"], "task": pipe.task, "backend": pipe.backend,
+                          "weights": pipe.manifest.get("weights"), "inputs": texts, **payload}))
+        return 0
+    if note:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"[dim]{pipe.manifest['name']} · {pipe.task} · C++ runtime backend {pipe.backend} · "
+                  f"{ms:.1f} ms[/]")
+    if pipe.task == "feature-extraction":
+        for i, text in enumerate(texts):
+            console.print(f"[{i}] {text!r}: dim {emb.shape[1]}, norm {np.linalg.norm(emb[i]):.4f}, "
+                          "first values [" + ", ".join(f"{v:+.4f}" for v in emb[i, :4]) + ", ...]")
+        if len(texts) > 1:
+            from rich.table import Table
+            table = Table(title="cosine similarity")
+            table.add_column("")
+            for i in range(len(texts)):
+                table.add_column(f"[{i}]")
+            for i in range(len(texts)):
+                table.add_row(f"[{i}]", *[f"{sims[i, j]:.3f}" for j in range(len(texts))])
+            console.print(table)
+        return 0
+    for text, result in zip(texts, results):
+        console.print(f"[bold]{text}[/]")
+        if pipe.task == "text-classification":
+            for r in result:
+                console.print(f"  {r['label']:<12} {r['score']:.4f}")
+        elif pipe.task == "token-classification":
+            if not result:
+                console.print("  (no entities)")
+            for e in result:
+                console.print(f"  {e['label']:<6} {e['word']!r} [{e['start']}:{e['end']}] "
+                              f"{e['score']:.3f}")
+        elif pipe.task == "question-answering":
+            console.print(f"  answer: {result['answer']!r} [{result['start']}:{result['end']}] "
+                          f"score {result['score']:.4f}")
+        else:
+            console.print(f"  {result}")
+    return 0
+
+
+def cmd_parity(args) -> int:
+    from .parity import print_report, run_parity, write_json
+    backends = [b for part in args.backends for b in part.split(",")] if args.backends else None
+    with _console().status(f"parity: {args.engine}"):
+        report = run_parity(args.engine, backends)
+    print_report(report)
+    if args.json:
+        write_json(report, args.json)
+    return 0 if report.passed else 1
+
+
+def cmd_bench(args) -> int:
+    from .bench import print_bench, run_bench, write_json
+    console = _console()
+    batches = [int(b) for b in args.batch.split(",")]
+    only = [b for part in args.backends for b in part.split(",")] if args.backends else None
+    with console.status("bench") as status:
+        result = run_bench(args.engine, batches, args.seq, threads=args.threads, iters=args.iters,
+                           only=only, progress=lambda m: status.update(f"bench: {m}"))
+    print_bench(result, console)
+    if args.json:
+        write_json(result, args.json)
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from rich.table import Table
+
+    from .exporters.manifest import read_manifest
+    console = _console()
+    m = read_manifest(args.engine)
+    console.print(f"[bold]{m['name']}[/] — {m.get('description', '')}")
+    console.print(f"family {m['family']}, task {m['task']}, weights {m.get('weights')}, "
+                  f"format_version {m['format_version']}, built {m.get('created')} by kiln "
+                  f"{m.get('kiln_version')}")
+    console.print(f"source {m['source'].get('checkpoint')} (sha256 {m['source'].get('sha256', '')[:16]}…)")
+    dims = ", ".join(f"{k} {v['min']}..{v['max']} (opt {v['opt']})" for k, v in m["dims"].items())
+    console.print(f"dims: {dims}")
+    table = Table(title="tensors")
+    for col in ("", "name", "dtype", "shape"):
+        table.add_column(col)
+    for kind in ("inputs", "outputs"):
+        for s in m[kind]:
+            table.add_row(kind[:-1], s["name"], s["dtype"], "[" + ", ".join(map(str, s["shape"])) + "]")
+    console.print(table)
+    table = Table(title="artifacts")
+    for col in ("format", "file", "MB", "precision", "versions", "sha256"):
+        table.add_column(col)
+    for a in m["artifacts"]:
+        table.add_row(a["format"], a["file"], f"{a['bytes'] / 1e6:.1f}", a.get("precision", ""),
+                      ", ".join(f"{k} {v}" for k, v in a.get("versions", {}).items()), a["sha256"][:16] + "…")
+    console.print(table)
+    if m.get("labels"):
+        console.print(f"labels: {', '.join(m['labels'])}")
+    if args.json:
+        print(json.dumps(m, indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import main as demo_main
+    return demo_main(engines_dir=Path(args.engines))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kiln", description="PyTorch models into deployable engines, "
+                                "run by one C++ runtime, with parity proven.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+
+    s = sub.add_parser("list", help="recipes, built engines and usable backends")
+    s.add_argument("--engines", default="engines", help="engines directory (default: engines)")
+    s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("build", help="export a recipe into engines/<name>/",
+                       description="Export a recipe (export/<name>.toml or a path) into an engine "
+                       "directory: TorchScript (torch.jit.trace), ONNX (dynamic batch and sequence, "
+                       "opset 20) and AOTInductor (.pt2) artifacts plus manifest.json. The directory "
+                       "is written under a temporary name and renamed when complete.")
+    s.add_argument("recipe", help="recipe name (see `kiln list`) or path to a .toml")
+    s.add_argument("--checkpoint", help="Hugging Face checkpoint directory to use instead of the "
+                   "recipe's (a fine-tuned one gives the task head real weights)")
+    s.add_argument("--output", help="engine directory to write (default: engines/<recipe name>)")
+    s.add_argument("--formats", nargs="+", help="subset of torchscript,onnx,aoti (default: the recipe's)")
+    s.set_defaults(fn=cmd_build)
+
+    s = sub.add_parser("run", help="task answers through the C++ runtime",
+                       description="Run texts through an engine with the C++ runtime and print the "
+                       "task's answer: labels with scores, entities with character spans, the answer "
+                       "span with its score, or embeddings with their cosine similarities. Texts come "
+                       "from the arguments, or one per line on standard input.")
+    s.add_argument("engine", help="engine directory (engines/<name>)")
+    s.add_argument("inputs", nargs="*", help="texts (contexts for question-answering)")
+    s.add_argument("--backend", default="auto", help="C++ runtime backend: auto, aoti, torchscript")
+    s.add_argument("--question", help="the question (question-answering engines)")
+    s.add_argument("--top-k", type=int, help="labels to show (text-classification)")
+    s.add_argument("--threads", type=int, default=0, help="intra-op threads (0: leave as is)")
+    s.add_argument("--json", action="store_true", help="print JSON instead of text")
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("parity", help="every backend vs eager PyTorch",
+                       description="Feed every backend available here (eager PyTorch as the reference, "
+                       "TorchScript in Python, ONNX Runtime, the C++ runtime with each backend, "
+                       "TensorRT where present) the same inputs made from real text and random ids; "
+                       "report per output max abs, max rel and cosine against the tolerances in the "
+                       "manifest, and the task-level check. Exits 1 on any failure.")
+    s.add_argument("engine", help="engine directory")
+    s.add_argument("--json", help="write the report as JSON to this file")
+    s.add_argument("--backends", nargs="+", help="only these backends (names as in the table)")
+    s.set_defaults(fn=cmd_parity)
+
+    s = sub.add_parser("bench", help="latency / throughput of every backend",
+                       description="p50/p90/p99 latency and throughput for transformers eager, kiln "
+                       "eager, the artifacts called from Python, ONNX Runtime and the C++ runtime with "
+                       "each backend, on the same inputs, in one run.")
+    s.add_argument("engine", help="engine directory")
+    s.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
+    s.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
+    s.add_argument("--threads", type=int, default=2, help="threads for every backend (default 2)")
+    s.add_argument("--iters", type=int, default=50, help="timed iterations per row (default 50)")
+    s.add_argument("--backends", nargs="+", help="only these backends")
+    s.add_argument("--json", help="write the results as JSON to this file")
+    s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("inspect", help="what an engine directory holds")
+    s.add_argument("engine", help="engine directory")
+    s.add_argument("--json", action="store_true", help="also print the whole manifest")
+    s.set_defaults(fn=cmd_inspect)
+
+    s = sub.add_parser("demo", help="the main job (what `make demo` runs)")
+    s.add_argument("--engines", default="engines", help="engines directory (default: engines)")
+    s.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # texts may follow options (`run ENGINE --question Q CONTEXT`), which argparse's nargs="*"
+    # positional does not pick up by itself
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.verb == "run" and not any(e.startswith("-") for e in extra):
+        args.inputs = [*args.inputs, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.fn(args)
+    except KilnError as e:
+        print(f"kiln: error [{e.code.name}]: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""`kiln build`: a recipe and a checkpoint -> engines/<name>/ with manifest and artifacts.
+
+The directory is written under a temporary name beside its destination and renamed when
+complete, so a failed build never leaves a directory that looks valid.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import __version__
+from ..errors import InvalidArgumentError, KilnError
+from ..paths import resolve_checkpoint
+from ..recipe import FORMATS, Recipe
+from .manifest import ARTIFACT_FILES, FORMAT_VERSION, artifact_entry, write_manifest
+
+ENGINES_DIR = Path("engines")
+PROCESSING_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "vocab.txt", "preprocessor_config.json", "vocab.json", "merges.txt",
+                    "generation_config.json")
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    manifest: dict
+    seconds: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def load_recipe_model(recipe: Recipe, checkpoint: str | Path | None = None):
+    """The eager kiln model a recipe describes, its checkpoint dir and which weights are random."""
+    from ..checkpoint import load_model
+
+    entry = recipe.entry
+    ckpt = resolve_checkpoint(checkpoint or recipe.checkpoint)
+    overrides = {}
+    if recipe.labels and entry.has_labels:
+        overrides["id2label"] = {str(i): label for i, label in enumerate(recipe.labels)}
+    model = load_model(entry.model_cls(), ckpt, random_head=recipe.random_head, seed=recipe.seed,
+                       config_overrides=overrides, **recipe.task_options)
+    model.eval()
+    return model, ckpt
+
+
+class FlatOutputs(torch.nn.Module):
+    """The model with its outputs as a plain tuple, in the registry's output order.
+
+    export: NamedTuple outputs would need pytree registration for AOTInductor packaging and
+    come back as tuples from TorchScript anyway; every artifact gets the same flat signature.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(*args)
+        return (out,) if isinstance(out, torch.Tensor) else tuple(out)
+
+
+def dynamic_shapes(recipe: Recipe) -> tuple[dict, ...]:
+    """torch.export dynamic shapes for the recipe's symbolic dims, one per positional input in
+    registry order (one Dim object per name, so inputs sharing a dim are tied together),
+    nested once for FlatOutputs.forward(*args)."""
+    dims = {name: torch.export.Dim(name, min=r.min, max=r.max) for name, r in recipe.dims.items()}
+    return (tuple({axis: dims[d] for axis, d in enumerate(spec.shape) if isinstance(d, str)}
+                  for spec in recipe.entry.inputs),)
+
+
+def example_inputs(recipe: Recipe, config, batch: int = 2, seq: int | None = None,
+                   seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random but valid inputs inside the recipe's ranges (tracing, export, smoke runs)."""
+    g = torch.Generator().manual_seed(seed)
+    seq = seq or min(max(recipe.dims["sequence"].min, 16), recipe.dims["sequence"].max)
+    batch = min(max(batch, recipe.dims["batch"].min), recipe.dims["batch"].max)
+    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.int64)
+    if batch > 1:
+        mask[1:, seq * 3 // 4:] = 0  # a padded row, so masking is part of every trace
+    types = torch.zeros(batch, seq, dtype=torch.int64)
+    types[:, seq // 2:] = min(1, config.type_vocab_size - 1)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def _check_dims_against_model(recipe: Recipe, config) -> None:
+    for name, limit in recipe.entry.dim_limits(config).items():
+        if recipe.dims[name].max > limit:
+            raise InvalidArgumentError(
+                f"recipe {recipe.name}: dim {name!r} max {recipe.dims[name].max} exceeds the "
+                f"model's limit {limit}; lower [dims] {name}.max in {recipe.path}")
+
+
+def build(recipe: Recipe, *, checkpoint: str | Path | None = None, output: str | Path | None = None,
+          formats: list[str] | None = None,
+          progress: Callable[[str], None] = lambda msg: None) -> BuildResult:
+    from ..checkpoint import checkpoint_hash
+
+    formats = formats or recipe.formats
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise InvalidArgumentError(f"--formats {unknown}: expected some of {list(FORMATS)}")
+    entry = recipe.entry
+    output = Path(output) if output else ENGINES_DIR / recipe.name
+    t0 = time.perf_counter()
+    progress(f"loading {entry.family}/{entry.task} from {checkpoint or recipe.checkpoint}")
+    model, ckpt = load_recipe_model(recipe, checkpoint)
+    config = model.config
+    _check_dims_against_model(recipe, config)
+    random_keys = sorted(getattr(model, "random_keys", []))
+    seconds = {"load": time.perf_counter() - t0}
+
+    example = example_inputs(recipe, config)
+    args = tuple(example[s.name] for s in entry.inputs)
+    input_names = [s.name for s in entry.inputs]
+    outputs = entry.outputs(config)
+    output_names = [s.name for s in outputs]
+    shapes = dynamic_shapes(recipe)
+
+    flat = FlatOutputs(model).eval()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        artifacts = []
+        versions = {"torch": torch.__version__}
+        for fmt in [f for f in FORMATS if f in formats]:
+            progress(f"exporting {fmt} ({ARTIFACT_FILES[fmt]})")
+            t = time.perf_counter()
+            file = ARTIFACT_FILES[fmt]
+            if fmt == "torchscript":
+                from .torchscript import export_torchscript
+                export_torchscript(flat, args, tmp / file)
+                artifacts.append(artifact_entry(tmp, fmt, file, precision="fp32", device="cpu",
+                                                versions=versions))
+            elif fmt == "onnx":
+                import onnx
+
+                from .onnx import OPSET, export_onnx
+                export_onnx(flat, args, tmp / file, input_names, output_names, shapes)
+                artifacts.append(artifact_entry(tmp, fmt, file, precision="fp32", opset=OPSET,
+                                                versions={**versions, "onnx": onnx.__version__}))
+            elif fmt == "aoti":
+                from .aoti import export_aoti
+                export_aoti(flat, args, tmp / file, shapes)
+                artifacts.append(artifact_entry(tmp, fmt, file, precision="fp32", device="cpu",
+                                                versions=versions))
+            seconds[fmt] = time.perf_counter() - t
+            progress(f"  {fmt}: {seconds[fmt]:.1f} s, {(tmp / file).stat().st_size / 1e6:.1f} MB")
+
+        processing = {}
+        for name in PROCESSING_FILES:
+            if (ckpt / name).is_file():
+                shutil.copy2(ckpt / name, tmp / name)
+                processing.setdefault("files", []).append(name)
+        if "tokenizer.json" in processing.get("files", []) or "vocab.txt" in processing.get("files", []):
+            processing["tokenizer"] = "tokenizer.json" if (tmp / "tokenizer.json").is_file() else "vocab.txt"
+        processing["max_length"] = recipe.dims["sequence"].max if "sequence" in recipe.dims else None
+
+        labels = None
+        if entry.has_labels:
+            id2label = config.id2label
+            labels = [id2label[i] for i in range(len(id2label))]
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "name": recipe.name,
+            "description": recipe.description,
+            "family": entry.family,
+            "task": entry.task,
+            "config": config.to_dict(),
+            "dims": {name: r.to_json() for name, r in recipe.dims.items()},
+            "inputs": [s.to_json() for s in entry.inputs],
+            "outputs": [s.to_json() for s in outputs],
+            "artifacts": artifacts,
+            "labels": labels,
+            "processing": processing,
+            "task_options": dict(recipe.task_options),
+            "tolerances": {p: {o: {"atol": t.atol, "rtol": t.rtol, "why": t.why} for o, t in outs.items()}
+                           for p, outs in recipe.tolerances.items()},
+            "weights": ("random-head" if random_keys else "real"),
+            "random_keys": random_keys,
+            # what parity needs to rebuild the eager reference: the same checkpoint and seeded head
+            "source": {"checkpoint": str(ckpt.resolve()), "sha256": checkpoint_hash(ckpt),
+                       "recipe": str(recipe.path) if recipe.path else None,
+                       "random_head": recipe.random_head, "seed": recipe.seed},
+            "kiln_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_manifest(tmp, manifest)
+        tmp.chmod(0o755)  # mkdtemp makes it private; an engine dir is meant to be shared
+        _replace_dir(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    seconds["total"] = time.perf_counter() - t0
+    return BuildResult(output, manifest, seconds)
+
+
+def _replace_dir(src: Path, dest: Path) -> None:
+    """Move a complete build into place; an older build at dest is removed only afterwards."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{int(time.time() * 1000)}")
+        dest.rename(old)
+    try:
+        src.rename(dest)
+    except OSError as e:
+        if old is not None:
+            old.rename(dest)
+        raise KilnError(f"could not move the finished build to {dest}: {e}") from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,28 @@
+"""ONNX: torch.onnx.export (dynamo exporter) with dynamic dims, weights inline."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+import warnings
+
+import torch
+
+OPSET = 20  # TensorRT 10 parses opsets 9-20
+
+
+def export_onnx(model: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path,
+                input_names: list[str], output_names: list[str], dynamic_shapes: tuple) -> None:
+    # the dynamo exporter prints progress to stdout and logs at INFO; keep `kiln build` readable
+    # (and its registry warns about torchvision ops, which no kiln model uses)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # renaming axes that share a Dim is expected: one Dim object serves all inputs
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        program = torch.onnx.export(
+            model, example, None, input_names=input_names, output_names=output_names,
+            dynamic_shapes=dynamic_shapes, opset_version=OPSET, dynamo=True, external_data=False)
+    program.save(str(path), external_data=False)

@@ -1,0 +1,317 @@
+"""`kiln parity`: every backend on the same inputs, compared with eager PyTorch fp32.
+
+Built on polygraphy: each backend is a polygraphy runner, `Comparator.run` feeds them the
+same inputs and `Comparator.compare_accuracy` with `CompareFunc.simple` checks every output
+against the reference per iteration (an element passes when its absolute difference is within
+atol OR its relative difference within rtol: polygraphy's "elemwise" check). kiln adds the
+cosine similarity per output and the task-level check from the registry (same label, same span,
+same tags, embedding cosine), and a report as a table and as JSON.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import registry
+from .errors import BackendUnavailableError, CheckpointError, KilnError
+from .exporters.manifest import find_artifact, read_manifest
+
+REFERENCE = "eager"
+
+
+def _polygraphy():
+    from polygraphy.logger import G_LOGGER
+    G_LOGGER.module_severity = G_LOGGER.ERROR  # polygraphy narrates every step at INFO
+    from polygraphy.backend.base import BaseRunner
+    return BaseRunner
+
+
+def _make_runner(name: str, infer, input_metadata):
+    """A polygraphy runner around `infer(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]`."""
+    BaseRunner = _polygraphy()
+
+    class CallableRunner(BaseRunner):
+        def __init__(self):
+            super().__init__(name=name)
+
+        def activate_impl(self):
+            pass
+
+        def get_input_metadata_impl(self):
+            return input_metadata
+
+        def infer_impl(self, feed_dict):
+            t = time.perf_counter()
+            out = infer(feed_dict)
+            self.inference_time = time.perf_counter() - t
+            return OrderedDict((k, np.asarray(v)) for k, v in out.items())
+
+        def deactivate_impl(self):
+            pass
+
+    return CallableRunner()
+
+
+def _input_metadata(manifest: dict):
+    from polygraphy.common import TensorMetadata
+    meta = TensorMetadata()
+    for spec in manifest["inputs"]:
+        meta.add(spec["name"], np.dtype(spec["dtype"]),
+                 [d if isinstance(d, int) else -1 for d in spec["shape"]])
+    return meta
+
+
+def _torch_infer(module, manifest: dict):
+    import torch
+    names = [s["name"] for s in manifest["inputs"]]
+    out_names = [s["name"] for s in manifest["outputs"]]
+
+    def infer(feed):
+        with torch.inference_mode():
+            out = module(*[torch.from_numpy(np.ascontiguousarray(feed[n])) for n in names])
+        if isinstance(out, torch.Tensor):
+            out = (out,)
+        return {n: o.numpy() for n, o in zip(out_names, out)}
+    return infer
+
+
+def eager_model(manifest: dict):
+    """The eager kiln model the engine was built from (same checkpoint, same seeded head)."""
+    from .checkpoint import checkpoint_hash, load_model
+    source = manifest.get("source", {})
+    ckpt = Path(source.get("checkpoint", ""))
+    if not ckpt.is_dir():
+        raise CheckpointError(f"{manifest['name']}: the source checkpoint {str(ckpt)!r} is not on this "
+                              "machine; parity needs it as the eager reference")
+    if source.get("sha256") and checkpoint_hash(ckpt) != source["sha256"]:
+        raise CheckpointError(f"{manifest['name']}: checkpoint {ckpt} changed since the engine was "
+                              "built (sha256 differs); rebuild with `kiln build`")
+    entry = registry.get(manifest["family"], manifest["task"])
+    overrides = {}
+    if manifest.get("labels"):
+        overrides["id2label"] = {str(i): label for i, label in enumerate(manifest["labels"])}
+    model = load_model(entry.model_cls(), ckpt, random_head=bool(source.get("random_head")),
+                       seed=int(source.get("seed", 0)), config_overrides=overrides,
+                       **manifest.get("task_options", {}))
+    return model.eval()
+
+
+@dataclass
+class Backend:
+    name: str
+    make: object  # () -> infer callable
+    skip: str | None = None
+
+
+def candidate_backends(engine_dir: Path, manifest: dict) -> list[Backend]:
+    """Every backend kiln knows, with the reason where one cannot run here."""
+    backends: list[Backend] = []
+    meta_names = manifest
+
+    backends.append(Backend(REFERENCE, lambda: _torch_infer(eager_model(manifest), manifest)))
+
+    ts = find_artifact(manifest, "torchscript")
+    def make_ts():
+        import torch
+        return _torch_infer(torch.jit.load(str(engine_dir / ts["file"])), manifest)
+    backends.append(Backend("torchscript-python", make_ts, None if ts else "no model.ts in the engine"))
+
+    onnx_art = find_artifact(manifest, "onnx")
+    def make_ort():
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 2
+        sess = ort.InferenceSession(str(engine_dir / onnx_art["file"]), opts,
+                                    providers=["CPUExecutionProvider"])
+        out_names = [s["name"] for s in meta_names["outputs"]]
+        return lambda feed: dict(zip(out_names, sess.run(out_names, feed)))
+    backends.append(Backend("onnxruntime", make_ort, None if onnx_art else "no model.onnx in the engine"))
+
+    try:
+        from .runtime import Engine, available_backends
+        cpp = available_backends()
+        cpp_error = None
+    except ImportError as e:  # the extension is not built
+        cpp, cpp_error = [], f"kiln._kiln not importable ({e}); run `make setup`"
+    fmt_of = {"torchscript": "torchscript", "aoti": "aoti", "tensorrt": "tensorrt"}
+    for backend in ("torchscript", "aoti", "tensorrt"):
+        skip = None
+        if cpp_error:
+            skip = cpp_error
+        elif backend not in cpp:
+            skip = (f"the C++ runtime has no usable {backend} backend on this machine "
+                    f"(available: {', '.join(cpp) or 'none'})")
+        elif not find_artifact(manifest, fmt_of[backend]):
+            skip = f"no {backend} artifact in the engine (kiln build --formats {backend})"
+
+        def make_cpp(backend=backend):
+            engine = Engine(engine_dir, backend=backend)
+            return engine.run
+        backends.append(Backend(f"kiln-{backend}", make_cpp, skip))
+    return backends
+
+
+@dataclass
+class BackendResult:
+    name: str
+    passed: bool = False
+    task_match: bool = False
+    task_detail: str = ""
+    outputs: dict[str, dict[str, float]] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        d = {"pass": self.passed, "task_match": self.task_match, "task_detail": self.task_detail,
+             "outputs": self.outputs}
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+@dataclass
+class ParityReport:
+    engine: str
+    task: str
+    reference: str
+    tolerances: dict
+    backends: dict[str, BackendResult]
+    skipped: dict[str, str]
+    iterations: int
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.backends) and all(b.passed for b in self.backends.values())
+
+    def to_json(self) -> dict:
+        return {"pass": self.passed, "engine": self.engine, "task": self.task,
+                "reference": self.reference, "iterations": self.iterations,
+                "tolerances": self.tolerances,
+                "backends": {n: b.to_json() for n, b in self.backends.items()},
+                "skipped": self.skipped}
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b))
+
+
+def parity_feeds(engine_dir: Path, manifest: dict, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Inputs made from real samples through the engine's own pre-processing, plus random ids."""
+    from .pipelines import pipeline
+    pipe = pipeline(engine_dir, load_engine=False)
+    feeds = [pipe.preprocess(sample)[0] for sample in pipe.parity_samples()]
+    feeds.append(pipe.random_feed(seed=seed))
+    return feeds
+
+
+def run_parity(engine_dir: str | Path, backends: list[str] | None = None) -> ParityReport:
+    from polygraphy.comparator import Comparator, CompareFunc
+
+    engine_dir = Path(engine_dir)
+    manifest = read_manifest(engine_dir)
+    entry = registry.get(manifest["family"], manifest["task"])
+    tolerances = manifest.get("tolerances", {}).get("fp32") or {
+        o: {"atol": t.atol, "rtol": t.rtol, "why": t.why} for o, t in entry.tolerances["fp32"].items()}
+    feeds = parity_feeds(engine_dir, manifest)
+    meta = _input_metadata(manifest)
+
+    skipped: dict[str, str] = {}
+    runners = []
+    errors: dict[str, str] = {}
+    for b in candidate_backends(engine_dir, manifest):
+        if backends and b.name not in backends and b.name != REFERENCE:
+            continue
+        if b.skip:
+            skipped[b.name] = b.skip
+            continue
+        try:
+            runners.append(_make_runner(b.name, b.make(), meta))
+        except KilnError as e:
+            if b.name == REFERENCE:
+                raise
+            errors[b.name] = f"{type(e).__name__}: {e}"
+    if backends:
+        unknown = set(backends) - {b.name for b in candidate_backends(engine_dir, manifest)}
+        if unknown:
+            raise BackendUnavailableError(f"--backends {sorted(unknown)}: unknown; known: "
+                                          f"{[b.name for b in candidate_backends(engine_dir, manifest)]}")
+
+    results = Comparator.run(runners, data_loader=feeds)
+    compare = CompareFunc.simple(
+        atol={o: t["atol"] for o, t in tolerances.items()},
+        rtol={o: t["rtol"] for o, t in tolerances.items()}, check_shapes=True)
+    # every backend against the reference (polygraphy compares neighbours by default)
+    accuracy = Comparator.compare_accuracy(
+        results, compare_func=compare, comparisons=[(0, i) for i in range(1, len(runners))])[0]
+
+    ref_name = runners[0].name
+    ref_iters = dict(results)[ref_name]
+    report = {}
+    for runner in runners[1:]:
+        test_iters = dict(results)[runner.name]
+        res = BackendResult(runner.name)
+        per_iter = accuracy[(ref_name, runner.name)]
+        outputs: dict[str, dict[str, float]] = {}
+        passed = True
+        for it, compared in enumerate(per_iter):
+            for out, r in compared.items():
+                o = outputs.setdefault(out, {"max_abs": 0.0, "max_rel": 0.0, "cosine": 1.0,
+                                             "atol": tolerances[out]["atol"],
+                                             "rtol": tolerances[out]["rtol"], "pass": True})
+                o["max_abs"] = max(o["max_abs"], r.max_absdiff)
+                o["max_rel"] = max(o["max_rel"], r.max_reldiff)
+                o["cosine"] = min(o["cosine"], _cosine(ref_iters[it][out], test_iters[it][out]))
+                o["pass"] = o["pass"] and bool(r)
+                passed = passed and bool(r)
+        task_ok, details = True, []
+        for it, feed in enumerate(feeds):
+            ok, detail = entry.task_check.check(dict(ref_iters[it]), dict(test_iters[it]), feed)
+            task_ok &= ok
+            details.append(detail)
+        res.outputs, res.task_match = outputs, task_ok
+        res.task_detail = f"{entry.task_check.name}: " + "; ".join(
+            f"batch {i}: {d}" for i, d in enumerate(details))
+        res.passed = passed and task_ok
+        report[runner.name] = res
+    for name, err in errors.items():
+        report[name] = BackendResult(name, error=err, task_detail="failed to load")
+    return ParityReport(manifest["name"], manifest["task"], REFERENCE, tolerances, report, skipped,
+                        len(feeds))
+
+
+def print_report(report: ParityReport, console=None) -> None:
+    from rich.table import Table
+
+    from .term import make_console
+    console = console or make_console()
+    table = Table(title=f"parity: {report.engine} ({report.task}) vs {report.reference} fp32, "
+                        f"{report.iterations} input batches")
+    for col in ("backend", "output", "max abs", "max rel", "cosine", "atol / rtol", "tensor", "task"):
+        table.add_column(col)
+    for name, b in report.backends.items():
+        if b.error:
+            table.add_row(name, "-", "-", "-", "-", "-", "[red]ERROR[/]", b.error)
+            continue
+        for i, (out, o) in enumerate(b.outputs.items()):
+            table.add_row(name if i == 0 else "", out, f"{o['max_abs']:.2e}", f"{o['max_rel']:.2e}",
+                          f"{o['cosine']:.7f}", f"{o['atol']:.0e} / {o['rtol']:.0e}",
+                          "[green]ok[/]" if o["pass"] else "[red]FAIL[/]",
+                          ("[green]same[/]" if b.task_match else "[red]DIFFERENT[/]") if i == 0 else "")
+    console.print(table)
+    for name, b in report.backends.items():
+        if not b.error:
+            console.print(f"  {name}: {b.task_detail}", style="dim")
+    for name, why in report.skipped.items():
+        console.print(f"  skipped {name}: {why}", style="yellow")
+    console.print("[bold green]PASS[/]" if report.passed else "[bold red]FAIL[/]")
+
+
+def write_json(report: ParityReport, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(report.to_json(), indent=2) + "\n")

@@ -1,0 +1,206 @@
+"""Task pipelines: text in, answers out, through the C++ runtime (`kiln.pipeline(dir)`).
+
+Each pipeline is pre-processing (the engine's own tokenizer), one `Engine.run`, and
+post-processing into the task's answer. `preprocess` is also what parity feeds every backend.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import samples
+from .errors import InputValueError, InvalidArgumentError
+from .exporters.manifest import read_manifest
+
+
+class Pipeline:
+    task = ""
+
+    def __init__(self, engine_dir: str | Path, backend: str = "auto", num_threads: int = 0,
+                 load_engine: bool = True):
+        self.dir = Path(engine_dir)
+        self.manifest = read_manifest(self.dir)
+        self.engine = None
+        if load_engine:
+            from .runtime import Engine
+            self.engine = Engine(self.dir, backend=backend, num_threads=num_threads)
+
+    @property
+    def backend(self) -> str | None:
+        return self.engine.backend if self.engine else None
+
+    @property
+    def random_weights_note(self) -> str | None:
+        if self.manifest.get("weights", "real") == "real":
+            return None
+        keys = self.manifest.get("random_keys", [])
+        return (f"{self.manifest['name']} has a randomly initialised head ({len(keys)} tensors, "
+                "seeded): its answers show the path works, they carry no meaning. Build with "
+                "`kiln build RECIPE --checkpoint FINE_TUNED_DIR` for real answers.")
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.engine is None:
+            raise InvalidArgumentError("this pipeline was made with load_engine=False")
+        return self.engine.run(feed)
+
+    def __call__(self, *args, **kwargs) -> Any:
+        feed, ctx = self.preprocess(*args, **kwargs)
+        return self.postprocess(self.run(feed), ctx)
+
+    # subclasses: preprocess(...) -> (feed, ctx); postprocess(outputs, ctx) -> answer
+    def parity_samples(self) -> list:
+        raise NotImplementedError
+
+    def random_feed(self, seed: int = 0) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+class TextPipeline(Pipeline):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from .processing.text import TextTokenizer
+        self.tokenizer = TextTokenizer.from_dir(self.dir)
+        seq = self.manifest["dims"]["sequence"]
+        self.max_length = int(seq["max"])
+        self.min_length = int(seq["min"])
+
+    def _texts(self, texts) -> list[str]:
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            raise InputValueError(f"{self.manifest['name']}: no text given; expected one or more strings")
+        batch_max = self.manifest["dims"]["batch"]["max"]
+        if len(texts) > batch_max:
+            raise InputValueError(f"{self.manifest['name']}: {len(texts)} texts, the engine takes at "
+                                  f"most {batch_max} per call (dims.batch.max); split the batch")
+        return texts
+
+    def encode(self, texts, pairs=None, truncation: bool = False):
+        enc = self.tokenizer.encode(texts, pairs, max_length=self.max_length, truncation=truncation)
+        return enc, {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask,
+                     "token_type_ids": enc.token_type_ids}
+
+    def preprocess(self, texts, truncation: bool = False):
+        texts = self._texts(texts)
+        enc, feed = self.encode(texts, truncation=truncation)
+        return feed, {"texts": texts, "encoding": enc}
+
+    def parity_samples(self) -> list:
+        return [samples.SENTENCES[:4], samples.SENTENCES[4:5]]
+
+    def random_feed(self, seed: int = 0) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        config = self.manifest["config"]
+        batch = max(self.manifest["dims"]["batch"]["min"], min(3, self.manifest["dims"]["batch"]["max"]))
+        seq = self.manifest["dims"]["sequence"]["opt"]
+        ids = rng.integers(0, config["vocab_size"], (batch, seq), dtype=np.int64)
+        mask = np.ones((batch, seq), np.int64)
+        mask[-1, seq // 2:] = 0
+        types = np.zeros((batch, seq), np.int64)
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+class TextClassificationPipeline(TextPipeline):
+    task = "text-classification"
+
+    def postprocess(self, outputs, ctx, top_k: int | None = 1):
+        from .processing.text import classify
+        labels = self.manifest["labels"]
+        return [[{"label": label, "score": score} for label, score in classify(row, labels, top_k=top_k)]
+                for row in outputs["logits"]]
+
+
+class TokenClassificationPipeline(TextPipeline):
+    task = "token-classification"
+
+    def parity_samples(self) -> list:
+        return [samples.ENTITY_SENTENCES, samples.ENTITY_SENTENCES[:1]]
+
+    def postprocess(self, outputs, ctx):
+        from .processing.text import token_entities
+        enc = ctx["encoding"]
+        labels = self.manifest["labels"]
+        return [token_entities(outputs["logits"][i], labels, enc.offsets[i], text,
+                               special_mask=enc.special_tokens_mask[i])
+                for i, text in enumerate(ctx["texts"])]
+
+
+class QuestionAnsweringPipeline(TextPipeline):
+    task = "question-answering"
+
+    def preprocess(self, questions, contexts=None, truncation: bool = False):
+        if contexts is None:  # a list of (question, context) pairs
+            pairs = [questions] if isinstance(questions, tuple) else list(questions)
+            questions, contexts = [q for q, _ in pairs], [c for _, c in pairs]
+        questions, contexts = self._texts(questions), self._texts(contexts)
+        if len(questions) != len(contexts):
+            raise InputValueError(f"{self.manifest['name']}: {len(questions)} questions but "
+                                  f"{len(contexts)} contexts; expected one context per question")
+        enc, feed = self.encode(questions, contexts, truncation=truncation)
+        return feed, {"questions": questions, "contexts": contexts, "encoding": enc}
+
+    def parity_samples(self) -> list:
+        return [samples.QA_PAIRS, samples.QA_PAIRS[:1]]
+
+    def postprocess(self, outputs, ctx, max_answer_len: int = 30):
+        from .processing.text import qa_best_span
+        enc = ctx["encoding"]
+        return [qa_best_span(outputs["start_logits"][i], outputs["end_logits"][i], enc.sequence_ids[i],
+                             enc.offsets[i], ctx["contexts"][i], max_answer_len=max_answer_len)
+                for i in range(len(ctx["contexts"]))]
+
+
+class FeatureExtractionPipeline(TextPipeline):
+    task = "feature-extraction"
+
+    def postprocess(self, outputs, ctx):
+        return outputs["embeddings"]
+
+    def similarity(self, query: str, documents: list[str]) -> list[tuple[float, str]]:
+        """Documents ranked by cosine similarity to the query, best first."""
+        emb = self([query, *documents])
+        emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+        scores = emb[1:] @ emb[0]
+        return sorted(zip(scores.tolist(), documents), key=lambda x: -x[0])
+
+
+class FillMaskPipeline(TextPipeline):
+    task = "fill-mask"
+
+    def postprocess(self, outputs, ctx, top_k: int = 5):
+        from .processing.text import softmax
+        enc = ctx["encoding"]
+        mask_id = self.tokenizer.mask_token_id
+        results = []
+        for i in range(len(ctx["texts"])):
+            positions = np.flatnonzero(enc.input_ids[i] == mask_id)
+            if positions.size == 0:
+                raise InputValueError(f"{self.manifest['name']}: text {i} has no "
+                                      f"{self.tokenizer.mask_token} token to fill")
+            row = []
+            for p in positions:
+                probs = softmax(outputs["logits"][i, p])
+                best = np.argsort(-probs)[:top_k]
+                row.append([{"token": self.tokenizer.id_to_token(int(t)), "score": float(probs[t])}
+                            for t in best])
+            results.append(row)
+        return results
+
+
+PIPELINES: dict[str, type[Pipeline]] = {
+    cls.task: cls for cls in (TextClassificationPipeline, TokenClassificationPipeline,
+                              QuestionAnsweringPipeline, FeatureExtractionPipeline, FillMaskPipeline)
+}
+
+
+def pipeline(engine_dir: str | Path, backend: str = "auto", num_threads: int = 0,
+             load_engine: bool = True) -> Pipeline:
+    """The task pipeline for an engine directory (the task is read from its manifest)."""
+    task = read_manifest(engine_dir)["task"]
+    if task not in PIPELINES:
+        raise InvalidArgumentError(f"{engine_dir}: no pipeline for task {task!r}; "
+                                   f"known: {sorted(PIPELINES)}")
+    return PIPELINES[task](engine_dir, backend=backend, num_threads=num_threads, load_engine=load_engine)
