@@ -42,7 +42,9 @@ def load_recipe_model(recipe: Recipe, checkpoint: str | Path | None = None):
     entry = recipe.entry
     ckpt = resolve_checkpoint(checkpoint or recipe.checkpoint)
     overrides = {}
-    if recipe.labels and entry.has_labels:
+    if recipe.labels and entry.has_labels and checkpoint is None:
+        # the recipe's labels name its own random head; a checkpoint given with --checkpoint
+        # brings its labels in its config.json (id2label)
         overrides["id2label"] = {str(i): label for i, label in enumerate(recipe.labels)}
     model = load_model(entry.model_cls(), ckpt, random_head=recipe.random_head, seed=recipe.seed,
                        config_overrides=overrides, **recipe.task_options)

@@ -1,0 +1,67 @@
+"""The few export-critical pieces that several kiln model files share.
+
+Everything here must trace (torch.jit.trace), export (torch.export with dynamic batch and
+sequence) and convert (torch.onnx.export, dynamo) without special cases, so each function is
+straight-line tensor arithmetic on its inputs' shapes.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import InvalidArgumentError
+
+# HF `hidden_act` name -> module. "gelu" is the exact erf form; "gelu_new" is the tanh
+# approximation of the original BERT/GPT-2 code, which PyTorch computes natively.
+_ACTIVATIONS = {
+    "gelu": lambda: nn.GELU(),
+    "gelu_new": lambda: nn.GELU(approximate="tanh"),
+    "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
+    "relu": lambda: nn.ReLU(),
+}
+ACTIVATION_NAMES = tuple(_ACTIVATIONS)
+
+
+def check_activation(name: str, what: str = "hidden_act") -> None:
+    if name not in _ACTIVATIONS:
+        raise InvalidArgumentError(
+            f"{what}={name!r} is not supported; expected one of {', '.join(ACTIVATION_NAMES)}")
+
+
+def activation(name: str) -> nn.Module:
+    """The activation module for an HF `hidden_act` name (an error names the known ones)."""
+    check_activation(name)
+    return _ACTIVATIONS[name]()
+
+
+def additive_padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, T] 1/0 key mask -> [B, 1, 1, T] bias: 0 where attended, finfo(dtype).min where not.
+
+    export: an additive float mask rather than a boolean one. It is plain elementwise
+    arithmetic in every graph (TorchScript, Inductor, ONNX -> TensorRT) and a row whose keys
+    are all padding still gets a finite softmax instead of NaN.
+    """
+    mask = attention_mask[:, None, None, :].to(dtype)  # (B, 1, 1, T): broadcasts over heads and queries
+    return (1.0 - mask) * torch.finfo(dtype).min
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of [B, T, H] over the tokens where attention_mask is 1 -> [B, H].
+
+    The sentence-transformers formula: sum(h * mask) / clamp(sum(mask), min=1e-9), so an
+    all-padding row gives zeros rather than NaN.
+    """
+    mask = attention_mask[:, :, None].to(hidden.dtype)  # (B, T, 1)
+    summed = (hidden * mask).sum(dim=1)  # (B, H)
+    counts = mask.sum(dim=1).clamp(min=1e-9)  # (B, 1)
+    return summed / counts
+
+
+def masked_max(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Max of [B, T, H] over the tokens where attention_mask is 1 -> [B, H].
+
+    Padding is replaced by -1e9 before the max, as sentence-transformers does.
+    """
+    keep = attention_mask[:, :, None].to(torch.bool)  # (B, T, 1)
+    # export: torch.where with a scalar keeps the graph free of in-place boolean indexing
+    return torch.where(keep, hidden, torch.full_like(hidden, -1e9)).amax(dim=1)

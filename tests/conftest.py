@@ -1,0 +1,72 @@
+"""Shared pytest fixtures.
+
+minilm_dir        the real all-MiniLM-L6-v2 checkpoint ($KILN_CACHE/checkpoints); fails, not
+                  skips, when it is absent: `make setup` fetches it
+save_hf_model     factory: a transformers model with seeded random weights from a tiny config,
+                  saved with save_pretrained (exactly the format of a user's checkpoint)
+tiny_bert_config  the tiny BERT config dict the factory starts from
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if importlib.util.find_spec("kiln") is None:  # not pip-installed: test the source tree
+    sys.path.insert(0, str(ROOT / "python"))
+
+MINILM = "all-MiniLM-L6-v2"
+
+TINY_BERT = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=48, max_position_embeddings=64, type_vocab_size=2,
+                 hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=0)
+
+
+def kiln_cache() -> Path:
+    return Path(os.environ.get("KILN_CACHE", Path.home() / ".cache" / "kiln"))
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    path = kiln_cache() / "checkpoints" / MINILM
+    needed = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt")
+    absent = [f for f in needed if not (path / f).is_file()]
+    if absent:
+        pytest.fail(f"the real checkpoint {MINILM} is not at {path} (missing {', '.join(absent)}); "
+                    "run `make setup` to fetch it")
+    return path
+
+
+@pytest.fixture
+def tiny_bert_config() -> dict:
+    return dict(TINY_BERT)
+
+
+@pytest.fixture
+def save_hf_model(tmp_path_factory):
+    """save_hf_model(hf_class_name, seed=0, **config) -> (checkpoint dir, eval-mode HF model).
+
+    hf_class_name is a transformers class name ("BertForMaskedLM", ...); config entries
+    override the tiny BERT config. Weights are transformers' own init under torch.manual_seed.
+    """
+    import torch
+    import transformers
+
+    def make(hf_class_name: str, seed: int = 0, **config):
+        cfg = transformers.BertConfig(**{**TINY_BERT, **config})
+        torch.manual_seed(seed)
+        model = getattr(transformers, hf_class_name)(cfg).eval()
+        # HF's init leaves biases at 0 and LayerNorms at identity, where a swapped or skipped
+        # bias / LayerNorm would go unnoticed: perturb every parameter
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        path = tmp_path_factory.mktemp(hf_class_name.lower())
+        model.save_pretrained(path)
+        return path, model
+
+    return make
