@@ -1,9 +1,9 @@
 """`kiln parity`: every backend on the same inputs, compared with eager PyTorch fp32.
 
 Built on polygraphy: each backend is a polygraphy runner, `Comparator.run` feeds them the
-same inputs and `Comparator.compare_accuracy` with `CompareFunc.simple` checks every output
+same inputs and `Comparator.compare_accuracy` with `SimpleCompareFunc` checks every output
 against the reference per iteration (an element passes when its absolute difference is within
-atol OR its relative difference within rtol: polygraphy's "elemwise" check). kiln adds the
+atol OR its difference relative to the reference is within rtol: polygraphy's "elemwise" check). kiln adds the
 cosine similarity per output and the task-level check from the registry (same label, same span,
 same tags, embedding cosine), and a report as a table and as JSON.
 """
@@ -212,7 +212,7 @@ def parity_feeds(engine_dir: Path, manifest: dict, seed: int = 0) -> list[dict[s
 
 
 def run_parity(engine_dir: str | Path, backends: list[str] | None = None) -> ParityReport:
-    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
 
     engine_dir = Path(engine_dir)
     manifest = read_manifest(engine_dir)
@@ -244,12 +244,13 @@ def run_parity(engine_dir: str | Path, backends: list[str] | None = None) -> Par
                                           f"{[b.name for b in candidate_backends(engine_dir, manifest)]}")
 
     results = Comparator.run(runners, data_loader=feeds)
-    compare = CompareFunc.simple(
+    compare = SimpleCompareFunc(
         atol={o: t["atol"] for o, t in tolerances.items()},
         rtol={o: t["rtol"] for o, t in tolerances.items()}, check_shapes=True)
-    # every backend against the reference (polygraphy compares neighbours by default)
+    # every backend against the reference (polygraphy compares neighbours by default); the
+    # reference goes second because polygraphy takes relative differences against the second
     accuracy = Comparator.compare_accuracy(
-        results, compare_func=compare, comparisons=[(0, i) for i in range(1, len(runners))])[0]
+        results, compare_func=compare, comparisons=[(i, 0) for i in range(1, len(runners))])[0]
 
     ref_name = runners[0].name
     ref_iters = dict(results)[ref_name]
@@ -257,7 +258,7 @@ def run_parity(engine_dir: str | Path, backends: list[str] | None = None) -> Par
     for runner in runners[1:]:
         test_iters = dict(results)[runner.name]
         res = BackendResult(runner.name)
-        per_iter = accuracy[(ref_name, runner.name)]
+        per_iter = accuracy[(runner.name, ref_name)]
         outputs: dict[str, dict[str, float]] = {}
         passed = True
         for it, compared in enumerate(per_iter):

@@ -1,0 +1,61 @@
+#pragma once
+// kiln::Engine: open an engine directory (manifest.json + artifacts), validate inputs
+// against the manifest, run them on a backend. No libtorch type crosses this header.
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kiln/error.h"
+#include "kiln/manifest.h"
+#include "kiln/tensor.h"
+
+namespace kiln {
+
+struct EngineOptions {
+  // "auto" (the best backend usable here that has an artifact: tensorrt on a GPU >
+  // aoti > torchscript), or a backend name from available_backends().
+  std::string backend = "auto";
+  // Intra-op threads. 0 leaves the setting as it is. libtorch's thread pool is
+  // process-wide, so this affects every engine in the process; AOTInductor kernels
+  // use the thread count they were compiled with.
+  int num_threads = 0;
+  // Check the artifact's sha256 against the manifest at open (its size is always checked).
+  bool verify_sha256 = true;
+};
+
+class Engine {
+ public:
+  // Throws kiln::Error: Manifest, Artifact, BackendUnavailable, InvalidArgument.
+  static std::unique_ptr<Engine> open(const std::string& dir, const EngineOptions& options = {});
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const std::string& name() const noexcept;     // the directory's name, used in messages
+  const std::string& dir() const noexcept;
+  const std::string& backend() const noexcept;  // "torchscript" | "aoti" | ...
+  const Manifest& manifest() const noexcept;
+  const std::vector<TensorSpec>& inputs() const noexcept;
+  const std::vector<TensorSpec>& outputs() const noexcept;
+
+  // Checks names, dtypes, ranks, fixed sizes, dimension ranges and that inputs agree on
+  // shared symbolic dimensions. Throws kiln::Error (InputName, InputDType, InputShape,
+  // InputValue) naming the engine, the input and what was expected.
+  void validate(const std::map<std::string, Tensor>& inputs) const;
+
+  // validate(), then run. Outputs are keyed by the manifest's output names and own their
+  // memory. Safe to call from several threads at once. Backend failures are thrown as
+  // kiln::Error(Runtime) with the backend's message.
+  std::map<std::string, Tensor> run(const std::map<std::string, Tensor>& inputs) const;
+
+ private:
+  struct Impl;
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// The backends compiled into this build and usable on this machine, best first.
+std::vector<std::string> available_backends();
+
+}  // namespace kiln

@@ -1,0 +1,343 @@
+#include "kiln/engine.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+
+#include "backend.h"
+#include "util.h"
+
+namespace kiln {
+
+namespace detail {
+
+static std::vector<BackendInfo>& registry() {
+  static std::vector<BackendInfo> backends;
+  return backends;
+}
+
+void register_backend(BackendInfo info) {
+  auto& r = registry();
+  r.push_back(std::move(info));
+  std::stable_sort(r.begin(), r.end(),
+                   [](const BackendInfo& a, const BackendInfo& b) { return a.priority > b.priority; });
+}
+
+const std::vector<BackendInfo>& registered_backends() { return registry(); }
+
+}  // namespace detail
+
+namespace {
+
+using detail::BackendInfo;
+using detail::join;
+
+// Backends kiln knows of, and why one may be missing from a build.
+const std::map<std::string, std::string>& known_backends() {
+  static const std::map<std::string, std::string> known = {
+      {"torchscript", "this kiln was built without libtorch (CMake option KILN_WITH_TORCH=OFF)"},
+      {"aoti", "this kiln was built without libtorch (CMake option KILN_WITH_TORCH=OFF)"},
+      {"tensorrt", "this kiln was built without the TensorRT backend"},
+      {"onnx", "ONNX artifacts run from Python only (onnxruntime); the C++ runtime has no ONNX Runtime"},
+  };
+  return known;
+}
+
+std::string usable_reason(const BackendInfo& b) {
+  return b.unusable_reason ? b.unusable_reason() : std::string();
+}
+
+std::string artifact_list(const Manifest& m) {
+  std::vector<std::string> items;
+  for (const auto& a : m.artifacts) items.push_back(a.format + " (" + a.file + ")");
+  return items.empty() ? "none" : join(items);
+}
+
+std::string spec_list(const std::vector<TensorSpec>& specs) {
+  std::vector<std::string> items;
+  for (const auto& s : specs) items.push_back(s.name + " " + dtype_name(s.dtype) + " " + s.shape_string());
+  return join(items);
+}
+
+const BackendInfo& choose_backend(const std::string& engine, const Manifest& m, const std::string& wanted) {
+  std::vector<std::string> runnable;  // usable here and with an artifact in this engine
+  for (const auto& b : detail::registered_backends()) {
+    if (usable_reason(b).empty() && m.artifact(b.format)) runnable.push_back(b.name);
+  }
+  std::string runnable_text = runnable.empty() ? "none" : join(runnable);
+
+  if (wanted == "auto") {
+    for (const auto& b : detail::registered_backends()) {
+      if (usable_reason(b).empty() && m.artifact(b.format)) return b;
+    }
+    std::vector<std::string> here;
+    for (const auto& b : detail::registered_backends()) {
+      if (usable_reason(b).empty()) here.push_back(b.name == b.format ? b.name : b.name + " (" + b.format + ")");
+    }
+    if (here.empty()) {
+      throw Error(ErrorCode::BackendUnavailable,
+                  "engine '" + engine + "': this kiln has no backend that can run here, so none can run its "
+                  "artifacts [" + artifact_list(m) + "]; build kiln with KILN_WITH_TORCH=ON");
+    }
+    throw Error(ErrorCode::BackendUnavailable,
+                "engine '" + engine + "': no backend available here can run its artifacts [" +
+                    artifact_list(m) + "]; backends available here: " + join(here) +
+                    ". Rebuild the engine with one of those formats");
+  }
+
+  for (const auto& b : detail::registered_backends()) {
+    if (b.name != wanted) continue;
+    std::string why = usable_reason(b);
+    if (!why.empty()) {
+      throw Error(ErrorCode::BackendUnavailable, "engine '" + engine + "': backend '" + wanted +
+                                                     "' is not usable here: " + why +
+                                                     "; backends that can run this engine: " + runnable_text);
+    }
+    if (!m.artifact(b.format)) {
+      throw Error(ErrorCode::BackendUnavailable,
+                  "engine '" + engine + "' has no " + b.format + " artifact for backend '" + wanted +
+                      "' (its artifacts: " + artifact_list(m) + "); use backend 'auto' or one of: " +
+                      runnable_text + ", or rebuild the engine with that format");
+    }
+    return b;
+  }
+  std::vector<std::string> built;
+  for (const auto& b : detail::registered_backends()) built.push_back(b.name);
+  auto known = known_backends().find(wanted);
+  if (known != known_backends().end()) {
+    throw Error(ErrorCode::BackendUnavailable, "engine '" + engine + "': backend '" + wanted +
+                                                   "' is not available: " + known->second +
+                                                   "; backends that can run this engine: " + runnable_text);
+  }
+  throw Error(ErrorCode::InvalidArgument,
+              "engine '" + engine + "': unknown backend '" + wanted + "'; use 'auto' or one of: " +
+                  (built.empty() ? std::string("none (this kiln has no backend compiled in)") : join(built)));
+}
+
+void check_artifact(const std::string& engine, const std::string& path, const ArtifactInfo& a, bool sha) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) {
+    throw Error(ErrorCode::Artifact, "engine '" + engine + "': the " + a.format + " artifact " + path +
+                                         " named by manifest.json is missing; rebuild the engine");
+  }
+  auto size = fs::file_size(path, ec);
+  if (ec) {
+    throw Error(ErrorCode::Artifact, "engine '" + engine + "': cannot read the size of " + path + ": " + ec.message());
+  }
+  if (static_cast<int64_t>(size) != a.bytes) {
+    throw Error(ErrorCode::Artifact, "engine '" + engine + "': " + path + " is " + std::to_string(size) +
+                                         " bytes, manifest.json says " + std::to_string(a.bytes) +
+                                         ": the file is truncated or was replaced; rebuild the engine");
+  }
+  if (sha) {
+    std::string digest = detail::sha256_file(path);
+    std::string want = a.sha256;
+    std::transform(want.begin(), want.end(), want.begin(), ::tolower);
+    if (digest != want) {
+      throw Error(ErrorCode::Artifact, "engine '" + engine + "': " + path + " has sha256 " + digest +
+                                           ", manifest.json says " + a.sha256 +
+                                           ": the file is corrupt or was replaced; rebuild the engine");
+    }
+  }
+}
+
+}  // namespace
+
+struct Engine::Impl {
+  std::string dir, name, backend_name;
+  Manifest manifest;
+  std::unique_ptr<detail::Backend> backend;
+
+  // Validates and returns the size bound to each symbolic dimension.
+  std::map<std::string, int64_t> bind(const std::map<std::string, Tensor>& inputs) const;
+  [[noreturn]] void fail(ErrorCode code, const std::string& what) const {
+    throw Error(code, "engine '" + name + "': " + what);
+  }
+};
+
+std::unique_ptr<Engine> Engine::open(const std::string& dir, const EngineOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->dir = dir;
+  impl->name = detail::engine_name(dir);
+  if (options.num_threads < 0) {
+    throw Error(ErrorCode::InvalidArgument, "engine '" + impl->name + "': num_threads is " +
+                                                std::to_string(options.num_threads) +
+                                                "; use 0 (leave as is) or a positive count");
+  }
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) {
+    throw Error(ErrorCode::Manifest, "engine '" + impl->name + "': " + dir +
+                                         " is not a directory; pass an engine directory written by "
+                                         "`kiln build` (engines/<name>/)");
+  }
+  impl->manifest = Manifest::load(dir);
+  const BackendInfo& info = choose_backend(impl->name, impl->manifest, options.backend);
+  const ArtifactInfo& artifact = *impl->manifest.artifact(info.format);
+  std::string path = (std::filesystem::path(dir) / artifact.file).string();
+  check_artifact(impl->name, path, artifact, options.verify_sha256);
+  detail::BackendLoad load{impl->manifest, artifact, path, impl->name, options};
+  try {
+    impl->backend = info.load(load);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw Error(ErrorCode::Artifact, "engine '" + impl->name + "': backend '" + info.name +
+                                         "' could not load " + path + ": " + e.what() +
+                                         "; rebuild the engine with this kiln's torch version");
+  }
+  impl->backend_name = info.name;
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() = default;
+
+const std::string& Engine::name() const noexcept { return impl_->name; }
+const std::string& Engine::dir() const noexcept { return impl_->dir; }
+const std::string& Engine::backend() const noexcept { return impl_->backend_name; }
+const Manifest& Engine::manifest() const noexcept { return impl_->manifest; }
+const std::vector<TensorSpec>& Engine::inputs() const noexcept { return impl_->manifest.inputs; }
+const std::vector<TensorSpec>& Engine::outputs() const noexcept { return impl_->manifest.outputs; }
+
+std::map<std::string, int64_t> Engine::Impl::bind(const std::map<std::string, Tensor>& inputs) const {
+  const auto& specs = manifest.inputs;
+  auto is_spec = [&](const std::string& n) {
+    return std::any_of(specs.begin(), specs.end(), [&](const TensorSpec& s) { return s.name == n; });
+  };
+  for (const auto& [given, tensor] : inputs) {
+    if (is_spec(given)) continue;
+    // A misnamed input: suggest the closest expected name that was not given.
+    const TensorSpec* best = nullptr;
+    size_t best_distance = std::max<size_t>(2, given.size() / 3) + 1;
+    for (const auto& s : specs) {
+      if (inputs.count(s.name)) continue;
+      size_t d = detail::edit_distance(given, s.name);
+      if (d < best_distance) best = &s, best_distance = d;
+    }
+    if (best) {
+      fail(ErrorCode::InputName, "'" + given + "' is not an input of this engine; did you mean '" +
+                                     best->name + "'? It takes: " + spec_list(specs));
+    }
+    fail(ErrorCode::InputName,
+         "unexpected input '" + given + "'; remove it. The engine takes: " + spec_list(specs));
+  }
+  for (const auto& s : specs) {
+    if (!inputs.count(s.name)) {
+      fail(ErrorCode::InputName, "missing input '" + s.name + "' (" + dtype_name(s.dtype) + " " +
+                                     s.shape_string() + "); the engine takes: " + spec_list(specs));
+    }
+  }
+
+  struct Bound {
+    int64_t size;
+    std::string input;
+  };
+  std::map<std::string, Bound> bound;
+  for (const auto& s : specs) {
+    const Tensor& t = inputs.at(s.name);
+    if (!t.defined()) fail(ErrorCode::InputValue, "input '" + s.name + "' is an undefined (empty) Tensor");
+    if (t.dtype() != s.dtype) {
+      fail(ErrorCode::InputDType, "input '" + s.name + "' has dtype " + dtype_name(t.dtype()) +
+                                      ", expected " + dtype_name(s.dtype) + "; convert it to " +
+                                      dtype_name(s.dtype));
+    }
+    const auto& shape = t.shape();
+    if (shape.size() != s.shape.size()) {
+      fail(ErrorCode::InputShape, "input '" + s.name + "' has shape " + shape_to_string(shape) + " (rank " +
+                                      std::to_string(shape.size()) + "), expected rank " +
+                                      std::to_string(s.shape.size()) + ": " + s.shape_string());
+    }
+    for (size_t i = 0; i < shape.size(); ++i) {
+      const Dim& d = s.shape[i];
+      std::string where = "input '" + s.name + "' has shape " + shape_to_string(shape) + ": dimension " +
+                          std::to_string(i);
+      if (!d.symbolic()) {
+        if (shape[i] != d.size) {
+          fail(ErrorCode::InputShape, where + " is " + std::to_string(shape[i]) + ", expected " +
+                                          std::to_string(d.size) + " (shape " + s.shape_string() + ")");
+        }
+        continue;
+      }
+      const DimRange& r = manifest.dims.at(d.symbol);
+      if (shape[i] < r.min || shape[i] > r.max) {
+        fail(ErrorCode::InputShape, where + " ('" + d.symbol + "') is " + std::to_string(shape[i]) +
+                                        ", outside the engine's range " + std::to_string(r.min) + ".." +
+                                        std::to_string(r.max) + "; use a " + d.symbol + " in that range "
+                                        "(or rebuild the engine with a larger range)");
+      }
+      auto [it, fresh] = bound.emplace(d.symbol, Bound{shape[i], s.name});
+      if (!fresh && it->second.size != shape[i]) {
+        fail(ErrorCode::InputShape, where + " ('" + d.symbol + "') is " + std::to_string(shape[i]) +
+                                        ", but input '" + it->second.input + "' has " + d.symbol + " = " +
+                                        std::to_string(it->second.size) + "; all inputs must agree on '" +
+                                        d.symbol + "'");
+      }
+    }
+  }
+  std::map<std::string, int64_t> sizes;
+  for (const auto& [symbol, b] : bound) sizes[symbol] = b.size;
+  return sizes;
+}
+
+void Engine::validate(const std::map<std::string, Tensor>& inputs) const { impl_->bind(inputs); }
+
+std::map<std::string, Tensor> Engine::run(const std::map<std::string, Tensor>& inputs) const {
+  const Impl& im = *impl_;
+  auto sizes = im.bind(inputs);
+  std::vector<Tensor> ordered;
+  ordered.reserve(im.manifest.inputs.size());
+  for (const auto& s : im.manifest.inputs) ordered.push_back(inputs.at(s.name));
+
+  std::vector<Tensor> results;
+  try {
+    results = im.backend->run(ordered);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    im.fail(ErrorCode::Runtime, "backend '" + im.backend_name + "' failed: " + e.what());
+  }
+
+  // The artifact and the manifest are written together; a disagreement means a stale or
+  // mismatched engine directory, which must not pass silently.
+  const auto& specs = im.manifest.outputs;
+  if (results.size() != specs.size()) {
+    im.fail(ErrorCode::Runtime, "backend '" + im.backend_name + "' returned " + std::to_string(results.size()) +
+                                    " outputs, manifest.json lists " + std::to_string(specs.size()) + " (" +
+                                    spec_list(specs) + "); rebuild the engine");
+  }
+  std::map<std::string, Tensor> out;
+  for (size_t k = 0; k < specs.size(); ++k) {
+    const TensorSpec& s = specs[k];
+    const Tensor& t = results[k];
+    bool ok = t.defined() && t.dtype() == s.dtype && t.ndim() == s.shape.size();
+    for (size_t i = 0; ok && i < s.shape.size(); ++i) {
+      const Dim& d = s.shape[i];
+      if (!d.symbolic()) {
+        ok = t.shape()[i] == d.size;
+      } else if (auto it = sizes.find(d.symbol); it != sizes.end()) {
+        ok = t.shape()[i] == it->second;
+      }
+    }
+    if (!ok) {
+      im.fail(ErrorCode::Runtime,
+              "backend '" + im.backend_name + "' returned output '" + s.name + "' as " +
+                  (t.defined() ? std::string(dtype_name(t.dtype())) + " " + shape_to_string(t.shape())
+                               : std::string("an undefined tensor")) +
+                  ", manifest.json says " + dtype_name(s.dtype) + " " + s.shape_string() +
+                  "; the artifact and the manifest disagree, rebuild the engine");
+    }
+    out.emplace(s.name, t);
+  }
+  return out;
+}
+
+std::vector<std::string> available_backends() {
+  std::vector<std::string> names;
+  for (const auto& b : detail::registered_backends()) {
+    if (usable_reason(b).empty()) names.push_back(b.name);
+  }
+  return names;
+}
+
+}  // namespace kiln

@@ -1,0 +1,193 @@
+"""Write a tiny engine directory for the runtime tests (ctest and tests/test_runtime.py).
+
+    python tests/cpp/make_fixture_engine.py OUTDIR [--force]
+
+OUTDIR gets manifest.json (engines/README.md, format_version 1), model.ts (torch.jit.trace),
+model.pt2 (torch.export + AOTInductor, dynamic batch 1..8 and sequence 1..64) and
+reference/<case>/*.npy: inputs and the eager model's outputs for each case, so the tests
+compare numbers. An OUTDIR built by the same script and torch is reused unless --force:
+the AOTInductor compile takes 10-30 s.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+import warnings
+
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR",
+    os.path.join(os.environ.get("KILN_CACHE", os.path.expanduser("~/.cache/kiln")), "inductor"),
+)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+VOCAB, HIDDEN, FEATURES, CLASSES = 50, 8, 4, 3
+DIMS = {"batch": {"min": 1, "opt": 2, "max": 8}, "sequence": {"min": 1, "opt": 16, "max": 64}}
+INPUTS = [
+    {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
+    {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "sequence"]},
+    {"name": "features", "dtype": "float32", "shape": ["batch", FEATURES]},
+]
+OUTPUTS = [
+    {"name": "logits", "dtype": "float32", "shape": ["batch", CLASSES]},
+    {"name": "hidden", "dtype": "float32", "shape": ["batch", "sequence", HIDDEN]},
+]
+
+
+class FixtureModel(torch.nn.Module):
+    """Token embedding + a per-example feature projection, masked mean pooling, a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCAB, HIDDEN)
+        self.proj = torch.nn.Linear(FEATURES, HIDDEN)
+        self.head = torch.nn.Linear(HIDDEN, CLASSES)
+
+    def forward(self, input_ids, attention_mask, features):
+        hidden = torch.tanh(self.embed(input_ids) + self.proj(features)[:, None, :])  # (B, T, H)
+        mask = attention_mask.to(hidden.dtype)[:, :, None]  # (B, T, 1)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, H)
+        return self.head(pooled), hidden
+
+
+def build_model() -> FixtureModel:
+    torch.manual_seed(0)
+    return FixtureModel().eval()
+
+
+def make_inputs(batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    mask = np.ones((batch, seq), dtype=np.int64)
+    for b in range(batch):  # padding at the end of every other row
+        if b % 2 == 1 and seq > 1:
+            mask[b, seq - 1 - b % seq:] = 0
+    return {
+        "input_ids": rng.integers(0, VOCAB, size=(batch, seq), dtype=np.int64),
+        "attention_mask": mask,
+        "features": rng.standard_normal((batch, FEATURES)).astype(np.float32),
+    }
+
+
+def example_inputs() -> dict[str, np.ndarray]:
+    """What cpp/examples/embed/main.cpp builds: dims at opt, i % 10 ids, mask 1, 0.1*(i%7)-0.3."""
+    batch, seq = DIMS["batch"]["opt"], DIMS["sequence"]["opt"]
+    i = np.arange(batch * seq, dtype=np.int64).reshape(batch, seq)
+    f = np.arange(batch * FEATURES).reshape(batch, FEATURES)
+    return {
+        "input_ids": i % 10,
+        "attention_mask": np.ones((batch, seq), dtype=np.int64),
+        "features": (np.float32(0.1) * (f % 7).astype(np.float32) - np.float32(0.3)).astype(np.float32),
+    }
+
+
+# name -> inputs; shapes cover the range's edges and a padded batch
+CASES = {
+    "b2s7": lambda: make_inputs(2, 7, seed=1),
+    "b1s1": lambda: make_inputs(1, 1, seed=2),
+    "b3s5": lambda: make_inputs(3, 5, seed=3),
+    "b8s64": lambda: make_inputs(8, 64, seed=4),
+    "example": example_inputs,
+}
+
+
+def _file_entry(path: pathlib.Path, fmt: str, **extra) -> dict:
+    data = path.read_bytes()
+    return {"format": fmt, "file": path.name, "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data), "precision": "fp32", "device": "cpu",
+            "versions": {"torch": torch.__version__}, **extra}
+
+
+def _stamp() -> str:
+    return hashlib.sha256(pathlib.Path(__file__).read_bytes() + torch.__version__.encode()).hexdigest()
+
+
+def build(out: pathlib.Path) -> None:
+    model = build_model()
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; an engine directory is an ordinary one
+    try:
+        trace_inputs = tuple(torch.from_numpy(v) for v in make_inputs(2, 7, seed=0).values())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            traced = torch.jit.trace(model, trace_inputs)
+            traced.save(str(tmp / "model.ts"))
+
+        batch = torch.export.Dim("batch", min=DIMS["batch"]["min"], max=DIMS["batch"]["max"])
+        seq = torch.export.Dim("sequence", min=DIMS["sequence"]["min"], max=DIMS["sequence"]["max"])
+        with warnings.catch_warnings():
+            # torch 2.13's own export code trips its pytree LeafSpec deprecation
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            exported = torch.export.export(
+                model, trace_inputs,
+                dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq},
+                                "features": {0: batch}})
+            torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp / "model.pt2"))
+
+        ref = tmp / "reference"
+        for case, make in CASES.items():
+            (ref / case).mkdir(parents=True)
+            inputs = make()
+            with torch.no_grad():
+                logits, hidden = model(*(torch.from_numpy(inputs[i["name"]]) for i in INPUTS))
+            for name, value in {**inputs, "logits": logits.numpy(), "hidden": hidden.numpy()}.items():
+                np.save(ref / case / f"{name}.npy", value)
+
+        manifest = {
+            "format_version": 1,
+            "name": out.name,
+            "family": "fixture",
+            "task": "feature-extraction",
+            "config": {"vocab_size": VOCAB, "hidden_size": HIDDEN, "num_features": FEATURES,
+                       "num_labels": CLASSES},
+            "dims": DIMS,
+            "inputs": INPUTS,
+            "outputs": OUTPUTS,
+            "artifacts": [_file_entry(tmp / "model.ts", "torchscript"),
+                          _file_entry(tmp / "model.pt2", "aoti")],
+            "labels": ["a", "b", "c"],
+            "processing": {},
+            "task_options": {},
+            "weights": "random",
+            "source": {"checkpoint": "tests/cpp/make_fixture_engine.py", "sha256": None},
+            "kiln_version": "0.1.0",
+            "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / ".fixture-stamp").write_text(_stamp())
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure(out: str | os.PathLike, force: bool = False) -> pathlib.Path:
+    """Build the fixture engine at `out` unless an up-to-date one is there."""
+    out = pathlib.Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stamp = out / ".fixture-stamp"
+    if force or not (stamp.exists() and stamp.read_text() == _stamp() and (out / "manifest.json").exists()):
+        build(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("outdir")
+    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    args = parser.parse_args(argv)
+    out = ensure(args.outdir, args.force)
+    print(f"fixture engine: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
