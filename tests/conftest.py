@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+import shutil
+
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,3 +72,67 @@ def save_hf_model(tmp_path_factory):
         return path, model
 
     return make
+
+
+# --- engines built once per session (tests/test_engines.py, tests/test_cli.py) -------------
+
+TASKS = {
+    "text-classification": ("BertForSequenceClassification", "bert-text-classification",
+                            ["NEGATIVE", "POSITIVE"]),
+    "token-classification": ("BertForTokenClassification", "bert-token-classification",
+                             ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]),
+    "question-answering": ("BertForQuestionAnswering", "bert-question-answering", None),
+    "fill-mask": ("BertForMaskedLM", "bert-fill-mask", None),
+}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def make_checkpoint(out: Path, hf_class: str, labels, minilm_dir: Path, seed: int = 0) -> Path:
+    """A tiny BERT of `hf_class` with the real MiniLM vocabulary and tokenizer, saved by transformers."""
+    import torch
+    import transformers
+    extra = {}
+    if labels:
+        extra = {"id2label": dict(enumerate(labels)), "label2id": {l: i for i, l in enumerate(labels)}}
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64,
+                                  max_position_embeddings=128, type_vocab_size=2, **extra)
+    torch.manual_seed(seed)
+    model = getattr(transformers, hf_class)(cfg).eval()
+    with torch.no_grad():  # transformers' init is too flat to make decisive answers
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(out)
+    for f in TOKENIZER_FILES:
+        shutil.copy2(minilm_dir / f, out / f)
+    return out
+
+
+def tiny_recipe(name: str):
+    """A repo recipe with the sequence range the tiny checkpoints (128 positions) allow."""
+    from kiln.recipe import load_recipe
+    from kiln.registry import DimRange
+    recipe = load_recipe(name)
+    recipe.dims["sequence"] = DimRange(2, 64, 128)
+    return recipe
+
+
+@pytest.fixture(scope="session")
+def tiny_engines(tmp_path_factory, minilm_dir) -> dict[str, tuple[Path, Path]]:
+    """task -> (engine dir, checkpoint dir), every format built."""
+    from kiln.exporters import build
+    root = tmp_path_factory.mktemp("tiny")
+    engines = {}
+    for task, (hf_class, recipe, labels) in TASKS.items():
+        ckpt = make_checkpoint(root / f"ckpt-{task}", hf_class, labels, minilm_dir)
+        result = build(tiny_recipe(recipe), checkpoint=ckpt, output=root / "engines" / task)
+        engines[task] = (result.path, ckpt)
+    return engines
+
+
+@pytest.fixture(scope="session")
+def minilm_engine(tmp_path_factory) -> Path:
+    from kiln.exporters import build
+    from kiln.recipe import load_recipe
+    return build(load_recipe("minilm-feature-extraction"),
+                 output=tmp_path_factory.mktemp("minilm") / "minilm-feature-extraction").path

@@ -184,8 +184,8 @@ class FillMaskPipeline(TextPipeline):
             for p in positions:
                 probs = softmax(outputs["logits"][i, p])
                 best = np.argsort(-probs)[:top_k]
-                row.append([{"token": self.tokenizer.id_to_token(int(t)), "score": float(probs[t])}
-                            for t in best])
+                row.append([{"token": self.tokenizer.id_to_token(int(t)), "token_id": int(t),
+                             "score": float(probs[t])} for t in best])
             results.append(row)
         return results
 

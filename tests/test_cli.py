@@ -1,0 +1,115 @@
+"""The `kiln` command: each verb on built engines, checked on what it prints or writes."""
+import json
+
+import numpy as np
+import pytest
+
+from kiln import samples
+from kiln.cli import main
+from kiln.pipelines import pipeline
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_explains_every_verb(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    for verb in ("list", "build", "run", "parity", "bench", "inspect", "demo"):
+        assert f"\n  {verb} " in out, verb
+
+
+def test_list_shows_recipes_and_backends(capsys):
+    code, out, _ = run(capsys, "list")
+    assert code == 0
+    for name in ("minilm-feature-extraction", "bert-question-answering", "bert-fill-mask"):
+        assert name in out
+    assert "aoti" in out and "torchscript" in out
+
+
+def test_run_json_gives_the_pipeline_answer(capsys, tiny_engines):
+    engine = tiny_engines["text-classification"][0]
+    code, out, _ = run(capsys, "run", engine, *samples.SENTENCES[:3], "--json", "--backend", "torchscript")
+    assert code == 0
+    data = json.loads(out)
+    assert data["backend"] == "torchscript" and data["inputs"] == samples.SENTENCES[:3]
+    assert data["results"] == pipeline(engine, backend="torchscript")(samples.SENTENCES[:3])
+
+
+def test_run_question_answering_prints_the_span(capsys, tiny_engines):
+    engine = tiny_engines["question-answering"][0]
+    q, c = samples.QA_PAIRS[0]
+    code, out, _ = run(capsys, "run", engine, "--question", q, c)
+    assert code == 0
+    ans = pipeline(engine)([q], [c])[0]
+    assert f"answer: {ans['answer']!r} [{ans['start']}:{ans['end']}]" in out
+
+
+def test_run_embeddings_prints_similarities(capsys, minilm_engine):
+    code, out, _ = run(capsys, "run", minilm_engine, "a cat sat on the mat", "a kitten lay on the rug",
+                       "--json")
+    data = json.loads(out)
+    emb = np.array(data["embeddings"])
+    assert emb.shape == (2, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    assert data["cosine"][0][1] == pytest.approx(float(emb[0] @ emb[1]), abs=1e-5)
+
+
+def test_run_errors_name_the_problem(capsys, tiny_engines):
+    engine = tiny_engines["text-classification"][0]
+    code, _, err = run(capsys, "run", engine, "hello", "--backend", "tensorrt")
+    assert code == 2 and "tensorrt" in err and "aoti" in err  # says what is available
+    code, _, err = run(capsys, "run", engine, "")
+    assert code == 2 and "INPUT_VALUE" in err and "empty" in err
+    code, _, err = run(capsys, "run", tiny_engines["question-answering"][0], "a context")
+    assert code == 2 and "--question" in err
+
+
+def test_parity_writes_json_and_sets_the_exit_code(capsys, tiny_engines, tmp_path):
+    code, out, _ = run(capsys, "parity", tiny_engines["token-classification"][0], "--json", tmp_path / "p.json")
+    assert code == 0 and "PASS" in out
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert data["pass"] is True
+    for name, b in data["backends"].items():
+        assert set(b) >= {"pass", "task_match", "outputs"}
+        assert set(b["outputs"]["logits"]) >= {"max_abs", "max_rel", "cosine"}
+    code, out, _ = run(capsys, "parity", tiny_engines["token-classification"][0], "--backends", "onnxruntime")
+    assert code == 0 and "onnxruntime" in out and "kiln-aoti" not in out
+
+
+def test_bench_measures_every_backend(capsys, tiny_engines, tmp_path):
+    engine = tiny_engines["text-classification"][0]
+    code, out, _ = run(capsys, "bench", engine, "--batch", "1,2", "--seq", "32", "--iters", "4",
+                       "--json", tmp_path / "b.json")
+    assert code == 0
+    data = json.loads((tmp_path / "b.json").read_text())
+    names = {r["backend"] for r in data["rows"]}
+    assert names >= {"transformers-eager", "kiln-eager", "onnxruntime", "kiln-aoti", "kiln-torchscript",
+                     "aoti-python", "torchscript-python"}
+    for r in data["rows"]:
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["throughput"] == pytest.approx(r["batch"] * 1000 / r["p50_ms"])
+        assert r["seq"] == 32 and r["batch"] in (1, 2)
+    code, _, err = run(capsys, "bench", engine, "--seq", "1000")
+    assert code == 2 and "sequence range [2, 128]" in err
+
+
+def test_inspect_shows_the_manifest(capsys, tiny_engines):
+    code, out, _ = run(capsys, "inspect", tiny_engines["question-answering"][0])
+    assert code == 0
+    for text in ("question-answering", "input_ids", "start_logits", "model.pt2", "sequence 2..128"):
+        assert text in out
+
+
+def test_build_errors(capsys, tmp_path):
+    code, _, err = run(capsys, "build", "no-such-recipe")
+    assert code == 2 and "known recipes" in err
+    code, _, err = run(capsys, "build", "bert-text-classification", "--checkpoint", tmp_path / "nothing",
+                       "--output", tmp_path / "out")
+    assert code == 2 and "CHECKPOINT" in err and not (tmp_path / "out").exists()
+    code, _, err = run(capsys, "build", "bert-text-classification", "--formats", "coreml")
+    assert code == 2 and "coreml" in err
