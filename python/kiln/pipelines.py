@@ -54,7 +54,14 @@ class Pipeline:
         raise NotImplementedError
 
     def random_feed(self, seed: int = 0) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """Random valid inputs at the opt sizes (batch 3 where allowed), for parity."""
+        from . import registry
+        dims = self.manifest["dims"]
+        sizes = {name: r["opt"] for name, r in dims.items()}
+        if "batch" in dims:
+            sizes["batch"] = max(dims["batch"]["min"], min(3, dims["batch"]["max"]))
+        entry = registry.get(self.manifest["family"], self.manifest["task"])
+        return entry.make_example(self.manifest["config"], sizes, seed)
 
 
 class TextPipeline(Pipeline):
@@ -90,17 +97,6 @@ class TextPipeline(Pipeline):
 
     def parity_samples(self) -> list:
         return [samples.SENTENCES[:4], samples.SENTENCES[4:5]]
-
-    def random_feed(self, seed: int = 0) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng(seed)
-        config = self.manifest["config"]
-        batch = max(self.manifest["dims"]["batch"]["min"], min(3, self.manifest["dims"]["batch"]["max"]))
-        seq = self.manifest["dims"]["sequence"]["opt"]
-        ids = rng.integers(0, config["vocab_size"], (batch, seq), dtype=np.int64)
-        mask = np.ones((batch, seq), np.int64)
-        mask[-1, seq // 2:] = 0
-        types = np.zeros((batch, seq), np.int64)
-        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
 class TextClassificationPipeline(TextPipeline):

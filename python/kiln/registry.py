@@ -75,6 +75,13 @@ class TaskEntry:
     model_options: tuple[str, ...] = ()  # recipe [task_options] passed to the model constructor
     has_labels: bool = False
     dim_limits: Callable[[Any], dict[str, int]] = field(default=lambda config: {})
+    # (config dict, {dim name: size}, numpy Generator) -> valid random inputs of those sizes;
+    # used to trace and export, by parity (beside real samples) and by the benchmark
+    example_inputs: Callable[[dict, dict[str, int], np.random.Generator], dict[str, np.ndarray]] = \
+        field(default=None)
+
+    def make_example(self, config: dict, sizes: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+        return self.example_inputs(config, sizes, np.random.default_rng(seed))
 
     @property
     def key(self) -> tuple[str, str]:
@@ -131,7 +138,19 @@ def _cosine_check(output: str, minimum: float = 0.9999) -> Callable:
     return check
 
 
-# --- BERT ---------------------------------------------------------------------------------
+# --- BERT ------------------------------------------------------------------------------------
+
+def _text_example(config: dict, sizes: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    batch, seq = sizes["batch"], sizes["sequence"]
+    ids = rng.integers(0, config["vocab_size"], (batch, seq), dtype=np.int64)
+    mask = np.ones((batch, seq), np.int64)
+    if batch > 1:
+        mask[-1, max(2, seq * 3 // 4):] = 0  # a padded row, so masking is in every trace and check
+    types = np.zeros((batch, seq), np.int64)
+    types[:, seq // 2:] = min(1, config.get("type_vocab_size", 1) - 1)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
 _TEXT_INPUTS = (
     TensorSpec("input_ids", "int64", ("batch", "sequence")),
     TensorSpec("attention_mask", "int64", ("batch", "sequence")),
@@ -168,33 +187,33 @@ register(TaskEntry(
     _TEXT_INPUTS,
     lambda c: (TensorSpec("logits", "float32", ("batch", c.num_labels)),),
     _TEXT_DIMS, _fp32("logits"), TaskCheck("same label", _argmax_check("logits")),
-    has_labels=True, dim_limits=_bert_limits))
+    has_labels=True, dim_limits=_bert_limits, example_inputs=_text_example))
 register(TaskEntry(
     "bert", "token-classification", "kiln.models.bert:BertForTokenClassification", _BERT_CONFIG,
     _TEXT_INPUTS,
     lambda c: (TensorSpec("logits", "float32", ("batch", "sequence", c.num_labels)),),
     _TEXT_DIMS, _fp32("logits"), TaskCheck("same entity tags", _argmax_check("logits")),
-    has_labels=True, dim_limits=_bert_limits))
+    has_labels=True, dim_limits=_bert_limits, example_inputs=_text_example))
 register(TaskEntry(
     "bert", "question-answering", "kiln.models.bert:BertForQuestionAnswering", _BERT_CONFIG,
     _TEXT_INPUTS,
     lambda c: (TensorSpec("start_logits", "float32", ("batch", "sequence")),
                TensorSpec("end_logits", "float32", ("batch", "sequence"))),
     _TEXT_DIMS, _fp32("start_logits", "end_logits"), TaskCheck("same answer span", _qa_span_check),
-    dim_limits=_bert_limits))
+    dim_limits=_bert_limits, example_inputs=_text_example))
 register(TaskEntry(
     "bert", "feature-extraction", "kiln.models.bert:BertForFeatureExtraction", _BERT_CONFIG,
     _TEXT_INPUTS,
     lambda c: (TensorSpec("embeddings", "float32", ("batch", c.hidden_size)),),
     _TEXT_DIMS, _fp32("embeddings", atol=1e-5), TaskCheck("embedding cosine >= 0.9999",
                                                           _cosine_check("embeddings")),
-    model_options=("pooling", "normalize"), dim_limits=_bert_limits))
+    model_options=("pooling", "normalize"), dim_limits=_bert_limits, example_inputs=_text_example))
 register(TaskEntry(
     "bert", "fill-mask", "kiln.models.bert:BertForMaskedLM", _BERT_CONFIG,
     _TEXT_INPUTS,
     lambda c: (TensorSpec("logits", "float32", ("batch", "sequence", c.vocab_size)),),
     _TEXT_DIMS, _fp32("logits", atol=1e-3), TaskCheck("same predicted tokens", _argmax_check("logits")),
-    dim_limits=_bert_limits))
+    dim_limits=_bert_limits, example_inputs=_text_example))
 
 
 def get(family: str, task: str) -> TaskEntry:

@@ -77,19 +77,14 @@ def dynamic_shapes(recipe: Recipe) -> tuple[dict, ...]:
                   for spec in recipe.entry.inputs),)
 
 
-def example_inputs(recipe: Recipe, config, batch: int = 2, seq: int | None = None,
-                   seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random but valid inputs inside the recipe's ranges (tracing, export, smoke runs)."""
-    g = torch.Generator().manual_seed(seed)
-    seq = seq or min(max(recipe.dims["sequence"].min, 16), recipe.dims["sequence"].max)
-    batch = min(max(batch, recipe.dims["batch"].min), recipe.dims["batch"].max)
-    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=g)
-    mask = torch.ones(batch, seq, dtype=torch.int64)
-    if batch > 1:
-        mask[1:, seq * 3 // 4:] = 0  # a padded row, so masking is part of every trace
-    types = torch.zeros(batch, seq, dtype=torch.int64)
-    types[:, seq // 2:] = min(1, config.type_vocab_size - 1)
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+def example_inputs(recipe: Recipe, config, batch: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Valid random inputs inside the recipe's ranges, for tracing and export: batch 2 and
+    every other dim at min(max(min, 16), max) (torch.export specialises example dims of 1)."""
+    sizes = {name: min(max(r.min, 16), r.max) for name, r in recipe.dims.items()}
+    if "batch" in sizes:
+        sizes["batch"] = min(max(batch, recipe.dims["batch"].min), recipe.dims["batch"].max)
+    feed = recipe.entry.make_example(config.to_dict(), sizes, seed)
+    return {name: torch.from_numpy(value) for name, value in feed.items()}
 
 
 def _check_dims_against_model(recipe: Recipe, config) -> None:
