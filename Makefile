@@ -59,7 +59,7 @@ test: setup
 
 bench: setup
 	$(KILN) build export/minilm-feature-extraction.toml
-	$(KILN) bench engines/minilm-feature-extraction --batch 1,8 --seq 128 --json bench-results.json
+	$(KILN) bench engines/minilm-feature-extraction --batch 1,8 --seq 128 --json bench-results.json --markdown
 
 clean:
 	rm -rf build engines/*/ $(VENV)/.kiln-built

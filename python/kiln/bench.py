@@ -265,5 +265,14 @@ def print_bench(result: dict, console=None) -> None:
         console.print(line)
 
 
+def markdown(result: dict) -> str:
+    """The results as a Markdown table plus the target lines (what the README shows)."""
+    lines = ["| backend | batch | p50 ms | p90 ms | p99 ms | samples/s |", "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['backend']} | {r['batch']} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
+                     f"{r['p99_ms']:.1f} | {r['throughput']:.1f} |")
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in summary(result)) + "\n"
+
+
 def write_json(result: dict, path: str | Path) -> None:
     Path(path).write_text(json.dumps(result, indent=2) + "\n")

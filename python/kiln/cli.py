@@ -173,6 +173,9 @@ def cmd_bench(args) -> int:
         result = run_bench(args.engine, batches, args.seq, threads=args.threads, iters=args.iters,
                            only=only, progress=lambda m: status.update(f"bench: {m}"))
     print_bench(result, console)
+    if args.markdown:
+        from .bench import markdown
+        print(markdown(result))
     if args.json:
         write_json(result, args.json)
         console.print(f"wrote {args.json}")
@@ -277,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--iters", type=int, default=50, help="timed iterations per row (default 50)")
     s.add_argument("--backends", nargs="+", help="only these backends")
     s.add_argument("--json", help="write the results as JSON to this file")
+    s.add_argument("--markdown", action="store_true", help="also print a Markdown table (for the README)")
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("inspect", help="what an engine directory holds")

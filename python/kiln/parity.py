@@ -306,9 +306,12 @@ def print_report(report: ParityReport, console=None) -> None:
                           "[green]ok[/]" if o["pass"] else "[red]FAIL[/]",
                           ("[green]same[/]" if b.task_match else "[red]DIFFERENT[/]") if i == 0 else "")
     console.print(table)
-    for name, b in report.backends.items():
-        if not b.error:
-            console.print(f"  {name}: {b.task_detail}", style="dim")
+    details = {name: b.task_detail for name, b in report.backends.items() if not b.error}
+    if len(set(details.values())) == 1:  # the usual case: say it once
+        console.print(f"  every backend: {next(iter(details.values()))}", style="dim")
+    else:
+        for name, detail in details.items():
+            console.print(f"  {name}: {detail}", style="dim")
     for name, why in report.skipped.items():
         console.print(f"  skipped {name}: {why}", style="yellow")
     console.print("[bold green]PASS[/]" if report.passed else "[bold red]FAIL[/]")
