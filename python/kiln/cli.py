@@ -14,6 +14,7 @@ EPILOG = """verbs:
   run       answers from an engine through the C++ runtime (labels, entities, spans, embeddings)
   parity    every backend vs eager PyTorch: max abs / rel error, cosine, task-level answer
   bench     latency and throughput of every backend, one run
+  check-trt will TensorRT's ONNX parser accept the engine's graph (checked without a GPU)
   inspect   what an engine directory holds and promises
   demo      the main job: build the BERT deployables, semantic search, parity table
 
@@ -182,6 +183,16 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_check_trt(args) -> int:
+    from .exporters.tensorrt import check_engine, print_report
+    with _console().status(f"TensorRT checks: {args.engine}"):
+        report = check_engine(args.engine, args.ops_table)
+    print_report(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    return 0 if report.passed else 1
+
+
 def cmd_inspect(args) -> int:
     from rich.table import Table
 
@@ -282,6 +293,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="write the results as JSON to this file")
     s.add_argument("--markdown", action="store_true", help="also print a Markdown table (for the README)")
     s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("check-trt", help="will TensorRT accept this engine's ONNX? (no GPU needed)",
+                       description="Check an engine's ONNX graph against what TensorRT's ONNX parser "
+                       "accepts, without a GPU: opset 9-20, every operator and its element type in the "
+                       "parser's table (onnx_ops.tsv), no float64 tensor, `polygraphy surgeon sanitize "
+                       "--fold-constants` succeeds and the folded graph still matches eager PyTorch in "
+                       "ONNX Runtime. Exits 1 with the reason for any failure.")
+    s.add_argument("engine", help="engine directory")
+    s.add_argument("--ops-table", help="TensorRT operator table (default: ../shared/tensorrt/onnx_ops.tsv, "
+                   "or $KILN_TRT_OPS)")
+    s.add_argument("--json", help="write the verdict as JSON to this file")
+    s.set_defaults(fn=cmd_check_trt)
 
     s = sub.add_parser("inspect", help="what an engine directory holds")
     s.add_argument("engine", help="engine directory")

@@ -102,6 +102,16 @@ def eager_model(manifest: dict):
     return model.eval()
 
 
+def onnxruntime_infer(onnx_path: str | Path, manifest: dict, threads: int = 2):
+    """An ONNX Runtime (CPU) session as infer(feed) -> {output name: array}."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    out_names = [s["name"] for s in manifest["outputs"]]
+    return lambda feed: dict(zip(out_names, sess.run(out_names, feed)))
+
+
 @dataclass
 class Backend:
     name: str
@@ -112,7 +122,6 @@ class Backend:
 def candidate_backends(engine_dir: Path, manifest: dict) -> list[Backend]:
     """Every backend kiln knows, with the reason where one cannot run here."""
     backends: list[Backend] = []
-    meta_names = manifest
 
     backends.append(Backend(REFERENCE, lambda: _torch_infer(eager_model(manifest), manifest)))
 
@@ -123,15 +132,8 @@ def candidate_backends(engine_dir: Path, manifest: dict) -> list[Backend]:
     backends.append(Backend("torchscript-python", make_ts, None if ts else "no model.ts in the engine"))
 
     onnx_art = find_artifact(manifest, "onnx")
-    def make_ort():
-        import onnxruntime as ort
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 2
-        sess = ort.InferenceSession(str(engine_dir / onnx_art["file"]), opts,
-                                    providers=["CPUExecutionProvider"])
-        out_names = [s["name"] for s in meta_names["outputs"]]
-        return lambda feed: dict(zip(out_names, sess.run(out_names, feed)))
-    backends.append(Backend("onnxruntime", make_ort, None if onnx_art else "no model.onnx in the engine"))
+    backends.append(Backend("onnxruntime", lambda: onnxruntime_infer(engine_dir / onnx_art["file"], manifest),
+                            None if onnx_art else "no model.onnx in the engine"))
 
     try:
         from .runtime import Engine, available_backends
@@ -211,7 +213,9 @@ def parity_feeds(engine_dir: Path, manifest: dict, seed: int = 0) -> list[dict[s
     return feeds
 
 
-def run_parity(engine_dir: str | Path, backends: list[str] | None = None) -> ParityReport:
+def run_parity(engine_dir: str | Path, backends: list[str] | None = None,
+               extra_backends: list[Backend] | None = None) -> ParityReport:
+    """Every backend (or those named in `backends`, plus `extra_backends`) against eager."""
     from polygraphy.comparator import Comparator, SimpleCompareFunc
 
     engine_dir = Path(engine_dir)
@@ -225,7 +229,8 @@ def run_parity(engine_dir: str | Path, backends: list[str] | None = None) -> Par
     skipped: dict[str, str] = {}
     runners = []
     errors: dict[str, str] = {}
-    for b in candidate_backends(engine_dir, manifest):
+    candidates = candidate_backends(engine_dir, manifest) + list(extra_backends or [])
+    for b in candidates:
         if backends and b.name not in backends and b.name != REFERENCE:
             continue
         if b.skip:
@@ -238,10 +243,10 @@ def run_parity(engine_dir: str | Path, backends: list[str] | None = None) -> Par
                 raise
             errors[b.name] = f"{type(e).__name__}: {e}"
     if backends:
-        unknown = set(backends) - {b.name for b in candidate_backends(engine_dir, manifest)}
+        unknown = set(backends) - {b.name for b in candidates}
         if unknown:
             raise BackendUnavailableError(f"--backends {sorted(unknown)}: unknown; known: "
-                                          f"{[b.name for b in candidate_backends(engine_dir, manifest)]}")
+                                          f"{[b.name for b in candidates]}")
 
     results = Comparator.run(runners, data_loader=feeds)
     compare = SimpleCompareFunc(

@@ -1,0 +1,87 @@
+"""The CPU-side TensorRT checks: every deployable's ONNX graph is one TensorRT's parser accepts,
+and the checker catches graphs it would not."""
+import json
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from kiln.exporters.tensorrt import check_engine, check_graph, load_ops_table, ops_table_path
+
+pytestmark = pytest.mark.skipif(not ops_table_path().is_file(),
+                                reason=f"TensorRT operator table not found at {ops_table_path()} "
+                                       "(../shared/tensorrt/onnx_ops.tsv); set KILN_TRT_OPS")
+
+
+@pytest.fixture(scope="module")
+def table():
+    return load_ops_table()
+
+
+def _by_check(findings):
+    return {f.check: f for f in findings}
+
+
+@pytest.mark.parametrize("task", ["text-classification", "token-classification", "question-answering",
+                                  "fill-mask"])
+def test_every_bert_deployable_is_tensorrt_ready(tiny_engines, task):
+    report = check_engine(tiny_engines[task][0])
+    assert report.passed, [f for f in report.findings if not f.ok]
+    checks = _by_check(report.findings)
+    assert set(checks) == {"opset", "domains", "operators", "types", "float64", "fold-constants",
+                           "folded-parity"}
+    assert "max abs" in checks["folded-parity"].detail
+
+
+def test_real_minilm_is_tensorrt_ready(minilm_engine, capsys, tmp_path):
+    from kiln.cli import main
+    code = main(["check-trt", str(minilm_engine), "--json", str(tmp_path / "t.json")])
+    out = capsys.readouterr().out
+    assert code == 0 and "ready for TensorRT" in out
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["pass"] is True and len(data["checks"]) == 7
+
+
+def _model(nodes, inputs, outputs, opset=20, initializers=()):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_catches_an_unsupported_operator(tmp_path, table):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3])
+    theta = helper.make_tensor_value_info("theta", TensorProto.FLOAT, [1, 2, 3])
+    size = helper.make_tensor("size", TensorProto.INT64, [4], [1, 1, 2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    m = _model([helper.make_node("AffineGrid", ["theta", "size"], ["y"])], [theta], [y], initializers=[size])
+    onnx.save(m, tmp_path / "m.onnx")
+    f = _by_check(check_graph(tmp_path / "m.onnx", table))["operators"]
+    assert not f.ok and "AffineGrid (x1)" in f.detail
+
+
+def test_catches_float64_and_unsupported_types(tmp_path, table):
+    a = helper.make_tensor_value_info("a", TensorProto.INT64, [2, 2])
+    b = helper.make_tensor_value_info("b", TensorProto.INT64, [2, 2])
+    c = helper.make_tensor_value_info("c", TensorProto.DOUBLE, [2, 2])
+    nodes = [helper.make_node("MatMul", ["a", "b"], ["ab"]),  # TensorRT: MatMul is float only
+             helper.make_node("Cast", ["ab"], ["c"], to=TensorProto.DOUBLE)]
+    onnx.save(_model(nodes, [a, b], [c]), tmp_path / "m.onnx")
+    checks = _by_check(check_graph(tmp_path / "m.onnx", table))
+    assert not checks["types"].ok and "MatMul on INT64" in checks["types"].detail
+    assert not checks["float64"].ok and "'c'" in checks["float64"].detail
+    assert checks["operators"].ok
+
+
+def test_catches_an_opset_outside_9_to_20(tmp_path, table):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    onnx.save(_model([helper.make_node("Relu", ["x"], ["y"])], [x], [y], opset=21), tmp_path / "m.onnx")
+    f = _by_check(check_graph(tmp_path / "m.onnx", table))["opset"]
+    assert not f.ok and "opset 21" in f.detail
+    onnx.save(_model([helper.make_node("Relu", ["x"], ["y"])], [x], [y], opset=17), tmp_path / "m.onnx")
+    assert _by_check(check_graph(tmp_path / "m.onnx", table))["opset"].ok
+
+
+def test_the_table_is_read_as_published(table):
+    assert "MatMul" in table and table["MatMul"] == {"FP32", "FP16", "BF16"}
+    assert "AffineGrid" not in table  # listed as N
+    assert all(isinstance(t, set) for t in table.values())
