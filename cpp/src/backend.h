@@ -37,6 +37,9 @@ struct BackendInfo {
   std::function<std::string()> unusable_reason;
   // Throws kiln::Error(Artifact) when the artifact cannot be loaded.
   std::function<std::unique_ptr<Backend>(const BackendLoad&)> load;
+  // The error code when this backend is asked for (or is the only one with an artifact)
+  // but unusable here: e.g. Device for tensorrt without a CUDA device.
+  ErrorCode unusable_code = ErrorCode::BackendUnavailable;
 };
 
 void register_backend(BackendInfo info);

@@ -70,6 +70,15 @@ const BackendInfo& choose_backend(const std::string& engine, const Manifest& m, 
     for (const auto& b : detail::registered_backends()) {
       if (usable_reason(b).empty() && m.artifact(b.format)) return b;
     }
+    // A backend compiled in with an artifact here but unusable on this machine (tensorrt
+    // without a GPU) says why, with its own code (Device), rather than "no backend".
+    for (const auto& b : detail::registered_backends()) {
+      if (m.artifact(b.format)) {
+        throw Error(b.unusable_code, "engine '" + engine + "': its artifacts [" + artifact_list(m) +
+                                         "] can only be run by backend '" + b.name + "' in this kiln, which is "
+                                         "not usable here: " + usable_reason(b));
+      }
+    }
     std::vector<std::string> here;
     for (const auto& b : detail::registered_backends()) {
       if (usable_reason(b).empty()) here.push_back(b.name == b.format ? b.name : b.name + " (" + b.format + ")");
@@ -89,9 +98,9 @@ const BackendInfo& choose_backend(const std::string& engine, const Manifest& m, 
     if (b.name != wanted) continue;
     std::string why = usable_reason(b);
     if (!why.empty()) {
-      throw Error(ErrorCode::BackendUnavailable, "engine '" + engine + "': backend '" + wanted +
-                                                     "' is not usable here: " + why +
-                                                     "; backends that can run this engine: " + runnable_text);
+      throw Error(b.unusable_code, "engine '" + engine + "': backend '" + wanted +
+                                       "' is not usable here: " + why +
+                                       "; backends that can run this engine: " + runnable_text);
     }
     if (!m.artifact(b.format)) {
       throw Error(ErrorCode::BackendUnavailable,
