@@ -13,17 +13,18 @@ export TORCHINDUCTOR_CACHE_DIR ?= $(KILN_CACHE)/inductor
 export OMP_NUM_THREADS ?= 2
 
 CPP_SOURCES := $(shell find cpp tests/cpp -type f 2>/dev/null) CMakeLists.txt pyproject.toml
-APT_PACKAGES := nlohmann-json3-dev
+APT_PACKAGES := nlohmann-json3-dev espeak-ng sox
 
-.PHONY: help setup apt deps cpp checkpoints demo test test-python test-cpp bench clean
+.PHONY: help setup apt deps cpp checkpoints typestubs demo test test-gpu bench check-tensorrt clean
 
 help:
 	@echo "make demo   build the deployables, semantic search through the C++ runtime, parity table"
 	@echo "make test   the whole test suite (pytest + ctest)"
 	@echo "make bench  benchmark MiniLM on every backend (writes bench-results.json)"
+	@echo "make test-gpu  on a GPU host with TensorRT: every deployable with TensorRT plans, parity, bench"
 	@echo "make setup  .venv, C++ build, checkpoints (run by the targets above)"
 
-setup: apt deps cpp checkpoints
+setup: apt deps cpp checkpoints typestubs
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -39,7 +40,14 @@ deps: $(VENV)/.deps
 $(VENV)/.deps: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q torch==2.13.0 "scikit-build-core>=0.10" "nanobind>=2.0" ninja "cmake>=3.24"
 	$(PY) scripts/install_deps.py $(PIP)
+	# type stubs for the TensorRT engine-building code; --no-deps: their dependency, the tensorrt
+	# wheel, downloads from NVIDIA's index, which is not reachable from every machine
+	$(PIP) install -q --no-deps tensorrt-stubs==10.13.0.35.1
 	touch $@
+
+typestubs: build/typestubs/tensorrt/__init__.pyi
+build/typestubs/tensorrt/__init__.pyi: $(VENV)/.deps scripts/typestubs.py
+	$(PY) scripts/typestubs.py build/typestubs
 
 cpp: $(VENV)/.kiln-built
 $(VENV)/.kiln-built: $(VENV)/.deps $(CPP_SOURCES)
@@ -57,9 +65,18 @@ test: setup
 	$(PY) -m pytest tests
 	ctest --test-dir $(BUILD_DIR) --output-on-failure
 
+test-gpu: setup
+	bash scripts/test-gpu.sh
+
 bench: setup
 	$(KILN) build export/minilm-feature-extraction.toml
 	$(KILN) bench engines/minilm-feature-extraction --batch 1,8 --seq 128 --json bench-results.json --markdown
+
+# The TensorRT backend built against the lean runtime (no GPU needed): compiles, links and
+# refuses with a Device error. TENSORRT_INCLUDE_DIR: the NvInfer*.h directory (never committed).
+check-tensorrt: apt | $(VENV)/bin/python
+	@test -n "$(TENSORRT_INCLUDE_DIR)" || { echo "usage: make check-tensorrt TENSORRT_INCLUDE_DIR=/path/to/TensorRT/include"; exit 2; }
+	VENV=$(VENV) scripts/check-tensorrt-build.sh "$(TENSORRT_INCLUDE_DIR)"
 
 clean:
 	rm -rf build engines/*/ $(VENV)/.kiln-built

@@ -85,3 +85,41 @@ def test_the_table_is_read_as_published(table):
     assert "MatMul" in table and table["MatMul"] == {"FP32", "FP16", "BF16"}
     assert "AffineGrid" not in table  # listed as N
     assert all(isinstance(t, set) for t in table.values())
+
+
+def test_engine_building_code_type_checks_against_tensorrt_stubs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    mypy = [sys.executable, "-m", "mypy", "--config-file", str(root / "pyproject.toml")]
+    ok = subprocess.run(mypy + [str(root / "python/kiln/exporters/tensorrt.py")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout
+    # the stubs are really consulted: a wrong use of the TensorRT API is caught
+    bad = tmp_path / "bad.py"
+    bad.write_text("import tensorrt as trt\nlogger = trt.Logger(trt.Logger.WARNING)\n"
+                   "builder = trt.Builder(logger)\nbuilder.create_network(flags='x', extra=1)\n")
+    caught = subprocess.run(mypy + [str(bad)], capture_output=True, text=True)
+    assert caught.returncode == 1 and "create_network" in caught.stdout, caught.stdout
+
+
+def test_build_without_tensorrt_says_what_is_missing_and_builds_the_rest(tmp_path, minilm_dir):
+    from kiln.exporters import build
+    from kiln.exporters.tensorrt import tensorrt_unavailable
+    from kiln.recipe import load_recipe
+    why = tensorrt_unavailable()
+    if why is None:
+        pytest.skip("TensorRT and a GPU are present: the GPU suite covers the build")
+    result = build(load_recipe("bert-text-classification"), output=tmp_path / "e",
+                   formats=["tensorrt"], precisions=["fp32", "fp16"])
+    assert result.skipped == {"tensorrt": why}
+    assert "tensorrt" in why.lower() or "gpu" in why.lower()
+    assert [a["format"] for a in result.manifest["artifacts"]] == ["onnx"]  # what TensorRT builds from
+
+
+def test_no_gpu_is_detected_without_touching_tensorrt():
+    from kiln.exporters.tensorrt import cuda_device_count
+    count, why = cuda_device_count()
+    if count:
+        pytest.skip(f"{count} CUDA device(s) present")
+    assert why and ("CUDA" in why or "cudart" in why)

@@ -26,7 +26,7 @@ from .exporters.manifest import find_artifact, read_manifest
 class BenchRow:
     backend: str
     batch: int
-    seq: int
+    seq: int | None  # tokens (text) or samples (audio); None for fixed-size images
     p50_ms: float
     p90_ms: float
     p99_ms: float
@@ -38,23 +38,35 @@ class BenchRow:
         return self.__dict__.copy()
 
 
-def _feed(manifest: dict, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+LENGTH_DIMS = ("sequence", "samples")  # what --seq sets: tokens for text, samples for audio
+
+
+def _length_dim(manifest: dict) -> str | None:
+    return next((d for d in LENGTH_DIMS if d in manifest["dims"]), None)
+
+
+def _feed(manifest: dict, batch: int, seq: int | None, seed: int = 0) -> dict[str, np.ndarray]:
     from . import registry
     entry = registry.get(manifest["family"], manifest["task"])
     sizes = {name: r["opt"] for name, r in manifest["dims"].items()}
-    sizes.update(batch=batch, sequence=seq)
+    sizes["batch"] = batch
+    length = _length_dim(manifest)
+    if length and seq:
+        sizes[length] = seq
     feed = entry.make_example(manifest["config"], sizes, seed)
-    if "attention_mask" in feed:  # no padding: every token is real work
+    if "attention_mask" in feed:  # no padding: every token / sample is real work
         feed["attention_mask"][:] = 1
     return feed
 
 
-def _check_shape(manifest: dict, batch: int, seq: int) -> None:
-    for name, value in (("batch", batch), ("sequence", seq)):
+def _check_shape(manifest: dict, batch: int, seq: int | None) -> None:
+    length = _length_dim(manifest)
+    checks = [("batch", batch, "--batch")] + ([(length, seq, "--seq")] if length and seq else [])
+    for name, value, flag in checks:
         r = manifest["dims"][name]
         if not r["min"] <= value <= r["max"]:
-            raise InvalidArgumentError(f"--{'seq' if name == 'sequence' else name} {value}: outside the "
-                                       f"engine's {name} range [{r['min']}, {r['max']}]")
+            raise InvalidArgumentError(f"{flag} {value}: outside the engine's {name} range "
+                                       f"[{r['min']}, {r['max']}]")
 
 
 def _torch_fn(module, names: list[str]) -> Callable:
@@ -79,7 +91,10 @@ def _transformers_fn(manifest: dict) -> Callable | None:
     cls = {"text-classification": "AutoModelForSequenceClassification",
            "token-classification": "AutoModelForTokenClassification",
            "question-answering": "AutoModelForQuestionAnswering",
-           "fill-mask": "AutoModelForMaskedLM", "feature-extraction": "AutoModel"}.get(task)
+           "fill-mask": "AutoModelForMaskedLM", "feature-extraction": "AutoModel",
+           "image-classification": "AutoModelForImageClassification",
+           "automatic-speech-recognition": "AutoModelForCTC",
+           "audio-classification": "AutoModelForAudioClassification"}.get(task)
     if cls is None or not Path(ckpt).is_dir():
         return None
     kwargs = {}
@@ -164,7 +179,7 @@ def _measure_interleaved(fns: dict[str, Callable], feed: dict, warmup: int, iter
     return times
 
 
-def run_bench(engine_dir: str | Path, batches: list[int], seq: int, threads: int = 2,
+def run_bench(engine_dir: str | Path, batches: list[int], seq: int | None, threads: int = 2,
               iters: int = 50, warmup: int = 5, budget_s: float = 8.0, only: list[str] | None = None,
               progress: Callable[[str], None] = lambda m: None) -> dict:
     import torch
@@ -172,6 +187,8 @@ def run_bench(engine_dir: str | Path, batches: list[int], seq: int, threads: int
     manifest = read_manifest(engine_dir)
     for b in batches:
         _check_shape(manifest, b, seq)
+    length = _length_dim(manifest)
+    seq = seq or (manifest["dims"][length]["opt"] if length else None)
     torch.set_num_threads(threads)
     factories = backends(engine_dir, manifest, threads)
     if only:
@@ -193,7 +210,7 @@ def run_bench(engine_dir: str | Path, batches: list[int], seq: int, threads: int
     rows = []
     for batch in batches:
         feed = _feed(manifest, batch, seq)
-        progress(f"{len(fns)} backends taking turns, batch {batch} x seq {seq}")
+        progress(f"{len(fns)} backends taking turns, batch {batch}" + (f" x {length} {seq}" if seq else ""))
         gc.collect()
         measured = _measure_interleaved(fns, feed, warmup, iters, budget_s * len(fns))
         for name, secs in measured.items():
@@ -253,10 +270,10 @@ def print_bench(result: dict, console=None) -> None:
     console = console or make_console()
     table = Table(title=f"bench: {result['engine']} ({result['task']}), {result['threads']} threads, "
                         f"{result['machine']['cpu']}")
-    for col in ("backend", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "samples/s", "iters"):
+    for col in ("backend", "batch", "length", "p50 ms", "p90 ms", "p99 ms", "samples/s", "iters"):
         table.add_column(col, justify="right" if col != "backend" else "left")
     for r in result["rows"]:
-        table.add_row(r["backend"], str(r["batch"]), str(r["seq"]), f"{r['p50_ms']:.2f}",
+        table.add_row(r["backend"], str(r["batch"]), str(r["seq"] or "-"), f"{r['p50_ms']:.2f}",
                       f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['throughput']:.1f}", str(r["iters"]))
     console.print(table)
     for name, why in result["skipped"].items():
@@ -267,10 +284,11 @@ def print_bench(result: dict, console=None) -> None:
 
 def markdown(result: dict) -> str:
     """The results as a Markdown table plus the target lines (what the README shows)."""
-    lines = ["| backend | batch | p50 ms | p90 ms | p99 ms | samples/s |", "|---|---|---|---|---|---|"]
+    lines = ["| backend | batch | length | p50 ms | p90 ms | p99 ms | samples/s |",
+             "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['backend']} | {r['batch']} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
-                     f"{r['p99_ms']:.1f} | {r['throughput']:.1f} |")
+        lines.append(f"| {r['backend']} | {r['batch']} | {r['seq'] or '-'} | {r['p50_ms']:.1f} | "
+                     f"{r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput']:.1f} |")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in summary(result)) + "\n"
 
 

@@ -268,3 +268,45 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
     write(path / SAFETENSORS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     write(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
     return path
+
+
+# --- random weights at real sizes ---------------------------------------------------------------
+
+def random_checkpoint(model_cls: type[nn.Module], config_dir: str | os.PathLike, *, seed: int = 0,
+                      out_dir: str | os.PathLike | None = None) -> Path:
+    """A checkpoint directory with every weight initialised as transformers would, from a
+    generator seeded with `seed`, for a config-only directory (config.json, and processing
+    files such as preprocessor_config.json, but no weights): real sizes, random values.
+
+    The directory is written once to $KILN_CACHE/checkpoints/random/<config dir>-<config hash>-seed<seed>
+    (or `out_dir`) and reused: the same config and seed always give the same weights, so the
+    eager reference of a parity run is the checkpoint the engine was built from.
+    """
+    import shutil
+
+    from .paths import cache_dir
+
+    config_dir = Path(config_dir)
+    config = config_from_dir(config_dir, model_cls.config_class)
+    digest = hashlib.sha256((config_dir / CONFIG_FILE).read_bytes()).hexdigest()[:12]
+    out = Path(out_dir) if out_dir else (cache_dir() / "checkpoints" / "random"
+                                         / f"{config_dir.name}-{digest}-seed{int(seed)}")
+    if (out / CONFIG_FILE).is_file() and (out / SAFETENSORS_FILE).is_file():
+        return out  # save_model writes config.json last: its presence marks a complete directory
+    try:
+        model = model_cls(config)
+    except InvalidArgumentError as e:
+        raise CheckpointError(f"config {config_dir / CONFIG_FILE}: {model_cls.__name__} cannot be "
+                              f"built from it: {e}") from None
+    tied = set(getattr(model, "tied_keys", {}))
+    state = model.state_dict()
+    generator = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for name in sorted(k for k in state if k not in tied):  # sorted: a fixed draw order
+            model.init_parameter(name, state[name], generator)
+    out.mkdir(parents=True, exist_ok=True)
+    for file in sorted(config_dir.iterdir()):  # processing files travel with the weights
+        if file.is_file() and file.name not in (CONFIG_FILE, SAFETENSORS_FILE, TORCH_FILE):
+            shutil.copy2(file, out / file.name)
+    save_model(model, out)
+    return out

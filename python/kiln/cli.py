@@ -11,7 +11,8 @@ from .errors import KilnError
 EPILOG = """verbs:
   list      recipes in export/, engines built in engines/, C++ backends usable here
   build     export a recipe: TorchScript, ONNX and AOTInductor artifacts + manifest.json
-  run       answers from an engine through the C++ runtime (labels, entities, spans, embeddings)
+  run       answers from an engine through the C++ runtime (labels, entities, spans, embeddings,
+            image labels, transcripts)
   parity    every backend vs eager PyTorch: max abs / rel error, cosine, task-level answer
   bench     latency and throughput of every backend, one run
   check-trt will TensorRT's ONNX parser accept the engine's graph (checked without a GPU)
@@ -66,11 +67,15 @@ def cmd_build(args) -> int:
         def progress(msg: str) -> None:
             status.update(f"{recipe.name}: {msg}")
             console.log(msg)
+        precisions = [p for part in args.precision for p in part.split(",")] if args.precision else None
         result = build(recipe, checkpoint=args.checkpoint, output=args.output, formats=formats,
+                       precisions=precisions, version_compatible=args.version_compatible,
                        progress=progress)
     m = result.manifest
     console.print(f"[green]built[/] {result.path} in {result.seconds['total']:.1f} s: "
                   + ", ".join(a["file"] for a in m["artifacts"]))
+    for fmt, why in result.skipped.items():
+        console.print(f"[yellow]skipped {fmt}:[/] {why}")
     if m["weights"] != "real":
         console.print(f"[yellow]note:[/] the {recipe.task} head is randomly initialised (seed "
                       f"{recipe.seed}): answers will be meaningless; pass --checkpoint with a "
@@ -99,7 +104,8 @@ def cmd_run(args) -> int:
         if not args.question:
             raise KilnError("question-answering needs --question QUESTION and one or more contexts")
         results = pipe([args.question] * len(texts), texts)
-    elif pipe.task == "text-classification" and args.top_k:
+    elif pipe.task in ("text-classification", "image-classification", "audio-classification") \
+            and args.top_k:
         feed, ctx = pipe.preprocess(texts)
         results = pipe.postprocess(pipe.run(feed), ctx, top_k=args.top_k)
     else:
@@ -137,7 +143,7 @@ def cmd_run(args) -> int:
         return 0
     for text, result in zip(texts, results):
         console.print(f"[bold]{text}[/]")
-        if pipe.task == "text-classification":
+        if pipe.task in ("text-classification", "image-classification", "audio-classification"):
             for r in result:
                 console.print(f"  {r['label']:<12} {r['score']:.4f}")
         elif pipe.task == "token-classification":
@@ -149,6 +155,8 @@ def cmd_run(args) -> int:
         elif pipe.task == "question-answering":
             console.print(f"  answer: {result['answer']!r} [{result['start']}:{result['end']}] "
                           f"score {result['score']:.4f}")
+        elif pipe.task == "automatic-speech-recognition":
+            console.print(f"  transcript: {result!r}")
         else:
             console.print(f"  {result}")
     return 0
@@ -252,19 +260,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", help="Hugging Face checkpoint directory to use instead of the "
                    "recipe's (a fine-tuned one gives the task head real weights)")
     s.add_argument("--output", help="engine directory to write (default: engines/<recipe name>)")
-    s.add_argument("--formats", nargs="+", help="subset of torchscript,onnx,aoti (default: the recipe's)")
+    s.add_argument("--formats", nargs="+", help="subset of torchscript,onnx,aoti,tensorrt (default: the "
+                   "recipe's; tensorrt needs the TensorRT Python module and a GPU, and is skipped with "
+                   "the reason where they are missing)")
+    s.add_argument("--precision", nargs="+", help="TensorRT precisions: fp32,fp16,bf16 (default fp32)")
+    s.add_argument("--version-compatible", action="store_true",
+                   help="build version-compatible TensorRT plans (runnable by the lean runtime)")
     s.set_defaults(fn=cmd_build)
 
     s = sub.add_parser("run", help="task answers through the C++ runtime",
-                       description="Run texts through an engine with the C++ runtime and print the "
+                       description="Run inputs through an engine with the C++ runtime and print the "
                        "task's answer: labels with scores, entities with character spans, the answer "
-                       "span with its score, or embeddings with their cosine similarities. Texts come "
+                       "span with its score, embeddings with their cosine similarities (texts); labels "
+                       "(image files: JPEG, PNG); the transcript or labels (WAV files). Inputs come "
                        "from the arguments, or one per line on standard input.")
     s.add_argument("engine", help="engine directory (engines/<name>)")
-    s.add_argument("inputs", nargs="*", help="texts (contexts for question-answering)")
+    s.add_argument("inputs", nargs="*", help="texts (contexts for question-answering), image files or "
+                   "WAV files, as the engine's task takes")
     s.add_argument("--backend", default="auto", help="C++ runtime backend: auto, aoti, torchscript")
     s.add_argument("--question", help="the question (question-answering engines)")
-    s.add_argument("--top-k", type=int, help="labels to show (text-classification)")
+    s.add_argument("--top-k", type=int, help="labels to show (classification tasks)")
     s.add_argument("--threads", type=int, default=0, help="intra-op threads (0: leave as is)")
     s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.set_defaults(fn=cmd_run)
@@ -286,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "each backend, on the same inputs, in one run.")
     s.add_argument("engine", help="engine directory")
     s.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
-    s.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
+    s.add_argument("--seq", type=int, help="length: tokens for text, samples for audio (default: the "
+                   "engine's opt value); images have fixed sizes")
     s.add_argument("--threads", type=int, default=2, help="threads for every backend (default 2)")
     s.add_argument("--iters", type=int, default=50, help="timed iterations per row (default 50)")
     s.add_argument("--backends", nargs="+", help="only these backends")

@@ -117,6 +117,15 @@ class Backend:
     name: str
     make: object  # () -> infer callable
     skip: str | None = None
+    precision: str = "fp32"  # which tolerance table holds it
+
+
+def _tensorrt_infer(plan: Path):
+    """A TensorRT plan through polygraphy's TrtRunner (GPU hosts)."""
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+    runner = TrtRunner(EngineFromBytes(plan.read_bytes()))
+    runner.activate()
+    return lambda feed: dict(runner.infer(feed))
 
 
 def candidate_backends(engine_dir: Path, manifest: dict) -> list[Backend]:
@@ -155,7 +164,21 @@ def candidate_backends(engine_dir: Path, manifest: dict) -> list[Backend]:
         def make_cpp(backend=backend):
             engine = Engine(engine_dir, backend=backend)
             return engine.run
-        backends.append(Backend(f"kiln-{backend}", make_cpp, skip))
+        plan = find_artifact(manifest, "tensorrt") if backend == "tensorrt" else None
+        backends.append(Backend(f"kiln-{backend}", make_cpp, skip,
+                                plan.get("precision", "fp32") if plan else "fp32"))
+
+    # every TensorRT plan (one per precision) through polygraphy in Python as well
+    from .exporters.tensorrt import tensorrt_unavailable
+    plans = [a for a in manifest["artifacts"] if a["format"] == "tensorrt"]
+    why = tensorrt_unavailable() if plans else None
+    for a in plans:
+        backends.append(Backend(f"tensorrt-{a['precision']}",
+                                lambda a=a: _tensorrt_infer(engine_dir / a["file"]), why, a["precision"]))
+    if not plans:
+        backends.append(Backend("tensorrt-python", lambda: None,
+                                "no TensorRT plan in the engine (kiln build RECIPE --formats tensorrt, "
+                                "on a GPU host)"))
     return backends
 
 
@@ -221,13 +244,15 @@ def run_parity(engine_dir: str | Path, backends: list[str] | None = None,
     engine_dir = Path(engine_dir)
     manifest = read_manifest(engine_dir)
     entry = registry.get(manifest["family"], manifest["task"])
-    tolerances = manifest.get("tolerances", {}).get("fp32") or {
-        o: {"atol": t.atol, "rtol": t.rtol, "why": t.why} for o, t in entry.tolerances["fp32"].items()}
+    all_tolerances = manifest.get("tolerances") or {
+        p: {o: {"atol": t.atol, "rtol": t.rtol, "why": t.why} for o, t in outs.items()}
+        for p, outs in entry.tolerances.items()}
     feeds = parity_feeds(engine_dir, manifest)
     meta = _input_metadata(manifest)
 
     skipped: dict[str, str] = {}
     runners = []
+    precision_of: dict[str, str] = {}
     errors: dict[str, str] = {}
     candidates = candidate_backends(engine_dir, manifest) + list(extra_backends or [])
     for b in candidates:
@@ -236,8 +261,13 @@ def run_parity(engine_dir: str | Path, backends: list[str] | None = None,
         if b.skip:
             skipped[b.name] = b.skip
             continue
+        if b.precision not in all_tolerances:
+            errors[b.name] = (f"no {b.precision} tolerances in the manifest or the registry for "
+                              f"{manifest['family']}/{manifest['task']}")
+            continue
         try:
             runners.append(_make_runner(b.name, b.make(), meta))
+            precision_of[b.name] = b.precision
         except KilnError as e:
             if b.name == REFERENCE:
                 raise
@@ -249,13 +279,17 @@ def run_parity(engine_dir: str | Path, backends: list[str] | None = None,
                                           f"{[b.name for b in candidates]}")
 
     results = Comparator.run(runners, data_loader=feeds)
-    compare = SimpleCompareFunc(
-        atol={o: t["atol"] for o, t in tolerances.items()},
-        rtol={o: t["rtol"] for o, t in tolerances.items()}, check_shapes=True)
-    # every backend against the reference (polygraphy compares neighbours by default); the
-    # reference goes second because polygraphy takes relative differences against the second
-    accuracy = Comparator.compare_accuracy(
-        results, compare_func=compare, comparisons=[(i, 0) for i in range(1, len(runners))])[0]
+    # every backend against the reference (polygraphy compares neighbours by default), with the
+    # tolerance table of its precision; the reference goes second because polygraphy takes
+    # relative differences against the second
+    accuracy = {}
+    for precision in sorted(set(precision_of[r.name] for r in runners[1:])):
+        table = all_tolerances[precision]
+        compare = SimpleCompareFunc(atol={o: t["atol"] for o, t in table.items()},
+                                    rtol={o: t["rtol"] for o, t in table.items()}, check_shapes=True)
+        group = [i for i, r in enumerate(runners) if i > 0 and precision_of[r.name] == precision]
+        accuracy.update(Comparator.compare_accuracy(
+            results, compare_func=compare, comparisons=[(i, 0) for i in group])[0])
 
     ref_name = runners[0].name
     ref_iters = dict(results)[ref_name]
@@ -268,9 +302,10 @@ def run_parity(engine_dir: str | Path, backends: list[str] | None = None,
         passed = True
         for it, compared in enumerate(per_iter):
             for out, r in compared.items():
+                tol = all_tolerances[precision_of[runner.name]][out]
                 o = outputs.setdefault(out, {"max_abs": 0.0, "max_rel": 0.0, "cosine": 1.0,
-                                             "atol": tolerances[out]["atol"],
-                                             "rtol": tolerances[out]["rtol"], "pass": True})
+                                             "atol": tol["atol"], "rtol": tol["rtol"],
+                                             "precision": precision_of[runner.name], "pass": True})
                 o["max_abs"] = max(o["max_abs"], r.max_absdiff)
                 o["max_rel"] = max(o["max_rel"], r.max_reldiff)
                 o["cosine"] = min(o["cosine"], _cosine(ref_iters[it][out], test_iters[it][out]))
@@ -288,7 +323,7 @@ def run_parity(engine_dir: str | Path, backends: list[str] | None = None,
         report[runner.name] = res
     for name, err in errors.items():
         report[name] = BackendResult(name, error=err, task_detail="failed to load")
-    return ParityReport(manifest["name"], manifest["task"], REFERENCE, tolerances, report, skipped,
+    return ParityReport(manifest["name"], manifest["task"], REFERENCE, all_tolerances, report, skipped,
                         len(feeds))
 
 

@@ -1,7 +1,9 @@
-"""Task pipelines: text in, answers out, through the C++ runtime (`kiln.pipeline(dir)`).
+"""Task pipelines: text, images or audio in, answers out, through the C++ runtime
+(`kiln.pipelines.pipeline(dir)`).
 
-Each pipeline is pre-processing (the engine's own tokenizer), one `Engine.run`, and
-post-processing into the task's answer. `preprocess` is also what parity feeds every backend.
+Each pipeline is pre-processing (the engine's own tokenizer, image or audio processor), one
+`Engine.run`, and post-processing into the task's answer. `preprocess` is also what parity
+feeds every backend.
 """
 from __future__ import annotations
 
@@ -13,6 +15,13 @@ import numpy as np
 from . import samples
 from .errors import InputValueError, InvalidArgumentError
 from .exporters.manifest import read_manifest
+
+
+def top_labels(logits: np.ndarray, labels: list[str], top_k: int | None) -> list[list[dict]]:
+    """[B, L] logits -> per row the top_k {"label", "score"} (softmax), best first."""
+    from .processing.text import classify
+    return [[{"label": label, "score": score} for label, score in classify(row, labels, top_k=top_k)]
+            for row in logits]
 
 
 class Pipeline:
@@ -35,6 +44,10 @@ class Pipeline:
     def random_weights_note(self) -> str | None:
         if self.manifest.get("weights", "real") == "real":
             return None
+        if self.manifest.get("weights") == "random":
+            return (f"{self.manifest['name']} has random weights (every tensor seeded, real sizes): its "
+                    "answers show the path works, they carry no meaning. Build with "
+                    "`kiln build RECIPE --checkpoint HF_DIR` for real answers.")
         keys = self.manifest.get("random_keys", [])
         return (f"{self.manifest['name']} has a randomly initialised head ({len(keys)} tensors, "
                 "seeded): its answers show the path works, they carry no meaning. Build with "
@@ -103,10 +116,7 @@ class TextClassificationPipeline(TextPipeline):
     task = "text-classification"
 
     def postprocess(self, outputs, ctx, top_k: int | None = 1):
-        from .processing.text import classify
-        labels = self.manifest["labels"]
-        return [[{"label": label, "score": score} for label, score in classify(row, labels, top_k=top_k)]
-                for row in outputs["logits"]]
+        return top_labels(outputs["logits"], self.manifest["labels"], top_k)
 
 
 class TokenClassificationPipeline(TextPipeline):
@@ -186,9 +196,98 @@ class FillMaskPipeline(TextPipeline):
         return results
 
 
+class ImageClassificationPipeline(Pipeline):
+    """Images (paths, bytes, PIL images, HxWxC uint8 arrays) -> top-k [{"label", "score"}] each,
+    pre-processed as the engine's preprocessor_config.json says (kiln.processing.image)."""
+
+    task = "image-classification"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from .processing.image import ImageProcessor
+        self.processor = ImageProcessor.from_dir(self.dir)
+        spec = next(s for s in self.manifest["inputs"] if s["name"] == "pixel_values")
+        expected = tuple(spec["shape"][2:])
+        if self.processor.output_size != expected:
+            raise InvalidArgumentError(
+                f"{self.dir}: preprocessor_config.json makes {self.processor.output_size[0]}x"
+                f"{self.processor.output_size[1]} images but the engine takes {expected[0]}x{expected[1]}")
+
+    def preprocess(self, images):
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        batch_max = self.manifest["dims"]["batch"]["max"]
+        if len(images) > batch_max:
+            raise InputValueError(f"{self.manifest['name']}: {len(images)} images, the engine takes at "
+                                  f"most {batch_max} per call (dims.batch.max); split the batch")
+        return {"pixel_values": self.processor(images)}, {"count": len(images)}
+
+    def postprocess(self, outputs, ctx, top_k: int | None = 5):
+        return top_labels(outputs["logits"], self.manifest["labels"], top_k)
+
+    def parity_samples(self) -> list:
+        photos = samples.photos()
+        return [photos, photos[:1]]
+
+
+class AudioPipeline(Pipeline):
+    """WAV paths or arrays in (kiln.processing.audio, as the engine's preprocessor_config.json
+    says): decoded, mixed to mono, resampled, normalised, padded to the longest and to the
+    engine's smallest accepted length."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from .processing.audio import AudioProcessor
+        self.processor = AudioProcessor.from_dir(self.dir)
+        samples_dim = self.manifest["dims"]["samples"]
+        self.min_samples, self.max_samples = int(samples_dim["min"]), int(samples_dim["max"])
+
+    def preprocess(self, audio):
+        if isinstance(audio, (str, Path, tuple)) or (isinstance(audio, np.ndarray) and audio.ndim == 1):
+            audio = [audio]
+        audio = list(audio)
+        batch_max = self.manifest["dims"]["batch"]["max"]
+        if len(audio) > batch_max:
+            raise InputValueError(f"{self.manifest['name']}: {len(audio)} audio inputs, the engine takes "
+                                  f"at most {batch_max} per call (dims.batch.max); split the batch")
+        batch = self.processor(audio, min_samples=self.min_samples, max_samples=self.max_samples)
+        return batch.feed(), {"lengths": batch.lengths}
+
+    def parity_samples(self) -> list:
+        files = samples.speech_files()
+        return [files, files[:1]]
+
+
+class SpeechRecognitionPipeline(AudioPipeline):
+    """Transcripts by CTC greedy decoding over each utterance's real frames (vocab.json)."""
+
+    task = "automatic-speech-recognition"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from .processing.ctc import CTCDecoder
+        self.decoder = CTCDecoder.from_dir(self.dir)
+
+    def postprocess(self, outputs, ctx) -> list[str]:
+        from .processing.ctc import frame_lengths
+        config = self.manifest["config"]
+        logits = outputs["logits"]
+        frames = frame_lengths(ctx["lengths"], config["conv_kernel"], config["conv_stride"])
+        return [self.decoder.decode(logits[i, :n]) for i, n in enumerate(frames)]
+
+
+class AudioClassificationPipeline(AudioPipeline):
+    task = "audio-classification"
+
+    def postprocess(self, outputs, ctx, top_k: int | None = 5):
+        return top_labels(outputs["logits"], self.manifest["labels"], top_k)
+
+
 PIPELINES: dict[str, type[Pipeline]] = {
     cls.task: cls for cls in (TextClassificationPipeline, TokenClassificationPipeline,
-                              QuestionAnsweringPipeline, FeatureExtractionPipeline, FillMaskPipeline)
+                              QuestionAnsweringPipeline, FeatureExtractionPipeline, FillMaskPipeline,
+                              ImageClassificationPipeline, SpeechRecognitionPipeline,
+                              AudioClassificationPipeline)
 }
 
 

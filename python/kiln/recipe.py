@@ -8,7 +8,7 @@ from pathlib import Path
 from . import registry
 from .errors import InvalidArgumentError
 
-FORMATS = ("torchscript", "onnx", "aoti")
+FORMATS = ("torchscript", "onnx", "aoti", "tensorrt")  # tensorrt: built from the onnx artifact
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "export"
 
 
@@ -20,9 +20,10 @@ class Recipe:
     checkpoint: str
     description: str = ""
     random_head: bool = False
+    random_weights: bool = False  # checkpoint is a config-only dir: every weight drawn from `seed`
     seed: int = 0
     labels: list[str] | None = None
-    formats: list[str] = field(default_factory=lambda: list(FORMATS))
+    formats: list[str] = field(default_factory=lambda: ["torchscript", "onnx", "aoti"])
     dims: dict[str, registry.DimRange] = field(default_factory=dict)
     task_options: dict = field(default_factory=dict)
     tolerances: dict[str, dict[str, registry.Tolerance]] = field(default_factory=dict)
@@ -66,7 +67,7 @@ def load_recipe(ref: str | Path) -> Recipe:
         for out, tol in outs.items():
             tolerances.setdefault(precision, {})[out] = registry.Tolerance(
                 tol["atol"], tol["rtol"], tol.get("why", "set by the recipe"))
-    formats = data.pop("formats", list(FORMATS))
+    formats = data.pop("formats", ["torchscript", "onnx", "aoti"])
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise InvalidArgumentError(f"recipe {path}: unknown format(s) {unknown}; expected {list(FORMATS)}")

@@ -67,7 +67,8 @@ class TaskEntry:
     task: str
     model_class: str  # "module:Class", imported lazily so the registry imports no torch
     config_class: str  # "module:Class" with from_dict(hf_config_dict)
-    inputs: tuple[TensorSpec, ...]
+    # fixed specs, or config -> specs where a shape comes from the config (an image size)
+    inputs: tuple[TensorSpec, ...] | Callable[[Any], tuple[TensorSpec, ...]]
     outputs: Callable[[Any], tuple[TensorSpec, ...]]  # config -> output specs
     dims: dict[str, DimRange]
     tolerances: dict[str, dict[str, Tolerance]]  # precision -> output name -> tolerance
@@ -79,6 +80,15 @@ class TaskEntry:
     # used to trace and export, by parity (beside real samples) and by the benchmark
     example_inputs: Callable[[dict, dict[str, int], np.random.Generator], dict[str, np.ndarray]] = \
         field(default=None)
+
+    def input_specs(self, config: Any = None) -> tuple[TensorSpec, ...]:
+        """The input specs; `config` (the family's config object) is needed where they depend on it."""
+        if callable(self.inputs):
+            if config is None:
+                raise InvalidArgumentError(f"{self.family}/{self.task}: input shapes depend on the "
+                                           "model config; pass it to input_specs(config)")
+            return tuple(self.inputs(config))
+        return self.inputs
 
     def make_example(self, config: dict, sizes: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
         return self.example_inputs(config, sizes, np.random.default_rng(seed))
@@ -163,8 +173,19 @@ _FP32_WHY = ("fp32 reordering of reductions between eager, TorchScript, Inductor
              "kernels; measured max abs on MiniLM is ~1e-6")
 
 
+# TensorRT's reduced precisions (no TensorRT here to measure them: these follow the formats'
+# resolution and are for the GPU suite to confirm). An element passes within atol OR rtol.
+_FP16_WHY = ("fp16 keeps 11 significant bits (relative step 4.9e-4); six layers of matmuls and "
+             "LayerNorms accumulate about 10 steps on logits of magnitude ~1-10")
+_BF16_WHY = ("bf16 keeps 8 significant bits (relative step 3.9e-3), 8x coarser than fp16; the same "
+             "accumulation gives about 10 steps")
+
+
 def _fp32(*outputs: str, atol: float = 1e-4, rtol: float = 1e-3) -> dict[str, dict[str, Tolerance]]:
-    return {"fp32": {o: Tolerance(atol, rtol, _FP32_WHY) for o in outputs}}
+    """fp32 tolerances as given; fp16 and bf16 (TensorRT plans) scaled from them."""
+    return {"fp32": {o: Tolerance(atol, rtol, _FP32_WHY) for o in outputs},
+            "fp16": {o: Tolerance(max(atol * 100, 5e-3), 5e-3, _FP16_WHY) for o in outputs},
+            "bf16": {o: Tolerance(max(atol * 800, 4e-2), 4e-2, _BF16_WHY) for o in outputs}}
 
 
 _BERT_CONFIG = "kiln.models.bert:BertConfig"
@@ -214,6 +235,125 @@ register(TaskEntry(
     lambda c: (TensorSpec("logits", "float32", ("batch", "sequence", c.vocab_size)),),
     _TEXT_DIMS, _fp32("logits", atol=1e-3), TaskCheck("same predicted tokens", _argmax_check("logits")),
     dim_limits=_bert_limits, example_inputs=_text_example))
+
+
+# --- vision: ViT, ConvNeXT -------------------------------------------------------------------
+
+def _image_hw(config: dict) -> tuple[int, int]:
+    size = config["image_size"]
+    return (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
+
+
+def _image_example(config: dict, sizes: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    h, w = _image_hw(config)
+    # normalised pixels span about [-2.2, 2.7] (ImageNet mean/std) or [-1, 1] (0.5/0.5)
+    pixels = rng.uniform(-1.5, 1.5, (sizes["batch"], config.get("num_channels", 3), h, w))
+    return {"pixel_values": pixels.astype(np.float32)}
+
+
+def _image_inputs(config) -> tuple[TensorSpec, ...]:
+    h, w = config.image_hw
+    return (TensorSpec("pixel_values", "float32", ("batch", config.num_channels, h, w)),)
+
+
+_IMAGE_DIMS = {"batch": DimRange(1, 1, 32)}
+_IMAGE_FP32_WHY = ("fp32 reordering of the conv / attention / LayerNorm reductions between eager, "
+                   "TorchScript, Inductor and ORT kernels; measured max abs on tiny random ViT and "
+                   "ConvNeXT engines is ~1e-6")
+
+
+def _image_classification(family: str, model_class: str, config_class: str) -> TaskEntry:
+    return TaskEntry(
+        family, "image-classification", model_class, config_class, _image_inputs,
+        lambda c: (TensorSpec("logits", "float32", ("batch", c.num_labels)),),
+        _IMAGE_DIMS, {"fp32": {"logits": Tolerance(1e-4, 1e-3, _IMAGE_FP32_WHY)}},
+        TaskCheck("same top-1 label", _argmax_check("logits")),
+        has_labels=True, example_inputs=_image_example)
+
+
+register(_image_classification("vit", "kiln.models.vit:ViTForImageClassification",
+                               "kiln.models.vit:ViTConfig"))
+register(_image_classification("convnext", "kiln.models.convnext:ConvNextForImageClassification",
+                               "kiln.models.convnext:ConvNextConfig"))
+
+
+# --- Wav2Vec2 (audio) ---------------------------------------------------------------------------
+# input_values: the waveform at the model's rate (16 kHz), normalised by the processor;
+# attention_mask: 1 on real samples (all ones for "base" models, whose feature extractor
+# returns no mask). Logits are per encoder frame; "frames" is derived from "samples" by the
+# conv stack (20 ms hop: 16000 -> 49, 480000 -> 1499) and appears only in outputs, which the
+# C++ runtime accepts (it binds output dims it knows and leaves the others free).
+
+def _audio_example(config: dict, sizes: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    batch, samples = sizes["batch"], sizes["samples"]
+    values = rng.standard_normal((batch, samples)).astype(np.float32)  # ~unit variance, as normalised audio
+    mask = np.ones((batch, samples), np.int64)
+    if batch > 1:  # a padded row, so the frame mask is in every trace and check
+        mask[-1, samples * 3 // 4:] = 0
+        values[-1, samples * 3 // 4:] = 0.0
+    return {"input_values": values, "attention_mask": mask}
+
+
+_AUDIO_INPUTS = (
+    TensorSpec("input_values", "float32", ("batch", "samples")),
+    TensorSpec("attention_mask", "int64", ("batch", "samples")),
+)
+# export: 1 s .. 30 s at 16 kHz. torch.export itself accepts samples down to 720 (two frames
+# of the standard 7-conv encoder; one frame would specialise the dim); shorter audio is
+# padded up to min by the pipeline, with the attention mask marking the padding.
+_AUDIO_DIMS = {"batch": DimRange(1, 1, 8), "samples": DimRange(16000, 80000, 480000)}
+_AUDIO_FP32_WHY = ("fp32 reordering of the conv-stack / GroupNorm-over-time / attention reductions "
+                   "between eager, TorchScript, Inductor and ORT kernels")
+
+
+def _ctc_runs(ids: np.ndarray) -> list[tuple[int, ...]]:
+    """Greedy CTC paths with repeats collapsed, per row: the transcript as token ids, blank
+    included (vocabulary-free; equal runs give equal text for any vocab and blank id)."""
+    out = []
+    for row in ids:
+        keep = np.ones(row.shape, bool)
+        keep[1:] = row[1:] != row[:-1]
+        out.append(tuple(row[keep].tolist()))
+    return out
+
+
+def _ctc_transcript_check(margin: float = 1e-3) -> Callable:
+    def check(ref: dict, test: dict, inputs: dict) -> tuple[bool, str]:
+        r, t = ref["logits"], test["logits"]
+        ra, ta = r.argmax(-1), t.argmax(-1)
+        top2 = np.sort(r, axis=-1)[..., -2:]
+        tie = (top2[..., 1] - top2[..., 0]) <= margin
+        rr, tr = _ctc_runs(ra), _ctc_runs(ta)
+        bad = 0
+        for b in range(r.shape[0]):
+            # a differing transcript counts unless every frame behind it is a near-tie
+            if rr[b] != tr[b] and ((ra[b] != ta[b]) & ~tie[b]).any():
+                bad += 1
+        return bad == 0, (f"{r.shape[0]} transcripts, {bad} differ "
+                          f"({int(tie.sum())} near-tie frames not held)")
+    return check
+
+
+def _audio_fp32(atol: float, rtol: float, why: str) -> dict[str, dict[str, Tolerance]]:
+    tol = _fp32("logits", atol=atol, rtol=rtol)
+    tol["fp32"] = {"logits": Tolerance(atol, rtol, why)}
+    return tol
+
+
+_W2V2_CONFIG = "kiln.models.wav2vec2:Wav2Vec2Config"
+
+register(TaskEntry(
+    "wav2vec2", "automatic-speech-recognition", "kiln.models.wav2vec2:Wav2Vec2ForCTC", _W2V2_CONFIG,
+    _AUDIO_INPUTS,
+    lambda c: (TensorSpec("logits", "float32", ("batch", "frames", c.vocab_size)),),
+    _AUDIO_DIMS, _audio_fp32(1e-4, 1e-3, _AUDIO_FP32_WHY), TaskCheck("same transcript", _ctc_transcript_check()),
+    example_inputs=_audio_example))
+register(TaskEntry(
+    "wav2vec2", "audio-classification", "kiln.models.wav2vec2:Wav2Vec2ForSequenceClassification",
+    _W2V2_CONFIG, _AUDIO_INPUTS,
+    lambda c: (TensorSpec("logits", "float32", ("batch", c.num_labels)),),
+    _AUDIO_DIMS, _audio_fp32(1e-4, 1e-3, _AUDIO_FP32_WHY), TaskCheck("same top-1 label", _argmax_check("logits")),
+    has_labels=True, example_inputs=_audio_example))
 
 
 def get(family: str, task: str) -> TaskEntry:

@@ -39,3 +39,55 @@ SEARCH_DOCUMENTS = [
     "TensorRT compiles trained networks into fast engines for NVIDIA GPUs.",
     "Tomatoes grow best with plenty of sun and regular watering.",
 ]
+
+# Real photographs shipped with scikit-image (skimage.data), for image parity and tests
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+def photos(names=PHOTOS) -> list:
+    """The named skimage.data photographs as HxWx3 uint8 arrays (scikit-image is a test extra)."""
+    try:
+        import skimage.data
+    except ImportError:
+        from .errors import InvalidArgumentError
+        raise InvalidArgumentError("the real photos for image parity come from scikit-image; "
+                                   "pip install scikit-image (it is in kiln's [test] extra)") from None
+    return [getattr(skimage.data, name)() for name in names]
+
+
+# --- speech (Wav2Vec2 parity and demos) ---------------------------------------------------------
+# Real speech synthesised by espeak-ng (Debian package; `make setup` installs it) at its native
+# 22050 Hz, so every use also exercises resampling to the model's 16 kHz.
+SPEECH = [
+    "A small kiln fires clay at over a thousand degrees.",
+    "Heavy rain is expected across the north tomorrow.",
+    "She played the cello in London.",
+    "Turn left at the next corner.",
+]
+
+
+def speech_files(texts=SPEECH) -> list:
+    """WAV files of `texts` spoken by espeak-ng, generated once into $KILN_CACHE/samples/speech."""
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+
+    from .errors import InputValueError
+    from .paths import cache_dir
+
+    espeak = shutil.which("espeak-ng")
+    out_dir = cache_dir() / "samples" / "speech"
+    files = []
+    for text in texts:
+        path = out_dir / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.wav"
+        if not path.is_file():
+            if espeak is None:
+                raise InputValueError("espeak-ng is not installed: it synthesises the speech samples "
+                                      "(apt-get install espeak-ng, or `make setup`)")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            subprocess.run([espeak, "-w", str(tmp), text], check=True, capture_output=True)
+            os.replace(tmp, path)  # concurrent sessions never see a half-written file
+        files.append(path)
+    return files

@@ -40,7 +40,14 @@ def load_recipe_model(recipe: Recipe, checkpoint: str | Path | None = None):
     from ..checkpoint import load_model
 
     entry = recipe.entry
-    ckpt = resolve_checkpoint(checkpoint or recipe.checkpoint)
+    ref = checkpoint or recipe.checkpoint
+    if checkpoint is None and recipe.path is not None and (recipe.path.parent / recipe.checkpoint).is_dir():
+        ref = recipe.path.parent / recipe.checkpoint  # a config committed beside the recipe
+    ckpt = resolve_checkpoint(ref)
+    random_weights = bool(getattr(recipe, "random_weights", False)) and checkpoint is None
+    if random_weights:  # a config-only directory: every weight initialised from the seed
+        from ..checkpoint import random_checkpoint
+        ckpt = random_checkpoint(entry.model_cls(), ckpt, seed=recipe.seed)
     overrides = {}
     if recipe.labels and entry.has_labels and checkpoint is None:
         # the recipe's labels name its own random head; a checkpoint given with --checkpoint
@@ -48,6 +55,7 @@ def load_recipe_model(recipe: Recipe, checkpoint: str | Path | None = None):
         overrides["id2label"] = {str(i): label for i, label in enumerate(recipe.labels)}
     model = load_model(entry.model_cls(), ckpt, random_head=recipe.random_head, seed=recipe.seed,
                        config_overrides=overrides, **recipe.task_options)
+    model.random_weights = random_weights
     model.eval()
     return model, ckpt
 
@@ -68,13 +76,13 @@ class FlatOutputs(torch.nn.Module):
         return (out,) if isinstance(out, torch.Tensor) else tuple(out)
 
 
-def dynamic_shapes(recipe: Recipe) -> tuple[dict, ...]:
+def dynamic_shapes(recipe: Recipe, config=None) -> tuple[dict, ...]:
     """torch.export dynamic shapes for the recipe's symbolic dims, one per positional input in
     registry order (one Dim object per name, so inputs sharing a dim are tied together),
     nested once for FlatOutputs.forward(*args)."""
     dims = {name: torch.export.Dim(name, min=r.min, max=r.max) for name, r in recipe.dims.items()}
     return (tuple({axis: dims[d] for axis, d in enumerate(spec.shape) if isinstance(d, str)}
-                  for spec in recipe.entry.inputs),)
+                  for spec in recipe.entry.input_specs(config)),)
 
 
 def example_inputs(recipe: Recipe, config, batch: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -96,14 +104,22 @@ def _check_dims_against_model(recipe: Recipe, config) -> None:
 
 
 def build(recipe: Recipe, *, checkpoint: str | Path | None = None, output: str | Path | None = None,
-          formats: list[str] | None = None,
+          formats: list[str] | None = None, precisions: list[str] | None = None,
+          version_compatible: bool = False,
           progress: Callable[[str], None] = lambda msg: None) -> BuildResult:
     from ..checkpoint import checkpoint_hash
 
-    formats = formats or recipe.formats
+    formats = list(formats or recipe.formats)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise InvalidArgumentError(f"--formats {unknown}: expected some of {list(FORMATS)}")
+    precisions = list(precisions or ["fp32"])
+    from .tensorrt import PRECISIONS
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise InvalidArgumentError(f"--precision {bad}: expected some of {list(PRECISIONS)}")
+    if "tensorrt" in formats and "onnx" not in formats:
+        formats.append("onnx")  # TensorRT engines are built from the ONNX graph
     entry = recipe.entry
     output = Path(output) if output else ENGINES_DIR / recipe.name
     t0 = time.perf_counter()
@@ -115,22 +131,24 @@ def build(recipe: Recipe, *, checkpoint: str | Path | None = None, output: str |
     seconds = {"load": time.perf_counter() - t0}
 
     example = example_inputs(recipe, config)
-    args = tuple(example[s.name] for s in entry.inputs)
-    input_names = [s.name for s in entry.inputs]
+    input_specs = entry.input_specs(config)
+    args = tuple(example[s.name] for s in input_specs)
+    input_names = [s.name for s in input_specs]
     outputs = entry.outputs(config)
     output_names = [s.name for s in outputs]
-    shapes = dynamic_shapes(recipe)
+    shapes = dynamic_shapes(recipe, config)
 
     flat = FlatOutputs(model).eval()
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
-        artifacts = []
+        artifacts: list[dict] = []
+        skipped: dict[str, str] = {}
         versions = {"torch": torch.__version__}
         for fmt in [f for f in FORMATS if f in formats]:
-            progress(f"exporting {fmt} ({ARTIFACT_FILES[fmt]})")
+            progress(f"exporting {fmt} ({ARTIFACT_FILES.get(fmt, 'model.<gpu>.<precision>.plan')})")
             t = time.perf_counter()
-            file = ARTIFACT_FILES[fmt]
+            file = ARTIFACT_FILES.get(fmt, "")
             if fmt == "torchscript":
                 from .torchscript import export_torchscript
                 export_torchscript(flat, args, tmp / file)
@@ -148,6 +166,19 @@ def build(recipe: Recipe, *, checkpoint: str | Path | None = None, output: str |
                 export_aoti(flat, args, tmp / file, shapes)
                 artifacts.append(artifact_entry(tmp, fmt, file, precision="fp32", device="cpu",
                                                 versions=versions))
+            elif fmt == "tensorrt":
+                from .tensorrt import build_tensorrt
+                plans, why = build_tensorrt(tmp, ARTIFACT_FILES["onnx"], [s.to_json() for s in input_specs],
+                                            {n: r.to_json() for n, r in recipe.dims.items()}, precisions,
+                                            version_compatible, output if output.exists() else None,
+                                            progress)
+                if why:
+                    skipped[fmt] = why
+                    progress(f"  tensorrt: skipped: {why}")
+                    continue
+                artifacts += plans
+                seconds[fmt] = time.perf_counter() - t
+                continue
             seconds[fmt] = time.perf_counter() - t
             progress(f"  {fmt}: {seconds[fmt]:.1f} s, {(tmp / file).stat().st_size / 1e6:.1f} MB")
 
@@ -172,7 +203,7 @@ def build(recipe: Recipe, *, checkpoint: str | Path | None = None, output: str |
             "task": entry.task,
             "config": config.to_dict(),
             "dims": {name: r.to_json() for name, r in recipe.dims.items()},
-            "inputs": [s.to_json() for s in entry.inputs],
+            "inputs": [s.to_json() for s in input_specs],
             "outputs": [s.to_json() for s in outputs],
             "artifacts": artifacts,
             "labels": labels,
@@ -180,7 +211,8 @@ def build(recipe: Recipe, *, checkpoint: str | Path | None = None, output: str |
             "task_options": dict(recipe.task_options),
             "tolerances": {p: {o: {"atol": t.atol, "rtol": t.rtol, "why": t.why} for o, t in outs.items()}
                            for p, outs in recipe.tolerances.items()},
-            "weights": ("random-head" if random_keys else "real"),
+            "weights": ("random" if getattr(model, "random_weights", False)
+                        else "random-head" if random_keys else "real"),
             "random_keys": random_keys,
             # what parity needs to rebuild the eager reference: the same checkpoint and seeded head
             "source": {"checkpoint": str(ckpt.resolve()), "sha256": checkpoint_hash(ckpt),
@@ -196,7 +228,7 @@ def build(recipe: Recipe, *, checkpoint: str | Path | None = None, output: str |
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     seconds["total"] = time.perf_counter() - t0
-    return BuildResult(output, manifest, seconds)
+    return BuildResult(output, manifest, seconds, skipped)
 
 
 def _replace_dir(src: Path, dest: Path) -> None:

@@ -11,7 +11,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 REQUIRED = ("format_version", "name", "family", "task", "config", "dims", "inputs", "outputs",
             "artifacts")
-ARTIFACT_FILES = {"torchscript": "model.ts", "onnx": "model.onnx", "aoti": "model.pt2"}
+ARTIFACT_FILES = {"torchscript": "model.ts", "onnx": "model.onnx", "aoti": "model.pt2"}  # tensorrt: one plan per GPU and precision
 
 
 def sha256_file(path: str | Path) -> str:

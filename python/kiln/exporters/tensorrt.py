@@ -177,7 +177,7 @@ def check_engine(engine_dir: str | Path, table_path: str | Path | None = None) -
                                 extra_backends=[Backend(name, lambda: onnxruntime_infer(folded, manifest))])
             b = parity.backends.get(name)
             if b is None or b.error:
-                report.findings.append(Finding("folded-parity", False, b.error if b else "did not run"))
+                report.findings.append(Finding("folded-parity", False, (b.error if b else None) or "did not run"))
             else:
                 worst = max(b.outputs.items(), key=lambda kv: kv[1]["max_abs"])
                 report.findings.append(Finding(
@@ -196,3 +196,151 @@ def print_report(report: TrtReport, console=None) -> None:
         console.print(f"  {mark} {f.check:<15} {f.detail}")
     console.print("[bold green]ready for TensorRT's ONNX parser[/]" if report.passed
                   else "[bold red]not ready for TensorRT: see FAIL above[/]")
+
+
+# --- engine building (runs where TensorRT and a GPU are) ----------------------------------------
+# `kiln build RECIPE --formats tensorrt` builds one plan per precision from the exported ONNX
+# through polygraphy's TensorRT backend (the tensorrt Python module underneath): one
+# optimisation profile per recipe shape range (min / opt / max of every symbolic dim), a
+# persistent timing cache, optionally version-compatible plans for the lean runtime.
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def cuda_device_count() -> tuple[int, str | None]:
+    """(number of usable CUDA devices, why none) via the CUDA runtime, without TensorRT.
+
+    On a machine with the CUDA toolkit but no driver, cudaGetDeviceCount returns error 35
+    (insufficient driver) and leaves the count unset: any error means "no GPU".
+    """
+    import ctypes
+    import ctypes.util
+    names = ["libcudart.so", "libcudart.so.13", "libcudart.so.12"]
+    found = ctypes.util.find_library("cudart")
+    if found:
+        names.insert(0, found)
+    lib = None
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    if lib is None:
+        return 0, "the CUDA runtime (libcudart) is not installed"
+    count = ctypes.c_int(0)
+    err = lib.cudaGetDeviceCount(ctypes.byref(count))
+    if err != 0:
+        lib.cudaGetErrorString.restype = ctypes.c_char_p
+        msg = lib.cudaGetErrorString(err).decode()
+        return 0, f"cudaGetDeviceCount failed with CUDA error {err} ({msg}): no usable GPU or driver"
+    if count.value == 0:
+        return 0, "no CUDA device"
+    return count.value, None
+
+
+def tensorrt_unavailable() -> str | None:
+    """Why TensorRT engines cannot be built here, or None when they can."""
+    missing = ("the TensorRT Python module (tensorrt) is not installed: on a GPU host, "
+               "`pip install tensorrt` (its wheels download from NVIDIA's package index)")
+    try:
+        import tensorrt
+    except ImportError:
+        return missing
+    if not hasattr(tensorrt, "Builder"):  # tensorrt-stubs alone makes `tensorrt` a namespace package
+        return missing + "; only its type stubs are"
+    count, why = cuda_device_count()
+    if count == 0:
+        return f"no GPU to build on: {why}"
+    return None
+
+
+def compute_capability(device: int = 0) -> str:
+    import ctypes
+    import ctypes.util
+    lib = ctypes.CDLL(ctypes.util.find_library("cudart") or "libcudart.so")
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    # cudaDevAttrComputeCapabilityMajor = 75, ...Minor = 76
+    lib.cudaDeviceGetAttribute(ctypes.byref(major), 75, device)
+    lib.cudaDeviceGetAttribute(ctypes.byref(minor), 76, device)
+    return f"{major.value}.{minor.value}"
+
+
+def profiles_for(inputs: list[dict], dims: dict[str, dict]) -> list[dict[str, dict[str, list[int]]]]:
+    """One TensorRT optimisation profile per recipe shape range: input -> min/opt/max shapes."""
+    profile = {}
+    for spec in inputs:
+        profile[spec["name"]] = {
+            k: [d if isinstance(d, int) else dims[d][k] for d in spec["shape"]] for k in ("min", "opt", "max")}
+    return [profile]
+
+
+def plan_name(cc: str, precision: str) -> str:
+    return f"model.sm{cc.replace('.', '')}.{precision}.plan"
+
+
+def build_plan(onnx_path: Path, plan_path: Path, profiles: list[dict], precision: str,
+               version_compatible: bool = False, timing_cache: Path | None = None) -> None:
+    """A serialized TensorRT engine from an ONNX file (polygraphy's TensorRT loaders)."""
+    if precision not in PRECISIONS:
+        raise InvalidArgumentError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    from polygraphy.backend.trt import (CreateConfig, Profile, engine_bytes_from_network,
+                                        network_from_onnx_path)
+    trt_profiles = []
+    for prof in profiles:
+        p = Profile()
+        for name, shapes in prof.items():
+            p.add(name, min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
+        trt_profiles.append(p)
+    cache = str(timing_cache) if timing_cache else None
+    config = CreateConfig(fp16=precision == "fp16", bf16=precision == "bf16", profiles=trt_profiles,
+                          load_timing_cache=cache, version_compatible=version_compatible,
+                          exclude_lean_runtime=version_compatible)
+    network = network_from_onnx_path(str(onnx_path))
+    plan = engine_bytes_from_network(network, config=config, save_timing_cache=cache)
+    plan_path.write_bytes(bytes(plan))
+
+
+def build_tensorrt(engine_tmp: Path, onnx_file: str, manifest_inputs: list[dict], dims: dict,
+                   precisions: list[str], version_compatible: bool, previous: Path | None,
+                   progress=lambda msg: None) -> tuple[list[dict], str | None]:
+    """TensorRT artifacts for the manifest, or ([], why not). A plan whose inputs (TensorRT
+    version, GPU, precision, profiles, ONNX hash, version compatibility) are unchanged is taken
+    from the previous build of the same engine instead of being rebuilt."""
+    why = tensorrt_unavailable()
+    if why:
+        return [], why
+    import shutil
+
+    import tensorrt as trt
+
+    from ..paths import cache_dir
+    from .manifest import artifact_entry, read_manifest, sha256_file
+    cc = compute_capability()
+    onnx_sha = sha256_file(engine_tmp / onnx_file)
+    profiles = profiles_for(manifest_inputs, dims)
+    old = []
+    if previous is not None:
+        try:
+            old = [a for a in read_manifest(previous)["artifacts"] if a["format"] == "tensorrt"]
+        except Exception:  # an unreadable previous build is simply not reused
+            old = []
+    timing_cache = cache_dir() / "tensorrt" / f"timing-sm{cc.replace('.', '')}-{trt.__version__}.cache"
+    timing_cache.parent.mkdir(parents=True, exist_ok=True)
+    artifacts = []
+    for precision in precisions:
+        file = plan_name(cc, precision)
+        key = {"precision": precision, "compute_capability": cc, "profiles": profiles,
+               "onnx_sha256": onnx_sha, "version_compatible": version_compatible,
+               "versions": {"tensorrt": trt.__version__}}
+        same = next((a for a in old if all(a.get(k) == v for k, v in key.items())), None)
+        if same and previous is not None and (previous / same["file"]).is_file() \
+                and sha256_file(previous / same["file"]) == same["sha256"]:
+            progress(f"  tensorrt {precision}: unchanged, reusing {same['file']}")
+            shutil.copy2(previous / same["file"], engine_tmp / file)
+        else:
+            progress(f"  tensorrt {precision}: building {file} (sm {cc}, TensorRT {trt.__version__})")
+            build_plan(engine_tmp / onnx_file, engine_tmp / file, profiles, precision,
+                       version_compatible, timing_cache)
+        artifacts.append(artifact_entry(engine_tmp, "tensorrt", file, device="cuda", **key))
+    return artifacts, None

@@ -10,6 +10,9 @@ import importlib
 # HF config.json "model_type" -> "module:Class" of the kiln config that reads it
 CONFIG_CLASSES: dict[str, str] = {
     "bert": "kiln.models.bert:BertConfig",
+    "vit": "kiln.models.vit:ViTConfig",
+    "convnext": "kiln.models.convnext:ConvNextConfig",
+    "wav2vec2": "kiln.models.wav2vec2:Wav2Vec2Config",
 }
 
 
