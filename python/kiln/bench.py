@@ -101,6 +101,7 @@ def _transformers_fn(manifest: dict) -> Callable | None:
     if manifest.get("labels"):
         kwargs["num_labels"] = len(manifest["labels"])
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # its weight-loading bar would break the table
     model = getattr(transformers, cls).from_pretrained(ckpt, **kwargs).eval()
 
     def run(feed):

@@ -10,7 +10,6 @@ same tags, embedding cosine), and a report as a table and as JSON.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field

@@ -17,18 +17,24 @@ Dropout is absent (inference only).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidArgumentError
+from .config import HFConfig
 from .layers import activation, additive_padding_mask, check_activation, masked_max, masked_mean
 
 
 @dataclass
-class BertConfig:
+class BertConfig(HFConfig):
+    model_type: ClassVar[str] = "bert"
+    display_name: ClassVar[str] = "BERT"
+    unsupported: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("is_decoder", "a decoder: it is a bidirectional encoder only"),
+        ("add_cross_attention", "cross-attention"))
     vocab_size: int = 30522
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -50,55 +56,12 @@ class BertConfig:
             raise InvalidArgumentError(
                 f"position_embedding_type={self.position_embedding_type!r} is not supported; kiln's "
                 "BERT implements only 'absolute' (learned) position embeddings")
-        if self.hidden_size % self.num_attention_heads:
-            raise InvalidArgumentError(
-                f"hidden_size={self.hidden_size} is not a multiple of "
-                f"num_attention_heads={self.num_attention_heads}")
-        self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
-        if sorted(self.id2label) != list(range(len(self.id2label))):
-            raise InvalidArgumentError(
-                f"id2label keys {sorted(self.id2label)}: expected 0..{len(self.id2label) - 1}")
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {label: i for i, label in self.id2label.items()}
+        self.check_multiple("hidden_size", "num_attention_heads")
+        self.check_labels()
 
     @property
     def head_size(self) -> int:
         return self.hidden_size // self.num_attention_heads
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BertConfig":
-        """From a Hugging Face config.json dict. Training-only fields (dropouts) are ignored;
-        settings that change the computation and that kiln does not implement are errors."""
-        model_type = d.get("model_type", "bert")
-        if model_type != "bert":
-            raise InvalidArgumentError(
-                f"model_type={model_type!r}: this is not a BERT config (expected 'bert')")
-        for flag in ("is_decoder", "add_cross_attention"):
-            if d.get(flag):
-                raise InvalidArgumentError(
-                    f"{flag}=true: kiln's BERT is a bidirectional encoder only")
-        names = {f for f in cls.__dataclass_fields__} - {"id2label"}
-        kwargs = {k: d[k] for k in names if k in d and d[k] is not None}
-        if d.get("id2label"):
-            kwargs["id2label"] = {int(k): v for k, v in d["id2label"].items()}
-        elif d.get("num_labels"):
-            kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(int(d["num_labels"]))}
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A Hugging Face config.json dict (transformers' BertConfig reads it back)."""
-        d: dict[str, Any] = {"model_type": "bert"}
-        for name in self.__dataclass_fields__:
-            d[name] = getattr(self, name)
-        d["id2label"] = {str(i): label for i, label in self.id2label.items()}
-        d["label2id"] = self.label2id
-        return d
 
 
 class BertOutput(NamedTuple):

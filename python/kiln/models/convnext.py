@@ -11,14 +11,14 @@ Stochastic depth (drop_path) is a training-only identity and is absent.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
+from .config import HFConfig
 from .layers import activation, check_activation
-from .vit import _check_labels, _labels_from_dict
 
 # The block and stem LayerNorms use a fixed eps in the reference implementation; only the
 # final pooled LayerNorm reads config.layer_norm_eps.
@@ -26,7 +26,9 @@ _BLOCK_EPS = 1e-6
 
 
 @dataclass
-class ConvNextConfig:
+class ConvNextConfig(HFConfig):
+    model_type: ClassVar[str] = "convnext"
+    display_name: ClassVar[str] = "ConvNeXT"
     num_channels: int = 3
     patch_size: int = 4
     num_stages: int = 4
@@ -47,43 +49,11 @@ class ConvNextConfig:
             raise InvalidArgumentError(
                 f"hidden_sizes {self.hidden_sizes} and depths {self.depths}: expected "
                 f"num_stages={self.num_stages} entries each")
-        self.id2label = _check_labels(self.id2label)
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {label: i for i, label in self.id2label.items()}
+        self.check_labels()
 
     @property
     def image_hw(self) -> tuple[int, int]:
         return int(self.image_size), int(self.image_size)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ConvNextConfig":
-        """From a Hugging Face config.json dict; backbone fields (out_features, stage_names)
-        and drop_path_rate (training only) are ignored."""
-        model_type = d.get("model_type", "convnext")
-        if model_type != "convnext":
-            raise InvalidArgumentError(
-                f"model_type={model_type!r}: this is not a ConvNeXT config (expected 'convnext')")
-        names = {f for f in cls.__dataclass_fields__} - {"id2label"}
-        kwargs = {k: d[k] for k in names if k in d and d[k] is not None}
-        labels = _labels_from_dict(d)
-        if labels is not None:
-            kwargs["id2label"] = labels
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A Hugging Face config.json dict (transformers' ConvNextConfig reads it back)."""
-        d: dict[str, Any] = {"model_type": "convnext"}
-        for name in self.__dataclass_fields__:
-            d[name] = getattr(self, name)
-        d["id2label"] = {str(i): label for i, label in self.id2label.items()}
-        d["label2id"] = self.label2id
-        return d
 
 
 # --- blocks -------------------------------------------------------------------------------

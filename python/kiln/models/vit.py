@@ -12,13 +12,14 @@ Dropout is absent (inference only).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidArgumentError
+from .config import HFConfig
 from .layers import activation, check_activation
 
 
@@ -30,24 +31,10 @@ def _pair(v) -> tuple[int, int]:
     return int(v), int(v)
 
 
-def _labels_from_dict(d: dict[str, Any]) -> dict[int, str] | None:
-    if d.get("id2label"):
-        return {int(k): v for k, v in d["id2label"].items()}
-    if d.get("num_labels"):
-        return {i: f"LABEL_{i}" for i in range(int(d["num_labels"]))}
-    return None
-
-
-def _check_labels(id2label: dict) -> dict[int, str]:
-    id2label = {int(k): str(v) for k, v in id2label.items()}
-    if sorted(id2label) != list(range(len(id2label))):
-        raise InvalidArgumentError(
-            f"id2label keys {sorted(id2label)}: expected 0..{len(id2label) - 1}")
-    return id2label
-
-
 @dataclass
-class ViTConfig:
+class ViTConfig(HFConfig):
+    model_type: ClassVar[str] = "vit"
+    display_name: ClassVar[str] = "ViT"
     hidden_size: int = 768
     num_hidden_layers: int = 12
     num_attention_heads: int = 12
@@ -63,23 +50,12 @@ class ViTConfig:
 
     def __post_init__(self) -> None:
         check_activation(self.hidden_act)
-        if self.hidden_size % self.num_attention_heads:
-            raise InvalidArgumentError(
-                f"hidden_size={self.hidden_size} is not a multiple of "
-                f"num_attention_heads={self.num_attention_heads}")
+        self.check_multiple("hidden_size", "num_attention_heads")
         (h, w), (ph, pw) = _pair(self.image_size), _pair(self.patch_size)
         if h % ph or w % pw:
             raise InvalidArgumentError(
                 f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
-        self.id2label = _check_labels(self.id2label)
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {label: i for i, label in self.id2label.items()}
+        self.check_labels()
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -89,29 +65,6 @@ class ViTConfig:
     def num_patches(self) -> int:
         (h, w), (ph, pw) = _pair(self.image_size), _pair(self.patch_size)
         return (h // ph) * (w // pw)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ViTConfig":
-        """From a Hugging Face config.json dict; training-only fields (dropouts) are ignored."""
-        model_type = d.get("model_type", "vit")
-        if model_type != "vit":
-            raise InvalidArgumentError(
-                f"model_type={model_type!r}: this is not a ViT config (expected 'vit')")
-        names = {f for f in cls.__dataclass_fields__} - {"id2label"}
-        kwargs = {k: d[k] for k in names if k in d and d[k] is not None}
-        labels = _labels_from_dict(d)
-        if labels is not None:
-            kwargs["id2label"] = labels
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A Hugging Face config.json dict (transformers' ViTConfig reads it back)."""
-        d: dict[str, Any] = {"model_type": "vit"}
-        for name in self.__dataclass_fields__:
-            d[name] = getattr(self, name)
-        d["id2label"] = {str(i): label for i, label in self.id2label.items()}
-        d["label2id"] = self.label2id
-        return d
 
 
 # --- blocks -------------------------------------------------------------------------------

@@ -30,18 +30,25 @@ and the adapter are absent (inference only).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidArgumentError
+from .config import HFConfig
 from .layers import activation, additive_padding_mask, check_activation, masked_mean
 
 
 @dataclass
-class Wav2Vec2Config:
+class Wav2Vec2Config(HFConfig):
+    model_type: ClassVar[str] = "wav2vec2"
+    display_name: ClassVar[str] = "Wav2Vec2"
+    unsupported: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("add_adapter", "the adapter after the encoder"),
+        ("use_weighted_layer_sum", "the weighted sum of every layer's hidden states"),
+        ("adapter_attn_dim", "attention adapters (MMS)"))
     vocab_size: int = 32
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -78,26 +85,9 @@ class Wav2Vec2Config:
         if self.feat_extract_norm not in ("group", "layer"):
             raise InvalidArgumentError(
                 f"feat_extract_norm={self.feat_extract_norm!r}: expected 'group' or 'layer'")
-        if self.hidden_size % self.num_attention_heads:
-            raise InvalidArgumentError(
-                f"hidden_size={self.hidden_size} is not a multiple of "
-                f"num_attention_heads={self.num_attention_heads}")
-        if self.hidden_size % self.num_conv_pos_embedding_groups:
-            raise InvalidArgumentError(
-                f"hidden_size={self.hidden_size} is not a multiple of "
-                f"num_conv_pos_embedding_groups={self.num_conv_pos_embedding_groups}")
-        self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
-        if sorted(self.id2label) != list(range(len(self.id2label))):
-            raise InvalidArgumentError(
-                f"id2label keys {sorted(self.id2label)}: expected 0..{len(self.id2label) - 1}")
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {label: i for i, label in self.id2label.items()}
+        self.check_multiple("hidden_size", "num_attention_heads")
+        self.check_multiple("hidden_size", "num_conv_pos_embedding_groups")
+        self.check_labels()
 
     @property
     def head_size(self) -> int:
@@ -117,39 +107,8 @@ class Wav2Vec2Config:
             n = (n - 1) * s + k
         return n
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Wav2Vec2Config":
-        """From a Hugging Face config.json dict. Training-only fields (dropouts, SpecAugment,
-        CTC loss settings) are ignored; settings that change inference and that kiln does not
-        implement are errors."""
-        model_type = d.get("model_type", "wav2vec2")
-        if model_type != "wav2vec2":
-            raise InvalidArgumentError(
-                f"model_type={model_type!r}: this is not a Wav2Vec2 config (expected 'wav2vec2')")
-        for flag, what in (("add_adapter", "the adapter after the encoder"),
-                           ("use_weighted_layer_sum", "the weighted sum of every layer's hidden states"),
-                           ("adapter_attn_dim", "attention adapters (MMS)")):
-            if d.get(flag):
-                raise InvalidArgumentError(f"{flag}={d[flag]!r}: kiln's Wav2Vec2 does not implement {what}")
-        names = {f for f in cls.__dataclass_fields__} - {"id2label"}
-        kwargs = {k: d[k] for k in names if k in d and d[k] is not None}
-        if d.get("id2label"):
-            kwargs["id2label"] = {int(k): v for k, v in d["id2label"].items()}
-        elif d.get("num_labels"):
-            kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(int(d["num_labels"]))}
-        return cls(**kwargs)
-
     def to_dict(self) -> dict[str, Any]:
-        """A Hugging Face config.json dict (transformers' Wav2Vec2Config reads it back)."""
-        d: dict[str, Any] = {"model_type": "wav2vec2"}
-        for name in self.__dataclass_fields__:
-            d[name] = getattr(self, name)
-        for name in ("conv_dim", "conv_stride", "conv_kernel"):
-            d[name] = list(d[name])
-        d["num_feat_extract_layers"] = len(self.conv_dim)
-        d["id2label"] = {str(i): label for i, label in self.id2label.items()}
-        d["label2id"] = self.label2id
-        return d
+        return {**super().to_dict(), "num_feat_extract_layers": len(self.conv_dim)}
 
 
 class Wav2Vec2Output(NamedTuple):
