@@ -317,3 +317,22 @@ def test_random_weights_checkpoint_round_trips_through_transformers(tmp_path):
     x, mask = _padded_batch()
     with torch.no_grad():
         assert (hf(x, attention_mask=mask).logits - ours(x, mask)).abs().max() <= 1e-4
+
+
+def test_kiln_run_transcribes_a_wav_file(asr_engine, speech, capsys, tmp_path):
+    """`kiln run ENGINE speech.wav` prints the pipeline's transcript; a non-WAV file is an error."""
+    import json
+
+    from kiln.cli import main
+    from kiln.pipelines import pipeline
+    engine, _ = asr_engine
+    assert main(["run", str(engine), str(speech[0]), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["task"] == "automatic-speech-recognition"
+    assert data["results"] == pipeline(engine)([speech[0]])
+    assert main(["run", str(engine), str(speech[0])]) == 0
+    assert f"transcript: {data['results'][0]!r}" in capsys.readouterr().out
+    not_wav = tmp_path / "notes.wav"
+    not_wav.write_text("this is text, not audio")
+    assert main(["run", str(engine), str(not_wav)]) == 2
+    assert "notes.wav" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -141,24 +142,26 @@ def cmd_run(args) -> int:
                 table.add_row(f"[{i}]", *[f"{sims[i, j]:.3f}" for j in range(len(texts))])
             console.print(table)
         return 0
+    from rich.markup import escape  # texts, labels and words are data, never markup
+    say = functools.partial(console.print, soft_wrap=True)  # no folding inside an answer
     for text, result in zip(texts, results):
-        console.print(f"[bold]{text}[/]")
+        say(f"[bold]{escape(text)}[/]")
         if pipe.task in ("text-classification", "image-classification", "audio-classification"):
             for r in result:
-                console.print(f"  {r['label']:<12} {r['score']:.4f}")
+                say(f"  {escape(r['label']):<12} {r['score']:.4f}")
         elif pipe.task == "token-classification":
             if not result:
-                console.print("  (no entities)")
+                say("  (no entities)")
             for e in result:
-                console.print(f"  {e['label']:<6} {e['word']!r} [{e['start']}:{e['end']}] "
-                              f"{e['score']:.3f}")
+                say(f"  {escape(e['label']):<6} {escape(repr(e['word']))} \\[{e['start']}:{e['end']}] "
+                    f"{e['score']:.3f}")
         elif pipe.task == "question-answering":
-            console.print(f"  answer: {result['answer']!r} [{result['start']}:{result['end']}] "
-                          f"score {result['score']:.4f}")
+            say(f"  answer: {escape(repr(result['answer']))} \\[{result['start']}:{result['end']}] "
+                f"score {result['score']:.4f}")
         elif pipe.task == "automatic-speech-recognition":
-            console.print(f"  transcript: {result!r}")
+            say(f"  transcript: {escape(repr(result))}")
         else:
-            console.print(f"  {result}")
+            say(f"  {escape(str(result))}")
     return 0
 
 
