@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "check.h"
 #include "kiln/kiln.h"
 #include "util.h"  // sha256 (internal)
 
@@ -30,49 +31,11 @@ using kiln::ErrorCode;
 using kiln::Tensor;
 using Inputs = std::map<std::string, Tensor>;
 
+using kiln_test::checks;
+using kiln_test::expect_error;
+using kiln_test::failures;
+
 namespace {
-
-int failures = 0;
-int checks = 0;
-
-#define CHECK(cond)                                                        \
-  do {                                                                     \
-    ++checks;                                                              \
-    if (!(cond)) {                                                         \
-      ++failures;                                                          \
-      std::printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond);        \
-    }                                                                      \
-  } while (0)
-
-// Runs f, which must throw kiln::Error with `code` and a message holding every needle.
-void expect_error(const std::string& label, ErrorCode code, const std::vector<std::string>& needles,
-                  const std::function<void()>& f) {
-  ++checks;
-  try {
-    f();
-  } catch (const kiln::Error& e) {
-    std::string msg = e.what();
-    bool ok = e.code() == code;
-    std::string missing;
-    for (const auto& n : needles) {
-      if (msg.find(n) == std::string::npos) ok = false, missing += " '" + n + "'";
-    }
-    if (!ok) {
-      ++failures;
-      std::printf("FAILED %s: got %s error \"%s\", expected %s%s%s\n", label.c_str(), kiln::error_code_name(e.code()),
-                  msg.c_str(), kiln::error_code_name(code), missing.empty() ? "" : " naming", missing.c_str());
-    } else {
-      std::printf("ok     %-40s %s: %s\n", label.c_str(), kiln::error_code_name(code), msg.c_str());
-    }
-    return;
-  } catch (const std::exception& e) {
-    ++failures;
-    std::printf("FAILED %s: threw a non-kiln exception: %s\n", label.c_str(), e.what());
-    return;
-  }
-  ++failures;
-  std::printf("FAILED %s: no error, expected %s\n", label.c_str(), kiln::error_code_name(code));
-}
 
 double max_abs_diff(const Tensor& a, const Tensor& b) {
   if (a.dtype() != DType::Float32 || b.dtype() != DType::Float32 || a.shape() != b.shape()) return INFINITY;

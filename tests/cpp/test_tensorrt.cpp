@@ -20,6 +20,7 @@
 
 #include "backend.h"
 #include "backends/tensorrt_checks.h"
+#include "check.h"
 #include "kiln/kiln.h"
 #include "util.h"
 
@@ -29,43 +30,13 @@ using kiln::DType;
 using kiln::ErrorCode;
 using kiln::Tensor;
 
+using kiln_test::checks;
+using kiln_test::expect_error;
+using kiln_test::failures;
+
 namespace {
 
-int failures = 0, checks = 0;
 bool skipped = false;  // exit 77 (ctest SKIP_RETURN_CODE)
-
-#define CHECK(cond)                                                 \
-  do {                                                              \
-    ++checks;                                                       \
-    if (!(cond)) {                                                  \
-      ++failures;                                                   \
-      std::printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-    }                                                               \
-  } while (0)
-
-void expect_error(const std::string& label, ErrorCode code, const std::vector<std::string>& needles,
-                  const std::function<void()>& f) {
-  ++checks;
-  try {
-    f();
-  } catch (const kiln::Error& e) {
-    std::string msg = e.what(), missing;
-    bool ok = e.code() == code;
-    for (const auto& n : needles) {
-      if (msg.find(n) == std::string::npos) ok = false, missing += " '" + n + "'";
-    }
-    std::printf("%s %s: %s error: %s\n", ok ? "ok" : "FAILED", label.c_str(), kiln::error_code_name(e.code()),
-                msg.c_str());
-    if (!ok) {
-      ++failures;
-      std::printf("  expected %s error%s%s\n", kiln::error_code_name(code), missing.empty() ? "" : " holding",
-                  missing.c_str());
-    }
-    return;
-  }
-  ++failures;
-  std::printf("FAILED %s: no error thrown\n", label.c_str());
-}
 
 nlohmann::json plan_entry(const std::string& file, const std::string& bytes_of) {
   return {{"format", "tensorrt"},

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from .config import HFConfig
+from .base import HFConfig, KilnModel
 from .layers import activation, additive_padding_mask, check_activation, masked_max, masked_mean
 
 
@@ -248,24 +248,16 @@ def _body_ignored(prefix: str, pooler: bool) -> tuple[str, ...]:
 _RENAMES = ((".gamma", ".weight"), (".beta", ".bias"))
 
 
-class _BertBase(nn.Module):
+class _BertBase(KilnModel):
     """The loading contract shared by every BERT class (see the module docstring)."""
 
     config_class = BertConfig
     base_model_prefix = "bert"
-    head_keys: tuple[str, ...] = ()
-    tied_keys: dict[str, str] = {}
-    ignored_keys: tuple[str, ...] = ()
     checkpoint_renames = _RENAMES
     hf_architecture = "BertModel"
 
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
-
-    def init_parameter(self, name: str, tensor: torch.Tensor, generator: torch.Generator) -> None:
-        """Initialise the state-dict entry `name` in place as transformers would (random_head)."""
-        owner = self.get_submodule(name.rpartition(".")[0])
+    def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module,
+                    generator: torch.Generator) -> None:
         init_like_hf(name, tensor, owner, self.config, generator)
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from .config import HFConfig
+from .base import HFConfig, KilnModel
 from .layers import activation, check_activation
 
 # The block and stem LayerNorms use a fixed eps in the reference implementation; only the
@@ -142,21 +142,13 @@ class ConvNextEncoder(nn.Module):
 
 # --- models ---------------------------------------------------------------------------------
 
-class _ConvNextBase(nn.Module):
+class _ConvNextBase(KilnModel):
     config_class = ConvNextConfig
     base_model_prefix = "convnext"
-    head_keys: tuple[str, ...] = ()
-    tied_keys: dict[str, str] = {}
-    ignored_keys: tuple[str, ...] = ()
     hf_architecture = "ConvNextModel"
 
-    def __init__(self, config: ConvNextConfig):
-        super().__init__()
-        self.config = config
-
-    def init_parameter(self, name: str, tensor: torch.Tensor, generator: torch.Generator) -> None:
-        """Initialise the state-dict entry `name` in place as transformers would."""
-        owner = self.get_submodule(name.rpartition(".")[0])
+    def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module,
+                    generator: torch.Generator) -> None:
         init_like_hf(name, tensor, owner, self.config, generator)
 
 

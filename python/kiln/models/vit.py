@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from .config import HFConfig
+from .base import HFConfig, KilnModel
 from .layers import activation, check_activation
 
 
@@ -186,21 +186,13 @@ class ViTEncoder(nn.Module):
 _POOLER_KEYS = ("pooler.dense.weight", "pooler.dense.bias")
 
 
-class _ViTBase(nn.Module):
+class _ViTBase(KilnModel):
     config_class = ViTConfig
     base_model_prefix = "vit"
-    head_keys: tuple[str, ...] = ()
-    tied_keys: dict[str, str] = {}
-    ignored_keys: tuple[str, ...] = ()
     hf_architecture = "ViTModel"
 
-    def __init__(self, config: ViTConfig):
-        super().__init__()
-        self.config = config
-
-    def init_parameter(self, name: str, tensor: torch.Tensor, generator: torch.Generator) -> None:
-        """Initialise the state-dict entry `name` in place as transformers would."""
-        owner = self.get_submodule(name.rpartition(".")[0])
+    def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module,
+                    generator: torch.Generator) -> None:
         init_like_hf(name, tensor, owner, self.config.initializer_range, generator)
 
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from .config import HFConfig
+from .base import HFConfig, KilnModel
 from .layers import activation, additive_padding_mask, check_activation, masked_mean
 
 
@@ -332,25 +332,16 @@ _RENAMES = ((".weight_g", ".parametrizations.weight.original0"),
             (".weight_v", ".parametrizations.weight.original1"))
 
 
-class _Wav2Vec2Base(nn.Module):
+class _Wav2Vec2Base(KilnModel):
     """The loading contract shared by every Wav2Vec2 class (see the module docstring)."""
 
     config_class = Wav2Vec2Config
     base_model_prefix = "wav2vec2"
-    head_keys: tuple[str, ...] = ()
-    tied_keys: dict[str, str] = {}
-    ignored_keys: tuple[str, ...] = ()
     checkpoint_renames = _RENAMES
     hf_architecture = "Wav2Vec2Model"
 
-    def __init__(self, config: Wav2Vec2Config):
-        super().__init__()
-        self.config = config
-
-    def init_parameter(self, name: str, tensor: torch.Tensor, generator: torch.Generator) -> None:
-        """Initialise the state-dict entry `name` in place as transformers' Wav2Vec2 does
-        (random_head, and every weight of a config-only checkpoint), drawn from `generator`."""
-        owner = self.get_submodule(name.rpartition(".")[0])
+    def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module,
+                    generator: torch.Generator) -> None:
         init_like_hf(name, tensor, owner, self.config, generator)
 
 

@@ -1,13 +1,19 @@
-"""What every kiln model config shares: Hugging Face config.json in and out, and labels.
+"""What every kiln model file shares: its config and its loading contract.
 
-A family's config is a dataclass subclass of HFConfig naming its `model_type`; its fields
-are the config.json keys kiln reads. Training-only keys are ignored; keys that change the
+HFConfig: a family's config is a dataclass subclass naming its `model_type`; its fields are
+the config.json keys kiln reads. Training-only keys are ignored; keys that change the
 computation and that the family does not implement are listed in `unsupported` and refused.
+
+KilnModel: the attributes kiln.checkpoint.load_model reads (prefix, head / tied / ignored
+keys, renames) and transformers-like initialisation of single state-dict entries.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, ClassVar
+
+import torch
+from torch import nn
 
 from ..errors import InvalidArgumentError
 
@@ -67,3 +73,28 @@ class HFConfig:
         d["id2label"] = {str(i): label for i, label in self.id2label.items()}
         d["label2id"] = self.label2id
         return d
+
+
+class KilnModel(nn.Module):
+    """Base of every kiln model class: `model.config`, and the checkpoint contract."""
+
+    config_class: ClassVar[type]
+    base_model_prefix: ClassVar[str]
+    hf_architecture: ClassVar[str]  # the transformers class a saved checkpoint names
+    head_keys: tuple[str, ...] = ()  # state-dict keys a base checkpoint lacks (random_head)
+    tied_keys: dict[str, str] = {}  # key -> the key it shares its tensor with
+    ignored_keys: tuple[str, ...] = ()  # checkpoint keys known and unused
+    checkpoint_renames: tuple[tuple[str, str], ...] = ()  # (old suffix, new suffix) in checkpoints
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module,
+                    generator: torch.Generator) -> None:
+        """Initialise one state-dict entry in place as transformers does for this family."""
+        raise NotImplementedError
+
+    def init_parameter(self, name: str, tensor: torch.Tensor, generator: torch.Generator) -> None:
+        """Initialise the state-dict entry `name` in place (random heads, config-only checkpoints)."""
+        self.init_weight(name, tensor, self.get_submodule(name.rpartition(".")[0]), generator)
