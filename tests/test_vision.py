@@ -301,3 +301,16 @@ def test_kiln_run_labels_a_photo_file(vision_engines, tmp_path, capsys):
     broken.write_bytes(photo.read_bytes()[:200])
     assert main(["run", str(engine), str(broken)]) == 2
     assert "broken.jpg" in capsys.readouterr().err
+
+
+def test_wrong_image_size_for_a_fixed_size_engine(vision_engines):
+    """Through the pipeline any photo is resized to the engine's size (the documented
+    conversion); raw pixels of another size are refused by the runtime, naming the input."""
+    from kiln.errors import InputShapeError
+    from kiln.pipelines import pipeline
+    from kiln.runtime import Engine
+    engine, _ = vision_engines["convnext"]
+    wide = np.zeros((60, 200, 3), np.uint8)
+    assert len(pipeline(engine)([wide])[0]) == 5  # resized, then classified
+    with pytest.raises(InputShapeError, match=r"pixel_values.*32"):
+        Engine(engine).run({"pixel_values": np.zeros((1, 3, 48, 48), np.float32)})
