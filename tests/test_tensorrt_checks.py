@@ -123,3 +123,17 @@ def test_no_gpu_is_detected_without_touching_tensorrt():
     if count:
         pytest.skip(f"{count} CUDA device(s) present")
     assert why and ("CUDA" in why or "cudart" in why)
+
+
+def test_comparisons_are_held_to_their_inputs_type(tmp_path, table):
+    """Less outputs BOOL whatever it compares: the table's types are what it compares."""
+    a = helper.make_tensor_value_info("a", TensorProto.INT64, [3])
+    b = helper.make_tensor_value_info("b", TensorProto.INT64, [3])
+    y = helper.make_tensor_value_info("y", TensorProto.BOOL, [3])
+    onnx.save(_model([helper.make_node("Less", ["a", "b"], ["y"])], [a, b], [y]), tmp_path / "m.onnx")
+    assert _by_check(check_graph(tmp_path / "m.onnx", table))["types"].ok
+    c = helper.make_tensor_value_info("c", TensorProto.BOOL, [3])
+    d = helper.make_tensor_value_info("d", TensorProto.BOOL, [3])
+    onnx.save(_model([helper.make_node("Less", ["c", "d"], ["y"])], [c, d], [y]), tmp_path / "m.onnx")
+    f = _by_check(check_graph(tmp_path / "m.onnx", table))["types"]
+    assert not f.ok and "Less on BOOL" in f.detail

@@ -30,6 +30,9 @@ _ONNX_TYPE_NAMES = {1: "FP32", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 9:
                     11: "FP64", 16: "BF16"}
 
 
+_PRODUCERS = {"Cast", "CastLike", "Constant", "ConstantOfShape", "RandomNormal", "RandomUniform"}
+
+
 def ops_table_path() -> Path:
     return Path(os.environ.get("KILN_TRT_OPS", DEFAULT_OPS_TABLE))
 
@@ -117,11 +120,14 @@ def check_graph(onnx_path: str | Path, table: dict[str, set[str]]) -> list[Findi
         if allowed is None:
             unsupported[node.op_type] = unsupported.get(node.op_type, 0) + 1
             continue
-        # the operator's data type: its first input (Shape, Cast: what they read) and outputs
-        names = [n for n in (list(node.input[:1]) + list(node.output)) if n]
+        # the type the table lists is the operator's data type: its first input (comparisons
+        # such as Less output BOOL whatever they compare), or what it produces where it reads
+        # no data (Constant, ConstantOfShape) or converts to it (Cast)
+        produces = node.op_type in _PRODUCERS or not node.input
+        names = [n for n in (list(node.output) if produces else list(node.input[:1])) if n]
         for name in names:
             t = _ONNX_TYPE_NAMES.get(types.get(name, 0))
-            if t and t not in allowed and not (node.op_type == "Cast" and name in node.output):
+            if t and t not in allowed:
                 bad_types.setdefault(node.op_type, set()).add(t)
     ops = sorted({n.op_type for n in model.graph.node})
     findings.append(Finding("operators", not unsupported,
