@@ -21,7 +21,6 @@ transformers computes for one utterance at a time and for every batch with a mas
 """
 from __future__ import annotations
 
-import json
 import os
 import struct
 from dataclasses import dataclass
@@ -32,8 +31,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputValueError, InvalidArgumentError
+from . import PREPROCESSOR_FILE, read_preprocessor_config
 
-PREPROCESSOR_FILE = "preprocessor_config.json"
 
 _PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
 
@@ -163,15 +162,8 @@ class AudioProcessor:
     @classmethod
     def from_dir(cls, path: str | os.PathLike, **kwargs) -> "AudioProcessor":
         """From a checkpoint's or an engine's preprocessor_config.json."""
-        file = Path(path) / PREPROCESSOR_FILE
-        if not file.is_file():
-            raise InvalidArgumentError(f"{path}: no {PREPROCESSOR_FILE}; an audio engine needs the "
-                                       "checkpoint's feature-extractor settings (sampling_rate, "
-                                       "do_normalize, return_attention_mask)")
-        try:
-            d = json.loads(file.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InvalidArgumentError(f"{file}: not readable as JSON ({e})") from None
+        d = read_preprocessor_config(path, "an audio engine needs the checkpoint's feature-extractor "
+                                     "settings (sampling_rate, do_normalize, return_attention_mask)")
         return cls.from_dict(d, **kwargs)
 
     def load(self, source, index: int = 0) -> np.ndarray:

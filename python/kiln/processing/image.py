@@ -14,7 +14,6 @@ otherwise the image is warped to shortest_edge x shortest_edge.
 from __future__ import annotations
 
 import io
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputValueError, InvalidArgumentError
+from . import PREPROCESSOR_FILE, read_preprocessor_config
 
-PREPROCESSOR_FILE = "preprocessor_config.json"
 
 IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
@@ -89,19 +88,13 @@ class ImageProcessor:
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> "ImageProcessor":
         """From the preprocessor_config.json of a checkpoint or engine directory."""
-        file = Path(path) / PREPROCESSOR_FILE
-        if not file.is_file():
-            raise InvalidArgumentError(f"{path}: no {PREPROCESSOR_FILE}; an image model's checkpoint "
-                                       "or engine directory carries one (transformers writes it with "
-                                       "image_processor.save_pretrained)")
-        try:
-            data = json.loads(file.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InvalidArgumentError(f"{file}: not readable as JSON ({e})") from None
+        data = read_preprocessor_config(path, "an image model's checkpoint or engine directory "
+                                        "carries one (transformers writes it with "
+                                        "image_processor.save_pretrained)")
         try:
             return cls.from_dict(data)
         except InvalidArgumentError as e:
-            raise InvalidArgumentError(f"{file}: {e}") from None
+            raise InvalidArgumentError(f"{Path(path) / PREPROCESSOR_FILE}: {e}") from None
 
     @property
     def output_size(self) -> tuple[int, int]:
