@@ -1,6 +1,8 @@
 // kiln._kiln: the C++ runtime seen from Python. Conversions only; the logic lives in libkiln.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/map.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/unique_ptr.h>
 #include <nanobind/stl/vector.h>
@@ -8,6 +10,7 @@
 #include <cstring>
 
 #include "kiln/engine.h"
+#include "kiln/generate.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -176,6 +179,77 @@ std::map<std::string, kiln::Tensor> borrow_inputs(const kiln::Engine& e, const n
   return tensors;
 }
 
+// Deletes a Python-side object from any thread: the generation loop runs without the GIL.
+template <class T>
+std::shared_ptr<T> gil_owned(T* p) {
+  return std::shared_ptr<T>(p, [](T* q) {
+    nb::gil_scoped_acquire gil;
+    delete q;
+  });
+}
+
+// A Python callable {name: numpy array} -> {name: array} as a kiln::RunFn. Inputs reach Python
+// as numpy views of the loop's tensors; outputs are borrowed (kiln.Generator makes them
+// C-contiguous numpy arrays first) and kept alive by the Tensors that hold them.
+kiln::RunFn python_run_fn(nb::object fn, std::string what) {
+  auto callable = gil_owned(new nb::object(std::move(fn)));
+  return [callable, what](const std::map<std::string, kiln::Tensor>& inputs) {
+    nb::gil_scoped_acquire gil;
+    nb::dict args;
+    for (const auto& [name, t] : inputs) args[name.c_str()] = to_numpy(t);
+    nb::object result = (*callable)(args);
+    if (!nb::isinstance<nb::dict>(result)) {
+      throw kiln::Error(kiln::ErrorCode::Runtime, "the " + what + " function returned a " +
+                                                      std::string(nb::type_name(result.type()).c_str()) +
+                                                      ", expected a dict of arrays {output name: array}");
+    }
+    std::map<std::string, kiln::Tensor> out;
+    for (auto [key, value] : nb::borrow<nb::dict>(result)) {
+      std::string name = nb::cast<std::string>(nb::str(key));
+      ArrayIn arr;
+      if (!nb::try_cast(value, arr, /*convert=*/false) || arr.device_type() != nb::device::cpu::value) {
+        throw kiln::Error(kiln::ErrorCode::Runtime, "the " + what + " function returned '" + name +
+                                                        "' as a " + nb::type_name(value.type()).c_str() +
+                                                        ", expected a numpy array on the CPU");
+      }
+      auto dtype = to_kiln(arr.dtype());
+      std::vector<int64_t> shape(arr.ndim());
+      int64_t stride = 1;
+      bool contiguous = true;
+      for (size_t i = arr.ndim(); i-- > 0;) {
+        shape[i] = static_cast<int64_t>(arr.shape(i));
+        if (shape[i] != 1 && arr.stride(i) != stride) contiguous = false;
+        stride *= shape[i];
+      }
+      if (!dtype || (!contiguous && stride > 1)) {
+        throw kiln::Error(kiln::ErrorCode::Runtime, "the " + what + " function returned '" + name +
+                                                        "' as " + dlpack_name(arr.dtype()) +
+                                                        (contiguous ? "" : " (not C-contiguous)") +
+                                                        "; return C-contiguous float32 / int64 arrays");
+      }
+      auto keep = gil_owned(new ArrayIn(arr));
+      out[name] = kiln::Tensor::borrow(const_cast<void*>(arr.data()), *dtype, std::move(shape), keep);
+    }
+    return out;
+  };
+}
+
+nb::dict result_to_python(const kiln::GenerationResult& r) {
+  nb::dict timings;
+  timings["encoder_ms"] = r.timings.encoder_ms;
+  timings["prefill_ms"] = r.timings.prefill_ms;
+  timings["time_to_first_token_ms"] = r.timings.time_to_first_token_ms;
+  timings["step_ms"] = nb::cast(r.timings.step_ms);
+  timings["total_ms"] = r.timings.total_ms;
+  nb::dict out;
+  out["sequences"] = nb::cast(r.sequences);
+  out["scores"] = nb::cast(r.scores);
+  out["timings"] = timings;
+  out["steps"] = r.steps;
+  out["stopped"] = r.stopped;
+  return out;
+}
+
 }  // namespace
 
 NB_MODULE(_kiln, m) {
@@ -238,6 +312,99 @@ NB_MODULE(_kiln, m) {
       .def("__repr__", [](const kiln::Engine& e) {
         return "<kiln._kiln.Engine '" + e.name() + "' backend=" + e.backend() + ">";
       });
+
+  nb::enum_<kiln::EarlyStopping>(m, "EarlyStopping")
+      .value("heuristic", kiln::EarlyStopping::Heuristic)
+      .value("true", kiln::EarlyStopping::True)
+      .value("never", kiln::EarlyStopping::Never);
+
+  using Opts = kiln::GenerationOptions;
+  nb::class_<Opts>(m, "GenerationOptions")
+      .def(nb::init<>())
+      .def_static("from_json", &Opts::from_json, "json_text"_a, "origin"_a = "generation")
+      .def("copy", [](const Opts& o) { return Opts(o); })
+      .def_rw("max_new_tokens", &Opts::max_new_tokens)
+      .def_rw("max_length", &Opts::max_length)
+      .def_rw("min_length", &Opts::min_length)
+      .def_rw("min_new_tokens", &Opts::min_new_tokens)
+      .def_rw("do_sample", &Opts::do_sample)
+      .def_rw("temperature", &Opts::temperature)
+      .def_rw("top_k", &Opts::top_k)
+      .def_rw("top_p", &Opts::top_p)
+      .def_rw("seed", &Opts::seed)
+      .def_rw("num_beams", &Opts::num_beams)
+      .def_rw("length_penalty", &Opts::length_penalty)
+      .def_rw("early_stopping", &Opts::early_stopping)
+      .def_rw("num_return_sequences", &Opts::num_return_sequences)
+      .def_rw("no_repeat_ngram_size", &Opts::no_repeat_ngram_size)
+      .def_rw("repetition_penalty", &Opts::repetition_penalty)
+      .def_rw("eos_token_ids", &Opts::eos_token_ids)
+      .def_rw("pad_token_id", &Opts::pad_token_id)
+      .def_rw("bos_token_id", &Opts::bos_token_id)
+      .def_rw("decoder_start_token_id", &Opts::decoder_start_token_id)
+      .def_rw("forced_bos_token_id", &Opts::forced_bos_token_id)
+      .def_rw("forced_eos_token_ids", &Opts::forced_eos_token_ids);
+
+  nb::class_<kiln::Generator>(m, "Generator")
+      .def(nb::new_([](const std::string& path, const std::string& backend, int num_threads, bool verify_sha256) {
+             kiln::EngineOptions options;
+             options.backend = backend;
+             options.num_threads = num_threads;
+             options.verify_sha256 = verify_sha256;
+             nb::gil_scoped_release release;
+             return kiln::Generator::open(path, options);
+           }),
+           "path"_a, "backend"_a = "auto", "num_threads"_a = 0, "verify_sha256"_a = true,
+           "Open a generation engine directory (its graphs on one backend).")
+      .def_static(
+          "from_functions",
+          [](nb::object decoder, nb::object encoder, const std::string& name, int64_t layers, int64_t heads,
+             int64_t head_dim, int64_t vocab_size, int64_t max_positions, bool encoder_decoder, int64_t max_batch,
+             const Opts& defaults) {
+            kiln::GeneratorConfig c;
+            c.name = name;
+            c.layers = layers, c.heads = heads, c.head_dim = head_dim;
+            c.vocab_size = vocab_size, c.max_positions = max_positions;
+            c.encoder_decoder = encoder_decoder, c.max_batch = max_batch;
+            c.defaults = defaults;
+            return kiln::Generator::from_functions(python_run_fn(decoder, "decoder"),
+                                                   encoder.is_none() ? kiln::RunFn() : python_run_fn(encoder, "encoder"),
+                                                   std::move(c));
+          },
+          "decoder"_a, "encoder"_a.none(), "name"_a, "layers"_a, "heads"_a, "head_dim"_a, "vocab_size"_a,
+          "max_positions"_a, "encoder_decoder"_a, "max_batch"_a, "defaults"_a)
+      .def_prop_ro("defaults", [](const kiln::Generator& g) { return Opts(g.defaults()); },
+                   "a copy of the engine's generation settings")
+      .def_prop_ro("vocab_size", [](const kiln::Generator& g) { return g.config().vocab_size; })
+      .def_prop_ro("max_positions", [](const kiln::Generator& g) { return g.config().max_positions; })
+      .def_prop_ro("encoder_decoder", [](const kiln::Generator& g) { return g.config().encoder_decoder; })
+      .def_prop_ro("max_batch", [](const kiln::Generator& g) { return g.config().max_batch; })
+      .def_prop_ro("name", [](const kiln::Generator& g) { return g.config().name; })
+      .def_prop_ro("backend", [](const kiln::Generator& g) {
+        return g.decoder_engine() ? g.decoder_engine()->backend() : std::string("functions");
+      })
+      .def(
+          "generate",
+          [](const kiln::Generator& g, const std::vector<std::vector<int64_t>>& prompts, const Opts& options,
+             nb::object on_tokens) {
+            kiln::StreamCallback cb;
+            if (!on_tokens.is_none()) {
+              auto fn = gil_owned(new nb::object(std::move(on_tokens)));
+              cb = [fn](const std::vector<int64_t>& tokens) {
+                nb::gil_scoped_acquire gil;
+                nb::object r = (*fn)(nb::cast(tokens));
+                return r.is_none() || nb::cast<bool>(r);
+              };
+            }
+            kiln::GenerationResult result;
+            {
+              nb::gil_scoped_release release;  // the graphs (and Python callables) take it back as needed
+              result = g.generate(prompts, options, cb);
+            }
+            return result_to_python(result);
+          },
+          "prompts"_a, "options"_a, "on_tokens"_a.none() = nb::none(),
+          "Generate from token-id prompts; returns {sequences, scores, timings, steps, stopped}.");
 
   m.def("available_backends", &kiln::available_backends,
         "Backends compiled into this build and usable on this machine, best first.");

@@ -128,6 +128,20 @@ Manifest Manifest::parse(const std::string& text, const std::string& origin) {
                     "; rebuild the engine with this kiln, or use the kiln that built it");
   }
   m.format_version = kManifestFormatVersion;
+  // A generation engine's top level only names its graphs: the loop (kiln::Generator) runs
+  // them, and each graph subdirectory is an ordinary engine.
+  if (auto kind = j.find("kind"); kind != j.end() && *kind == "generation") {
+    std::vector<std::string> graphs;
+    if (auto g = j.find("graphs"); g != j.end() && g->is_object()) {
+      for (auto it = g->begin(); it != g->end(); ++it) {
+        graphs.push_back(it.key() + (it->is_string() ? " (" + it->get<std::string>() + "/)" : std::string()));
+      }
+    }
+    throw Error(ErrorCode::Manifest,
+                origin + ": this is a generation engine with graphs [" + detail::join(graphs) +
+                    "]; open it with kiln::Generator::open / kiln.Generator, or open a graph's subdirectory "
+                    "(e.g. <dir>/decoder) with kiln::Engine for the raw graph");
+  }
   m.name = r.str(j, "name", "");
   m.family = r.str(j, "family", "");
   m.task = r.str(j, "task", "");

@@ -99,3 +99,9 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"Engine({self.path!r}, backend={self.backend!r})"
+
+
+# The generation loop's Python face lives in kiln.generate; re-exported here beside Engine.
+from kiln.generate import GenerationResult, Generator  # noqa: E402
+
+__all__ += ["Generator", "GenerationResult"]
