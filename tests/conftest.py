@@ -156,3 +156,69 @@ def gpt2_tokenizer_dir() -> Path:
 def bart_tokenizer_dir() -> Path:
     """$KILN_CACHE/tokenizers/bart: the same BPE with BART's special tokens."""
     return _bpe_dir("bart")
+
+
+# --- generation engines (tests/test_generation_engines.py) -----------------------------------
+# Tiny GPT-2 and BART with the real vocabulary sizes, so GPT-2's real BPE tokenizer drives them
+# end to end; 128 positions; weights perturbed from transformers' init so next tokens are decisive.
+
+def _perturbed_save(model, out: Path, generation: dict, seed: int) -> Path:
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    for k, v in generation.items():
+        setattr(model.generation_config, k, v)
+    model.save_pretrained(out)
+    return out
+
+
+def make_tiny_gpt2(out: Path, seed: int = 0) -> Path:
+    import torch
+    import transformers
+    cfg = transformers.GPT2Config(vocab_size=50257, n_positions=128, n_embd=64, n_layer=2, n_head=4,
+                                  bos_token_id=50256, eos_token_id=50256)
+    torch.manual_seed(seed)
+    return _perturbed_save(transformers.GPT2LMHeadModel(cfg).eval(), out,
+                           {"bos_token_id": 50256, "eos_token_id": 50256}, seed)
+
+
+def make_tiny_bart(out: Path, seed: int = 0) -> Path:
+    import torch
+    import transformers
+    cfg = transformers.BartConfig(vocab_size=50265, d_model=64, encoder_layers=2, decoder_layers=2,
+                                  encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                                  decoder_ffn_dim=128, max_position_embeddings=128, bos_token_id=0,
+                                  pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)
+    torch.manual_seed(seed)
+    return _perturbed_save(transformers.BartForConditionalGeneration(cfg).eval(), out,
+                           {"bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2,
+                            "decoder_start_token_id": 2, "forced_bos_token_id": 0,
+                            "forced_eos_token_id": 2}, seed)
+
+
+def tiny_generation_recipe(name: str):
+    """A repo generation recipe with the ranges the tiny checkpoints (128 positions) allow."""
+    from kiln.recipe import load_recipe
+    from kiln.registry import DimRange
+    recipe = load_recipe(name)
+    recipe.dims.update(new=DimRange(1, 1, 128), past=DimRange(0, 16, 127), total=DimRange(1, 32, 128))
+    if "source" in recipe.dims:
+        recipe.dims["source"] = DimRange(2, 32, 128)
+    recipe.generation = {}  # the checkpoint's generation_config.json, as a user's would be
+    return recipe
+
+
+@pytest.fixture(scope="session")
+def generation_engines(tmp_path_factory, gpt2_tokenizer_dir, bart_tokenizer_dir) -> dict[str, tuple[Path, Path]]:
+    """"gpt2" / "bart" -> (engine dir, checkpoint dir), every format built."""
+    from kiln.exporters import build
+    root = tmp_path_factory.mktemp("generation")
+    engines = {}
+    for family, recipe, make in (("gpt2", "gpt2-text-generation", make_tiny_gpt2),
+                                 ("bart", "bart-summarization", make_tiny_bart)):
+        ckpt = make(root / f"ckpt-{family}")
+        result = build(tiny_generation_recipe(recipe), checkpoint=ckpt, output=root / "engines" / family)
+        engines[family] = (result.path, ckpt)
+    return engines

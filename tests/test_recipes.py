@@ -42,7 +42,7 @@ def _write(tmp_path, body):
 @pytest.mark.parametrize("body, message", [
     ('labels = ["a"]\nbogus = 1\n', r"unknown key\(s\) \['bogus'\]"),
     ('[dims]\nwidth = { min = 1, opt = 1, max = 2 }\n', r"'width' is not a dim .*expected one of"),
-    ('[dims]\nbatch = { min = 4, opt = 2, max = 8 }\n', r"min=4 opt=2 max=8: expected 1 <= min <= opt <= max"),
+    ('[dims]\nbatch = { min = 4, opt = 2, max = 8 }\n', r"min=4 opt=2 max=8: expected 0 <= min <= opt <= max"),
     ('formats = ["torchscript", "coreml"]\n', r"unknown format\(s\) \['coreml'\]"),
     ('[task_options]\nnormalize = true\n', r"task option 'normalize' is not one of"),
     ('this is not toml', r"not valid TOML"),

@@ -295,3 +295,186 @@ def markdown(result: dict) -> str:
 
 def write_json(result: dict, path: str | Path) -> None:
     Path(path).write_text(json.dumps(result, indent=2) + "\n")
+
+
+# --- generation engines (GPT-2, BART): the whole generate() call, one run per backend --------
+
+@dataclass
+class GenerationRow:
+    backend: str
+    batch: int
+    prompt: int  # prompt tokens (GPT-2) or source tokens (BART) per row
+    new_tokens: int  # generated per row
+    beams: int
+    total_s: float
+    tokens_per_s: float  # generated tokens (all rows) / total
+    ttft_ms: float  # time to first token: encoder + prefill + first step
+    per_token_ms: float  # median decode step after the first token
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _generation_prompts(manifest: dict, engine_dir: Path, batch: int, length: int) -> list[list[int]]:
+    """`batch` different prompts of exactly `length` tokens, cut from real text."""
+    from . import samples
+    from .processing.bpe import BPETokenizer
+    tok = BPETokenizer.from_dir(engine_dir)
+    ids = tok.encode(" ".join([samples.ARTICLE] * (2 + (length * (batch + 1)) // 150)))
+    if tok.flavour == "bart":  # keep <s> ... </s> around each cut
+        body = ids[1:-1]
+        return [[ids[0], *body[i * 7:i * 7 + length - 2], ids[-1]] for i in range(batch)]
+    return [ids[i * 7:i * 7 + length] for i in range(batch)]
+
+
+def _transformers_generate(manifest: dict, threads: int):
+    """transformers' generate over the engine's source checkpoint, or None without transformers."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    import torch
+    ckpt = manifest["source"]["checkpoint"]
+    cls = (transformers.AutoModelForSeq2SeqLM if manifest.get("encoder_decoder")
+           else transformers.AutoModelForCausalLM)
+    model = cls.from_pretrained(ckpt).eval()
+    pad = manifest["generation"].get("pad_token_id")
+    if pad is None:
+        pad = manifest["generation"].get("eos_token_id")
+    pad = pad[0] if isinstance(pad, list) else pad
+
+    def run(prompts: list[list[int]], new_tokens: int, beams: int):
+        width = max(len(p) for p in prompts)
+        left = not manifest.get("encoder_decoder")
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            sl = slice(width - len(p), width) if left else slice(0, len(p))
+            ids[i, sl] = torch.tensor(p)
+            mask[i, sl] = 1
+        with torch.inference_mode():
+            t = time.perf_counter()
+            model.generate(ids, attention_mask=mask, max_new_tokens=1, min_new_tokens=1, do_sample=False,
+                           num_beams=beams, pad_token_id=pad)
+            ttft = time.perf_counter() - t
+            t = time.perf_counter()
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                 do_sample=False, num_beams=beams, pad_token_id=pad)
+            total = time.perf_counter() - t
+        steps = (total - ttft) / max(new_tokens - 1, 1)
+        return out, total, ttft * 1e3, steps * 1e3
+    return run
+
+
+def _kiln_generate(engine_dir: Path, backend: str):
+    from .runtime import Generator
+    gen = Generator(engine_dir, backend=backend)
+
+    def run(prompts: list[list[int]], new_tokens: int, beams: int):
+        t = time.perf_counter()
+        r = gen.generate(prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=beams,
+                         do_sample=False)
+        total = time.perf_counter() - t
+        steps = list(r.timings["step_ms"][1:]) or [0.0]
+        return r, total, float(r.timings["time_to_first_token_ms"]), float(np.median(steps))
+    return run
+
+
+def run_generation_bench(engine_dir: str | Path, batches: list[int], prompt: int | None = None,
+                         new_tokens: int = 64, beams: int | None = None, threads: int = 2,
+                         only: list[str] | None = None,
+                         progress: Callable[[str], None] = lambda m: None) -> dict:
+    """generate() timed on transformers and kiln::Generator on every C++ backend with an
+    artifact: one warm-up call (4 tokens) and one measured call each, per batch size."""
+    import torch
+
+    from .runtime import available_backends
+    engine_dir = Path(engine_dir)
+    manifest = read_manifest(engine_dir)
+    encoder_decoder = bool(manifest.get("encoder_decoder"))
+    prompt = prompt or (512 if encoder_decoder else 32)
+    beams = beams or (4 if encoder_decoder else 1)
+    torch.set_num_threads(threads)
+    decoder = read_manifest(engine_dir / manifest["graphs"]["decoder"])
+    have = {a["format"] for a in decoder["artifacts"]}
+    factories: dict[str, Callable] = {"transformers-generate": lambda: _transformers_generate(manifest, threads)}
+    for b in available_backends():
+        if b in have:
+            factories[f"kiln-{b}"] = lambda b=b: _kiln_generate(engine_dir, b)
+    if only:
+        unknown = set(only) - set(factories)
+        if unknown:
+            raise InvalidArgumentError(f"--backends {sorted(unknown)}: unknown; known: {sorted(factories)}")
+        factories = {k: v for k, v in factories.items() if k in only}
+    rows, skipped = [], {}
+    for name, make in factories.items():
+        progress(f"loading {name}")
+        try:
+            fn = make()
+        except Exception as e:  # one backend failing to load must not sink the others
+            skipped[name] = f"{type(e).__name__}: {e}"
+            continue
+        if fn is None:
+            skipped[name] = "transformers is not installed (pip install kiln[test])"
+            continue
+        for batch in batches:
+            prompts = _generation_prompts(manifest, engine_dir, batch, prompt)
+            progress(f"{name}: batch {batch}, {prompt} + {new_tokens} tokens, {beams} beam(s)")
+            gc.collect()
+            fn(prompts, 4, beams)  # warm-up: first-call allocations and lazy initialisation
+            _, total, ttft, per_token = fn(prompts, new_tokens, beams)
+            rows.append(GenerationRow(name, batch, prompt, new_tokens, beams, total,
+                                      batch * new_tokens / total, ttft, per_token))
+        del fn
+    return {"engine": manifest["name"], "task": manifest["task"], "threads": threads, "kind": "generation",
+            "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+                        "torch": torch.__version__},
+            "rows": [r.to_json() for r in rows], "skipped": skipped}
+
+
+def generation_summary(result: dict) -> list[str]:
+    lines = []
+    rows = result["rows"]
+    for batch in sorted({r["batch"] for r in rows}):
+        by = {r["backend"]: r["tokens_per_s"] for r in rows if r["batch"] == batch}
+        cpp = {k: v for k, v in by.items() if k.startswith("kiln-")}
+        if not cpp:
+            continue
+        best = max(cpp, key=cpp.get)
+        line = f"batch {batch}: best kiln backend {best} {cpp[best]:.1f} tokens/s"
+        if "transformers-generate" in by:
+            speedup = cpp[best] / by["transformers-generate"]
+            target = " (target >= 2x at batch 1: " + ("met)" if speedup >= 2 else "NOT met)") if batch == 1 else ""
+            line += f", {speedup:.2f}x transformers generate's {by['transformers-generate']:.1f}{target}"
+        lines.append(line)
+    return lines
+
+
+def print_generation_bench(result: dict, console=None) -> None:
+    from rich.table import Table
+
+    from .term import make_console
+    console = console or make_console()
+    table = Table(title=f"bench: {result['engine']} ({result['task']}), {result['threads']} threads, "
+                        f"{result['machine']['cpu']}")
+    for col in ("backend", "batch", "prompt", "new", "beams", "total s", "tokens/s", "first token ms",
+                "per token ms"):
+        table.add_column(col, justify="right" if col != "backend" else "left")
+    for r in result["rows"]:
+        table.add_row(r["backend"], str(r["batch"]), str(r["prompt"]), str(r["new_tokens"]), str(r["beams"]),
+                      f"{r['total_s']:.2f}", f"{r['tokens_per_s']:.1f}", f"{r['ttft_ms']:.0f}",
+                      f"{r['per_token_ms']:.1f}")
+    console.print(table)
+    for name, why in result["skipped"].items():
+        console.print(f"  skipped {name}: {why}", style="yellow")
+    for line in generation_summary(result):
+        console.print(line)
+
+
+def generation_markdown(result: dict) -> str:
+    lines = ["| backend | batch | prompt | new | beams | total s | tokens/s | first token ms | per token ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['backend']} | {r['batch']} | {r['prompt']} | {r['new_tokens']} | {r['beams']} | "
+                     f"{r['total_s']:.2f} | {r['tokens_per_s']:.1f} | {r['ttft_ms']:.0f} | {r['per_token_ms']:.1f} |")
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in generation_summary(result)) + "\n"

@@ -205,7 +205,9 @@ def load_model(model_cls: type[nn.Module], path: str | os.PathLike, *, random_he
             if tensor.shape != expected[name]:
                 problems.append(f"shape mismatch for {shown}: checkpoint {_shape(tensor)}, "
                                 f"model {_shape(expected[name])}")
-        elif name in ignorable:
+        elif name in ignorable or name in tied:
+            # a tied key stored anyway (older checkpoints save every name of a shared tensor):
+            # the model reads it from the key it is tied to
             ignored.append(ckpt_name)
         else:
             problems.append(f"unexpected key {shown} (checkpoint shape {_shape(tensor)})")

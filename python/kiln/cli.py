@@ -91,6 +91,58 @@ def _read_inputs(args) -> list[str]:
     return texts
 
 
+GENERATION_TASKS = ("text-generation", "summarization", "translation")
+
+
+def _generation_options(args) -> dict:
+    options = {"max_new_tokens": args.max_new_tokens, "min_new_tokens": args.min_new_tokens,
+               "num_beams": args.num_beams, "temperature": args.temperature,
+               "top_k": args.top_k, "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
+               "no_repeat_ngram_size": args.no_repeat_ngram_size, "length_penalty": args.length_penalty}
+    options = {k: v for k, v in options.items() if v is not None}
+    if args.do_sample:
+        options.update(do_sample=True, seed=args.seed)
+    return options
+
+
+def _run_generation(pipe, texts: list[str], args, console) -> int:
+    """Prompts one at a time, the text streamed as it is generated (beam search prints the
+    best beam when it is done)."""
+    from rich.markup import escape
+    if not texts:
+        raise KilnError(f"{pipe.task} needs at least one prompt (as an argument or on standard input)")
+    options = _generation_options(args)
+    note = pipe.random_weights_note
+    if note and not args.json:
+        console.print(f"[yellow]note:[/] {note}")
+    results = []
+    for text in texts:
+        if not args.json:
+            console.print(f"[bold]{escape(text)}[/]")
+        streamed: list[str] = []
+
+        def on_text(row: int, piece: str) -> None:
+            streamed.append(piece)
+            if not args.json:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        out = pipe([text], on_text=on_text, **options)[0]
+        timings = pipe.last_result.timings
+        ttft = timings["time_to_first_token_ms"]
+        rate = len(out["tokens"]) / max(timings["total_ms"] / 1e3, 1e-9)
+        if not args.json:
+            if not streamed:  # beam search: the best sequence comes at the end
+                sys.stdout.write(out["text"])
+            sys.stdout.write("\n")
+            console.print(f"[dim]{pipe.manifest['name']} · {pipe.task} · kiln::Generator on {pipe.backend} · "
+                          f"{len(out['tokens'])} tokens · first token {ttft:.0f} ms · {rate:.1f} tokens/s[/]")
+        results.append({"input": text, **out, "time_to_first_token_ms": ttft, "tokens_per_second": rate})
+    if args.json:
+        print(json.dumps({"engine": pipe.manifest["name"], "task": pipe.task, "backend": pipe.backend,
+                          "weights": pipe.manifest.get("weights"), "options": options, "results": results}))
+    return 0
+
+
 def cmd_run(args) -> int:
     import time
 
@@ -100,6 +152,8 @@ def cmd_run(args) -> int:
     console = _console()
     pipe = pipeline(args.engine, backend=args.backend, num_threads=args.threads)
     texts = _read_inputs(args)
+    if pipe.task in GENERATION_TASKS:
+        return _run_generation(pipe, texts, args, console)
     t = time.perf_counter()
     if pipe.task == "question-answering":
         if not args.question:
@@ -166,11 +220,16 @@ def cmd_run(args) -> int:
 
 
 def cmd_parity(args) -> int:
-    from .parity import print_report, run_parity, write_json
+    from .exporters.manifest import is_generation, read_manifest
+    from .parity import print_generation_report, print_report, run_generation_parity, run_parity, write_json
     backends = [b for part in args.backends for b in part.split(",")] if args.backends else None
-    with _console().status(f"parity: {args.engine}"):
-        report = run_parity(args.engine, backends)
-    print_report(report)
+    with _console().status(f"parity: {args.engine}") as status:
+        if is_generation(read_manifest(args.engine)):
+            report = run_generation_parity(args.engine, backends,
+                                           progress=lambda m: status.update(f"parity: {m}"))
+        else:
+            report = run_parity(args.engine, backends)
+    (print_generation_report if is_generation(read_manifest(args.engine)) else print_report)(report)
     if args.json:
         write_json(report, args.json)
     return 0 if report.passed else 1
@@ -181,11 +240,25 @@ def cmd_bench(args) -> int:
     console = _console()
     batches = [int(b) for b in args.batch.split(",")]
     only = [b for part in args.backends for b in part.split(",")] if args.backends else None
+    from .exporters.manifest import is_generation, read_manifest
+    generation = is_generation(read_manifest(args.engine))
     with console.status("bench") as status:
-        result = run_bench(args.engine, batches, args.seq, threads=args.threads, iters=args.iters,
-                           only=only, progress=lambda m: status.update(f"bench: {m}"))
-    print_bench(result, console)
-    if args.markdown:
+        if generation:
+            from .bench import run_generation_bench
+            result = run_generation_bench(args.engine, batches, args.seq, args.new_tokens, args.beams,
+                                          threads=args.threads, only=only,
+                                          progress=lambda m: status.update(f"bench: {m}"))
+        else:
+            result = run_bench(args.engine, batches, args.seq, threads=args.threads, iters=args.iters,
+                               only=only, progress=lambda m: status.update(f"bench: {m}"))
+    if generation:
+        from .bench import generation_markdown, print_generation_bench
+        print_generation_bench(result, console)
+        if args.markdown:
+            print(generation_markdown(result))
+    else:
+        print_bench(result, console)
+    if args.markdown and not generation:
         from .bench import markdown
         print(markdown(result))
     if args.json:
@@ -195,21 +268,40 @@ def cmd_bench(args) -> int:
 
 
 def cmd_check_trt(args) -> int:
+    from .exporters.manifest import graph_dirs
     from .exporters.tensorrt import check_engine, print_report
-    with _console().status(f"TensorRT checks: {args.engine}"):
-        report = check_engine(args.engine, args.ops_table)
-    print_report(report)
+    reports = {}
+    for graph, path in graph_dirs(args.engine):  # a generation engine: each of its graphs
+        with _console().status(f"TensorRT checks: {path}"):
+            reports[graph] = check_engine(path, args.ops_table)
+        print_report(reports[graph])
     if args.json:
-        Path(args.json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    return 0 if report.passed else 1
+        data = (reports[""].to_json() if "" in reports
+                else {"pass": all(r.passed for r in reports.values()),
+                      "graphs": {g: r.to_json() for g, r in reports.items()}})
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+    return 0 if all(r.passed for r in reports.values()) else 1
 
 
 def cmd_inspect(args) -> int:
     from rich.table import Table
 
-    from .exporters.manifest import read_manifest
+    from .exporters.manifest import graph_dirs, is_generation, read_manifest
     console = _console()
     m = read_manifest(args.engine)
+    if is_generation(m):
+        console.print(f"[bold]{m['name']}[/] — {m.get('description', '')}")
+        console.print(f"generation engine: graphs {', '.join(m['graphs'])}; KV cache (layers, 2, batch, "
+                      f"heads, seq, head_dim) with layers {m['cache']['layers']}, heads {m['cache']['heads']}, "
+                      f"head_dim {m['cache']['head_dim']}; vocabulary {m['vocab_size']}, "
+                      f"{m['max_positions']} positions")
+        console.print("generation defaults: " + ", ".join(f"{k}={v}" for k, v in m["generation"].items()))
+        for graph, path in graph_dirs(args.engine):
+            console.rule(graph)
+            cmd_inspect(argparse.Namespace(engine=path, json=False))
+        if args.json:
+            print(json.dumps(m, indent=2))
+        return 0
     console.print(f"[bold]{m['name']}[/] — {m.get('description', '')}")
     console.print(f"family {m['family']}, task {m['task']}, weights {m.get('weights')}, "
                   f"format_version {m['format_version']}, built {m.get('created')} by kiln "
@@ -282,9 +374,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "WAV files, as the engine's task takes")
     s.add_argument("--backend", default="auto", help="C++ runtime backend: auto, aoti, torchscript")
     s.add_argument("--question", help="the question (question-answering engines)")
-    s.add_argument("--top-k", type=int, help="labels to show (classification tasks)")
+    s.add_argument("--top-k", type=int, help="labels to show (classification tasks); sampling from the k best tokens (generation)")
     s.add_argument("--threads", type=int, default=0, help="intra-op threads (0: leave as is)")
     s.add_argument("--json", action="store_true", help="print JSON instead of text")
+    g = s.add_argument_group("generation (text-generation, summarization, translation engines; "
+                             "defaults: the engine's generation_config)")
+    g.add_argument("--max-new-tokens", type=int, help="tokens to generate at most")
+    g.add_argument("--min-new-tokens", type=int, help="tokens to generate at least (eos held back)")
+    g.add_argument("--num-beams", type=int, help="beam search with this many beams (1: greedy)")
+    g.add_argument("--do-sample", action="store_true", help="sample instead of taking the best token")
+    g.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    g.add_argument("--temperature", type=float, help="sampling temperature (> 0)")
+    g.add_argument("--top-p", type=float, help="nucleus sampling: keep tokens up to this mass, in (0, 1]")
+    g.add_argument("--repetition-penalty", type=float, help="penalise tokens already present (> 1)")
+    g.add_argument("--no-repeat-ngram-size", type=int, help="never repeat an n-gram of this size")
+    g.add_argument("--length-penalty", type=float, help="beam search: exponent of the length normaliser")
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("parity", help="every backend vs eager PyTorch",
@@ -305,7 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("engine", help="engine directory")
     s.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
     s.add_argument("--seq", type=int, help="length: tokens for text, samples for audio (default: the "
-                   "engine's opt value); images have fixed sizes")
+                   "engine's opt value); images have fixed sizes; generation: prompt (GPT-2, default 32) or "
+                   "source (BART, default 512) tokens")
+    s.add_argument("--new-tokens", type=int, default=64, help="generation: tokens generated per row (default 64)")
+    s.add_argument("--beams", type=int, help="generation: beams (default 1 for GPT-2, 4 for BART)")
     s.add_argument("--threads", type=int, default=2, help="threads for every backend (default 2)")
     s.add_argument("--iters", type=int, default=50, help="timed iterations per row (default 50)")
     s.add_argument("--backends", nargs="+", help="only these backends")

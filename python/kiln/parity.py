@@ -80,8 +80,15 @@ def _torch_infer(module, manifest: dict):
     return infer
 
 
+def manifest_entry(manifest: dict) -> registry.TaskEntry:
+    """The registry entry of an engine directory (of its graph, for a generation engine's graph)."""
+    entry = registry.get(manifest["family"], manifest["task"])
+    return entry.graph_entry(manifest["graph"]) if manifest.get("graph") else entry
+
+
 def eager_model(manifest: dict):
-    """The eager kiln model the engine was built from (same checkpoint, same seeded head)."""
+    """The eager kiln model the engine was built from (same checkpoint, same seeded head); for
+    one graph of a generation engine, that graph's module around the model."""
     from .checkpoint import checkpoint_hash, load_model
     source = manifest.get("source", {})
     ckpt = Path(source.get("checkpoint", ""))
@@ -91,13 +98,16 @@ def eager_model(manifest: dict):
     if source.get("sha256") and checkpoint_hash(ckpt) != source["sha256"]:
         raise CheckpointError(f"{manifest['name']}: checkpoint {ckpt} changed since the engine was "
                               "built (sha256 differs); rebuild with `kiln build`")
-    entry = registry.get(manifest["family"], manifest["task"])
+    entry = manifest_entry(manifest)
     overrides = {}
     if manifest.get("labels"):
         overrides["id2label"] = {str(i): label for i, label in enumerate(manifest["labels"])}
     model = load_model(entry.model_cls(), ckpt, random_head=bool(source.get("random_head")),
                        seed=int(source.get("seed", 0)), config_overrides=overrides,
                        **manifest.get("task_options", {}))
+    if entry.wrapper:
+        from .exporters import graph_module
+        return graph_module(entry, model.eval())
     return model.eval()
 
 
@@ -227,7 +237,21 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def parity_feeds(engine_dir: Path, manifest: dict, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """Inputs made from real samples through the engine's own pre-processing, plus random ids."""
+    """Inputs made from real samples through the engine's own pre-processing, plus random ids.
+    A generation graph gets random inputs at the shapes generation uses: a left-padded prefill
+    batch (past 0), single-token decode steps and a multi-token step on a cache."""
+    if manifest.get("graph"):
+        entry = manifest_entry(manifest)
+        dims = manifest["dims"]
+        shapes = [{"batch": 2, "new": 12, "past": 0, "source": 24},
+                  {"batch": 1, "new": 1, "past": 40, "source": 17},
+                  {"batch": 3, "new": 1, "past": 7, "source": 9},
+                  {"batch": 2, "new": 5, "past": 16, "source": 30}]
+        feeds = []
+        for i, sizes in enumerate(shapes):
+            sizes = {k: min(max(v, dims[k]["min"]), dims[k]["max"]) for k, v in sizes.items() if k in dims}
+            feeds.append(entry.make_example(manifest["config"], {**{k: 1 for k in dims}, **sizes}, seed + i))
+        return feeds
     from .pipelines import pipeline
     pipe = pipeline(engine_dir, load_engine=False)
     feeds = [pipe.preprocess(sample)[0] for sample in pipe.parity_samples()]
@@ -242,7 +266,7 @@ def run_parity(engine_dir: str | Path, backends: list[str] | None = None,
 
     engine_dir = Path(engine_dir)
     manifest = read_manifest(engine_dir)
-    entry = registry.get(manifest["family"], manifest["task"])
+    entry = manifest_entry(manifest)
     all_tolerances = manifest.get("tolerances") or {
         p: {o: {"atol": t.atol, "rtol": t.rtol, "why": t.why} for o, t in outs.items()}
         for p, outs in entry.tolerances.items()}
@@ -358,3 +382,200 @@ def print_report(report: ParityReport, console=None) -> None:
 
 def write_json(report: ParityReport, path: str | Path) -> None:
     Path(path).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+
+
+# --- generation engines: every graph, then the generated tokens ----------------------------------
+
+@dataclass
+class TokenCase:
+    name: str
+    prompts: list[list[int]]
+    options: dict
+    sampled: bool = False  # kiln's own seeded stream: compared across kiln backends only
+
+
+@dataclass
+class GenerationParityReport:
+    engine: str
+    task: str
+    graphs: dict[str, ParityReport]
+    # case -> backend -> (same as the reference?, detail)
+    tokens: dict[str, dict[str, tuple[bool, str]]]
+    skipped: dict[str, str]
+
+    @property
+    def passed(self) -> bool:
+        return (all(r.passed for r in self.graphs.values())
+                and all(ok for case in self.tokens.values() for ok, _ in case.values()))
+
+    def to_json(self) -> dict:
+        return {"pass": self.passed, "engine": self.engine, "task": self.task,
+                "graphs": {g: r.to_json() for g, r in self.graphs.items()},
+                "tokens": {c: {b: {"same": ok, "detail": d} for b, (ok, d) in rows.items()}
+                           for c, rows in self.tokens.items()},
+                "skipped": self.skipped}
+
+
+def _token_cases(engine_dir: Path, manifest: dict) -> list[TokenCase]:
+    """Real prompts (GPT-2) or sources (BART), cut to what the engine's ranges allow."""
+    from . import samples
+    from .processing.bpe import BPETokenizer
+    tok = BPETokenizer.from_dir(engine_dir)
+    dims = read_manifest(engine_dir / manifest["graphs"]["decoder"])["dims"]
+    longest = dims["total"]["max"]
+    if manifest.get("encoder_decoder"):
+        limit = dims["source"]["max"]
+        prompts = [tok.encode(samples.ARTICLE), tok.encode(samples.TRANSLATION_SOURCES[0])]
+        prompts = [p if len(p) <= limit else p[:limit - 1] + p[-1:] for p in prompts]  # keep </s>
+        new = min(64, longest - 1)
+        return [TokenCase("greedy", prompts, {"num_beams": 1, "max_new_tokens": new}),
+                TokenCase("beam search (engine defaults)", prompts[:1], {"max_new_tokens": new}),
+                TokenCase("sampling, seed 0", prompts, {"num_beams": 1, "do_sample": True, "seed": 0,
+                                                       "top_k": 50, "top_p": 0.9, "max_new_tokens": 32},
+                          sampled=True)]
+    prompts = [tok.encode(samples.PROMPTS[0]), tok.encode(samples.PROMPTS[1])]  # two lengths: left padding
+    new = min(64, longest - max(len(p) for p in prompts))
+    return [TokenCase(f"greedy, {new} tokens", prompts, {"max_new_tokens": new, "min_new_tokens": new}),
+            TokenCase("beam search, 4 beams", prompts[:1], {"num_beams": 4, "max_new_tokens": min(32, new)}),
+            TokenCase("sampling, seed 0", prompts, {"do_sample": True, "seed": 0, "top_k": 50, "top_p": 0.9,
+                                                   "temperature": 0.8, "max_new_tokens": min(32, new)},
+                      sampled=True)]
+
+
+def eager_generator(engine_dir: Path, manifest: dict):
+    """kiln::Generator over the eager graph modules: the token-level reference."""
+    import torch
+
+    from .generate import Generator
+
+    def as_fn(sub: dict):
+        module = eager_model(sub)
+        names = [s["name"] for s in sub["inputs"]]
+        outs = [s["name"] for s in sub["outputs"]]
+
+        def run(feed: dict) -> dict:
+            with torch.inference_mode():
+                out = module(*[torch.from_numpy(np.ascontiguousarray(feed[n])) for n in names])
+            return {n: o.numpy() for n, o in zip(outs, out)}
+        return run
+    subs = {g: read_manifest(engine_dir / d) for g, d in manifest["graphs"].items()}
+    cache = manifest["cache"]
+    return Generator.from_functions(
+        as_fn(subs["decoder"]), as_fn(subs["encoder"]) if "encoder" in subs else None,
+        layers=cache["layers"], heads=cache["heads"], head_dim=cache["head_dim"],
+        vocab_size=manifest["vocab_size"], max_positions=manifest["max_positions"],
+        encoder_decoder=bool(manifest.get("encoder_decoder")),
+        max_batch=subs["decoder"]["dims"]["batch"]["max"], generation=manifest["generation"],
+        name=f"{manifest['name']} (eager)")
+
+
+def transformers_generate(manifest: dict):
+    """transformers' generate over the engine's source checkpoint as (prompts, options) -> new
+    tokens per row (eos included, padding cut), or None where transformers is not installed."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    import torch
+    encoder_decoder = bool(manifest.get("encoder_decoder"))
+    cls = (transformers.AutoModelForSeq2SeqLM if encoder_decoder else transformers.AutoModelForCausalLM)
+    model = cls.from_pretrained(manifest["source"]["checkpoint"]).eval()
+    settings = {k: v for k, v in manifest["generation"].items() if v is not None}
+    eos = settings.get("eos_token_id")
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    pad = settings.get("pad_token_id", min(eos_ids) if eos_ids else 0)
+
+    def run(prompts: list[list[int]], options: dict) -> list[list[int]]:
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            sl = slice(0, len(p)) if encoder_decoder else slice(width - len(p), width)
+            ids[i, sl], mask[i, sl] = torch.tensor(p), 1
+        kwargs = {**settings, "pad_token_id": pad, "do_sample": False, **options}
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=mask, **kwargs)
+        rows = []
+        for row in out[:, 1 if encoder_decoder else width:].tolist():
+            end = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
+            rows.append(row[:end])
+        return rows
+    return run
+
+
+def _first_difference(ref: list[list[int]], test: list[list[int]]) -> str:
+    if ref == test:
+        return f"same ({sum(len(r) for r in ref)} tokens in {len(ref)} row(s))"
+    for row, (r, t) in enumerate(zip(ref, test)):
+        if r != t:
+            at = next((i for i, (a, b) in enumerate(zip(r, t)) if a != b), min(len(r), len(t)))
+            return f"row {row} differs at token {at} (of {len(r)} / {len(t)})"
+    return f"{len(ref)} vs {len(test)} rows"
+
+
+def run_generation_parity(engine_dir: str | Path, backends: list[str] | None = None,
+                          progress=lambda m: None) -> GenerationParityReport:
+    """Parity of every graph (tensors, as run_parity), then the generated tokens: kiln's C++
+    loop over each C++ backend and transformers' generate against the loop over eager graphs."""
+    from .generate import Generator
+    from .runtime import available_backends
+    engine_dir = Path(engine_dir)
+    manifest = read_manifest(engine_dir)
+    graphs = {}
+    for graph, sub in manifest["graphs"].items():
+        progress(f"graph {graph}: every backend")
+        graphs[graph] = run_parity(engine_dir / sub, backends)
+    decoder = read_manifest(engine_dir / manifest["graphs"]["decoder"])
+    formats = {a["format"] for a in decoder["artifacts"]}
+    runners: dict[str, object] = {}
+    skipped: dict[str, str] = {}
+    for b in ("torchscript", "aoti", "tensorrt"):
+        name = f"kiln-{b}"
+        if backends and name not in backends:
+            continue
+        if b not in available_backends():
+            skipped[name] = f"the C++ runtime has no usable {b} backend on this machine"
+        elif b not in formats:
+            skipped[name] = f"no {b} artifact in the engine"
+        else:
+            gen = Generator(engine_dir, backend=b)
+            runners[name] = lambda prompts, options, gen=gen: gen.generate(prompts, **options).sequences
+    hf = None if backends and "transformers-generate" not in backends else transformers_generate(manifest)
+    if hf is None and not backends:
+        skipped["transformers-generate"] = "transformers is not installed (pip install kiln[test])"
+    reference = eager_generator(engine_dir, manifest)
+    tokens: dict[str, dict[str, tuple[bool, str]]] = {}
+    for case in _token_cases(engine_dir, manifest):
+        progress(f"tokens: {case.name}")
+        ref = reference.generate(case.prompts, **case.options).sequences
+        rows: dict[str, tuple[bool, str]] = {}
+        for name, run in runners.items():
+            test = run(case.prompts, case.options)
+            rows[name] = (test == ref, _first_difference(ref, test))
+        if hf is not None and not case.sampled:
+            test = hf(case.prompts, case.options)
+            rows["transformers-generate"] = (test == ref, _first_difference(ref, test))
+        tokens[case.name] = rows
+    return GenerationParityReport(manifest["name"], manifest["task"], graphs, tokens, skipped)
+
+
+def print_generation_report(report: GenerationParityReport, console=None) -> None:
+    from rich.table import Table
+
+    from .term import make_console
+    console = console or make_console()
+    for graph, r in report.graphs.items():
+        console.rule(f"graph: {graph}")
+        print_report(r, console)
+    console.rule("generated tokens")
+    table = Table(title=f"tokens: {report.engine} ({report.task}), kiln::Generator over each backend vs "
+                        "the same loop over eager PyTorch")
+    for col in ("case", "backend", "tokens"):
+        table.add_column(col)
+    for case, rows in report.tokens.items():
+        for i, (name, (ok, detail)) in enumerate(rows.items()):
+            table.add_row(case if i == 0 else "", name, f"[green]{detail}[/]" if ok else f"[red]{detail}[/]")
+    console.print(table)
+    for name, why in report.skipped.items():
+        console.print(f"  skipped {name}: {why}", style="yellow")
+    console.print("[bold green]PASS[/]" if report.passed else "[bold red]FAIL[/]")

@@ -33,8 +33,11 @@ class Pipeline:
         self.manifest = read_manifest(self.dir)
         self.engine = None
         if load_engine:
-            from .runtime import Engine
-            self.engine = Engine(self.dir, backend=backend, num_threads=num_threads)
+            self._open(backend, num_threads)
+
+    def _open(self, backend: str, num_threads: int) -> None:
+        from .runtime import Engine
+        self.engine = Engine(self.dir, backend=backend, num_threads=num_threads)
 
     @property
     def backend(self) -> str | None:
@@ -283,11 +286,73 @@ class AudioClassificationPipeline(AudioPipeline):
         return top_labels(outputs["logits"], self.manifest["labels"], top_k)
 
 
+class TextGenerationPipeline(Pipeline):
+    """Text in, generated text out, through kiln::Generator (the C++ loop over the engine's
+    decoder graph, and encoder graph for BART). Streams text as tokens arrive."""
+    task = "text-generation"
+
+    def __init__(self, engine_dir: str | Path, backend: str = "auto", num_threads: int = 0,
+                 load_engine: bool = True):
+        from .processing.bpe import BPETokenizer
+        self.generator = None
+        super().__init__(engine_dir, backend, num_threads, load_engine)
+        self.tokenizer = BPETokenizer.from_dir(self.dir)
+
+    def _open(self, backend: str, num_threads: int) -> None:
+        from .runtime import Generator
+        self.generator = Generator(self.dir, backend=backend, num_threads=num_threads)
+
+    @property
+    def backend(self) -> str | None:
+        return self.generator.backend if self.generator else None
+
+    def preprocess(self, texts) -> tuple[list[list[int]], dict]:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise InputValueError("texts: expected at least one prompt")
+        return [self.tokenizer.encode(t, name=f"prompt {i}") for i, t in enumerate(texts)], {"texts": texts}
+
+    def __call__(self, texts, on_text=None, **options) -> list[dict]:
+        """Generated text per prompt: [{"text", "tokens", "score"?}]. on_text(row, piece) receives
+        the text as it is generated (whole characters only); options are generate()'s."""
+        if self.generator is None:
+            raise InvalidArgumentError("this pipeline was made with load_engine=False")
+        prompts, _ = self.preprocess(texts)
+        on_tokens = None
+        if on_text is not None:
+            streams = [self.tokenizer.stream() for _ in prompts]
+
+            def on_tokens(tokens) -> bool:
+                for row, token in enumerate(tokens):
+                    piece = streams[row].push(token) if token >= 0 else ""
+                    if piece:
+                        on_text(row, piece)
+                return True
+        result = self.generator.generate(prompts, on_tokens=on_tokens, **options)
+        out = []
+        for i, seq in enumerate(result.sequences):
+            item = {"text": self.tokenizer.decode(seq), "tokens": list(seq)}
+            if result.scores:
+                item["score"] = float(result.scores[i])
+            out.append(item)
+        self.last_result = result
+        return out
+
+
+class Text2TextGenerationPipeline(TextGenerationPipeline):
+    task = "summarization"
+
+
+class TranslationPipeline(TextGenerationPipeline):
+    task = "translation"
+
+
 PIPELINES: dict[str, type[Pipeline]] = {
     cls.task: cls for cls in (TextClassificationPipeline, TokenClassificationPipeline,
                               QuestionAnsweringPipeline, FeatureExtractionPipeline, FillMaskPipeline,
                               ImageClassificationPipeline, SpeechRecognitionPipeline,
-                              AudioClassificationPipeline)
+                              AudioClassificationPipeline, TextGenerationPipeline,
+                              Text2TextGenerationPipeline, TranslationPipeline)
 }
 
 

@@ -26,6 +26,11 @@ class Recipe:
     formats: list[str] = field(default_factory=lambda: ["torchscript", "onnx", "aoti"])
     dims: dict[str, registry.DimRange] = field(default_factory=dict)
     task_options: dict = field(default_factory=dict)
+    # generation deployables: generation_config.json settings the engine defaults to
+    # (overrides the checkpoint's), and the BPE vocabulary to ship when the checkpoint has
+    # none: a directory under $KILN_CACHE/tokenizers ("gpt2", "bart"; fetched by make setup)
+    generation: dict = field(default_factory=dict)
+    tokenizer: str | None = None
     tolerances: dict[str, dict[str, registry.Tolerance]] = field(default_factory=dict)
     path: Path | None = None
 

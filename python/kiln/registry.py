@@ -6,6 +6,7 @@ task-level check. A new family is one model file plus entries here.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -38,9 +39,10 @@ class DimRange:
     max: int
 
     def __post_init__(self) -> None:
-        if not (1 <= self.min <= self.opt <= self.max):
+        # min 0 only where a dim may be empty: a KV cache's past length at prefill
+        if not (0 <= self.min <= self.opt <= self.max) or self.max < 1:
             raise InvalidArgumentError(
-                f"dim range min={self.min} opt={self.opt} max={self.max}: expected 1 <= min <= opt <= max")
+                f"dim range min={self.min} opt={self.opt} max={self.max}: expected 0 <= min <= opt <= max, max >= 1")
 
     def to_json(self) -> dict:
         return {"min": self.min, "opt": self.opt, "max": self.max}
@@ -80,6 +82,19 @@ class TaskEntry:
     # used to trace and export, by parity (beside real samples) and by the benchmark
     example_inputs: Callable[[dict, dict[str, int], np.random.Generator], dict[str, np.ndarray]] = \
         field(default=None)
+    # Deployables of several graphs (generation: a decoder, and an encoder for BART): one entry
+    # per graph, each exported to a subdirectory of the engine directory. A graph entry names
+    # its `graph` and the `wrapper` class ("module:Class") that turns the loaded model into
+    # that graph's module; it shares the parent's model_class and checkpoint.
+    graphs: tuple["TaskEntry", ...] = ()
+    # dims the graph itself determines from others (a decoder's total = past + new): exported
+    # as Dim.AUTO so torch.export derives them instead of checking an independent range
+    derived_dims: tuple[str, ...] = ()
+    graph: str = ""
+    wrapper: str = ""
+    # generation deployables: config -> {"cache": {layers, heads, head_dim}, "vocab_size",
+    # "max_positions", "encoder_decoder", "generation": defaults from the config}
+    generation: Callable[[Any], dict] | None = None
 
     def input_specs(self, config: Any = None) -> tuple[TensorSpec, ...]:
         """The input specs; `config` (the family's config object) is needed where they depend on it."""
@@ -99,6 +114,16 @@ class TaskEntry:
 
     def model_cls(self):
         return _resolve(self.model_class)
+
+    def wrapper_cls(self):
+        return _resolve(self.wrapper)
+
+    def graph_entry(self, name: str) -> "TaskEntry":
+        for g in self.graphs:
+            if g.graph == name:
+                return g
+        raise InvalidArgumentError(f"{self.family}/{self.task}: no graph {name!r}; "
+                                   f"graphs: {[g.graph for g in self.graphs]}")
 
     def config_cls(self):
         return _resolve(self.config_class)
@@ -354,6 +379,182 @@ register(TaskEntry(
     lambda c: (TensorSpec("logits", "float32", ("batch", c.num_labels)),),
     _AUDIO_DIMS, _audio_fp32(1e-4, 1e-3, _AUDIO_FP32_WHY), TaskCheck("same top-1 label", _argmax_check("logits")),
     has_labels=True, example_inputs=_audio_example))
+
+
+# --- text generation: GPT-2, BART ----------------------------------------------------------------
+# One KV-cache tensor per graph input/output, (layers, 2 [keys, values], batch, heads, seq,
+# head_dim): one tensor to feed back, and one gather along axis 2 reorders every layer's cache
+# for beam search. One decoder graph serves prefill (past = 0, a zero-size cache) and decode
+# (new = 1): the weights ship once per format, and torch.export, ONNX Runtime and TensorRT all
+# take empty dims. attention_mask covers past + new ("total"); torch.export derives
+# total = past + new from the graph itself. The generation loop is C++ (kiln::Generator).
+
+def _cache_spec(name: str, layers: int, heads: int, head_dim: int, seq: str) -> TensorSpec:
+    return TensorSpec(name, "float32", (layers, 2, "batch", heads, seq, head_dim))
+
+
+def _left_padded_mask(batch: int, total: int) -> np.ndarray:
+    mask = np.ones((batch, total), np.int64)
+    if batch > 1:
+        mask[-1, :total // 3] = 0  # a left-padded row, so masking is in every trace and check
+    return mask
+
+
+def _gpt2_cache(c) -> tuple[int, int, int]:
+    return c.n_layer, c.n_head, c.n_embd // c.n_head
+
+
+def _gpt2_decoder_inputs(c) -> tuple[TensorSpec, ...]:
+    return (TensorSpec("input_ids", "int64", ("batch", "new")),
+            TensorSpec("attention_mask", "int64", ("batch", "total")),
+            TensorSpec("position_ids", "int64", ("batch", "new")),
+            _cache_spec("past_key_values", *_gpt2_cache(c), "past"))
+
+
+def _decoder_outputs(cache: Callable) -> Callable:
+    return lambda c: (TensorSpec("logits", "float32", ("batch", "new", c.vocab_size)),
+                      _cache_spec("present_key_values", *cache(c), "total"))
+
+
+def _random_cache(rng: np.random.Generator, layers: int, batch: int, heads: int, seq: int,
+                  head_dim: int) -> np.ndarray:
+    return rng.standard_normal((layers, 2, batch, heads, seq, head_dim)).astype(np.float32)
+
+
+def _gpt2_decoder_example(config: dict, sizes: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    batch, new, past = sizes["batch"], sizes["new"], sizes["past"]
+    mask = _left_padded_mask(batch, past + new)
+    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)[:, past:]
+    heads = config["n_head"]
+    return {"input_ids": rng.integers(0, config["vocab_size"], (batch, new), dtype=np.int64),
+            "attention_mask": mask, "position_ids": positions.astype(np.int64),
+            "past_key_values": _random_cache(rng, config["n_layer"], batch, heads, past,
+                                             config["n_embd"] // heads)}
+
+
+def _next_token_check(margin: float = 1e-3) -> Callable:
+    """The greedy next token at every real new position equals the reference's (near-ties skipped)."""
+    def check(ref: dict, test: dict, inputs: dict) -> tuple[bool, str]:
+        r, t = ref["logits"], test["logits"]
+        real = inputs["attention_mask"][:, -r.shape[1]:].astype(bool)
+        top2 = np.sort(r, axis=-1)[..., -2:]
+        decisive = ((top2[..., 1] - top2[..., 0]) > margin) & real
+        mismatched = int(((r.argmax(-1) != t.argmax(-1)) & decisive).sum())
+        return mismatched == 0, (f"{int(decisive.sum())} decisive next tokens, {mismatched} differ"
+                                 f" ({int((real & ~decisive).sum())} near-ties skipped)")
+    return check
+
+
+_GEN_FP32_WHY = ("fp32 reordering of attention / LayerNorm / vocabulary-projection reductions "
+                 "between eager, TorchScript, Inductor and ORT; logits sum over the hidden size")
+_CACHE_FP32_WHY = "keys and values are single projections of LayerNorm outputs: fp32 rounding only"
+
+
+def _gen_tolerances(*caches: str) -> dict[str, dict[str, Tolerance]]:
+    tol = _fp32("logits", atol=1e-3, rtol=1e-3)
+    tol["fp32"]["logits"] = Tolerance(1e-3, 1e-3, _GEN_FP32_WHY)
+    for name, t in _fp32(*caches, atol=1e-4, rtol=1e-3).items():
+        tol[name].update(t)
+    for name in caches:
+        tol["fp32"][name] = Tolerance(1e-4, 1e-3, _CACHE_FP32_WHY)
+    return tol
+
+
+def _gpt2_generation(c) -> dict:
+    layers, heads, head_dim = _gpt2_cache(c)
+    return {"cache": {"layers": layers, "heads": heads, "head_dim": head_dim},
+            "vocab_size": c.vocab_size, "max_positions": c.n_positions, "encoder_decoder": False,
+            "generation": {"bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id,
+                           "pad_token_id": c.pad_token_id}}
+
+
+_GPT2 = "kiln.models.gpt2"
+# export: past min 0 is the prefill; new max = total max so a whole prompt prefills at once
+_GPT2_DIMS = {"batch": DimRange(1, 1, 8), "new": DimRange(1, 1, 1024), "past": DimRange(0, 64, 1023),
+              "total": DimRange(1, 96, 1024)}
+_GPT2_DECODER = TaskEntry(
+    "gpt2", "text-generation", f"{_GPT2}:GPT2LMHeadModel", f"{_GPT2}:GPT2Config",
+    _gpt2_decoder_inputs, _decoder_outputs(_gpt2_cache), _GPT2_DIMS,
+    _gen_tolerances("present_key_values"), TaskCheck("same next token", _next_token_check()),
+    dim_limits=lambda c: {"total": c.n_positions}, example_inputs=_gpt2_decoder_example,
+    derived_dims=("total",), graph="decoder", wrapper=f"{_GPT2}:GPT2DecoderGraph")
+register(dataclasses.replace(_GPT2_DECODER, graph="", wrapper="", derived_dims=(), graphs=(_GPT2_DECODER,),
+                             generation=_gpt2_generation))
+
+
+def _bart_cache(c) -> tuple[int, int, int]:
+    return c.decoder_layers, c.decoder_attention_heads, c.d_model // c.decoder_attention_heads
+
+
+def _bart_encoder_example(config: dict, sizes: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    batch, source = sizes["batch"], sizes["source"]
+    mask = np.ones((batch, source), np.int64)
+    if batch > 1:
+        mask[-1, source * 2 // 3:] = 0  # a padded row (the encoder pads on the right)
+    return {"input_ids": rng.integers(0, config["vocab_size"], (batch, source), dtype=np.int64),
+            "attention_mask": mask}
+
+
+def _bart_decoder_inputs(c) -> tuple[TensorSpec, ...]:
+    return (TensorSpec("input_ids", "int64", ("batch", "new")),
+            TensorSpec("attention_mask", "int64", ("batch", "total")),
+            TensorSpec("position_ids", "int64", ("batch", "new")),
+            TensorSpec("encoder_attention_mask", "int64", ("batch", "source")),
+            _cache_spec("past_key_values", *_bart_cache(c), "past"),
+            _cache_spec("cross_key_values", *_bart_cache(c), "source"))
+
+
+def _bart_decoder_example(config: dict, sizes: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    batch, new, past, source = sizes["batch"], sizes["new"], sizes["past"], sizes["source"]
+    layers, heads = config["decoder_layers"], config["decoder_attention_heads"]
+    head_dim = config["d_model"] // heads
+    enc = _bart_encoder_example(config, sizes, rng)
+    return {"input_ids": rng.integers(0, config["vocab_size"], (batch, new), dtype=np.int64),
+            "attention_mask": np.ones((batch, past + new), np.int64),  # the decoder never pads
+            "position_ids": np.broadcast_to(np.arange(past, past + new), (batch, new)).copy(),
+            "encoder_attention_mask": enc["attention_mask"],
+            "past_key_values": _random_cache(rng, layers, batch, heads, past, head_dim),
+            "cross_key_values": _random_cache(rng, layers, batch, heads, source, head_dim)}
+
+
+def _bart_generation(c) -> dict:
+    layers, heads, head_dim = _bart_cache(c)
+    keys = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
+            "forced_bos_token_id", "forced_eos_token_id")
+    return {"cache": {"layers": layers, "heads": heads, "head_dim": head_dim},
+            "vocab_size": c.vocab_size, "max_positions": c.max_position_embeddings,
+            "encoder_decoder": True,
+            "generation": {k: getattr(c, k) for k in keys if getattr(c, k, None) is not None}}
+
+
+_BART = "kiln.models.bart"
+# export: source min 2 (<s> </s>); batch max 16 = 4 inputs x 4 beams
+_BART_DIMS = {"batch": DimRange(1, 1, 16), "source": DimRange(2, 512, 1024), "new": DimRange(1, 1, 1024),
+              "past": DimRange(0, 64, 1023), "total": DimRange(1, 65, 1024)}
+
+
+def _bart_entries(task: str) -> TaskEntry:
+    common = dict(dim_limits=lambda c: {"total": c.max_position_embeddings,
+                                        "source": c.max_position_embeddings})
+    encoder = TaskEntry(
+        "bart", task, f"{_BART}:BartForConditionalGeneration", f"{_BART}:BartConfig",
+        (TensorSpec("input_ids", "int64", ("batch", "source")),
+         TensorSpec("attention_mask", "int64", ("batch", "source"))),
+        lambda c: (_cache_spec("cross_key_values", *_bart_cache(c), "source"),),
+        {k: _BART_DIMS[k] for k in ("batch", "source")}, _gen_tolerances("cross_key_values"),
+        TaskCheck("cross-attention key/value cosine >= 0.9999", _cosine_check("cross_key_values")),
+        example_inputs=_bart_encoder_example, graph="encoder", wrapper=f"{_BART}:BartEncoderGraph", **common)
+    decoder = dataclasses.replace(
+        encoder, inputs=_bart_decoder_inputs, outputs=_decoder_outputs(_bart_cache), dims=_BART_DIMS,
+        tolerances=_gen_tolerances("present_key_values"), task_check=TaskCheck("same next token", _next_token_check()),
+        example_inputs=_bart_decoder_example, derived_dims=("total",), graph="decoder",
+        wrapper=f"{_BART}:BartDecoderGraph")
+    return dataclasses.replace(decoder, graph="", wrapper="", derived_dims=(), graphs=(encoder, decoder),
+                               generation=_bart_generation)
+
+
+register(_bart_entries("summarization"))
+register(_bart_entries("translation"))
 
 
 def get(family: str, task: str) -> TaskEntry:

@@ -91,3 +91,30 @@ def speech_files(texts=SPEECH) -> list:
             os.replace(tmp, path)  # concurrent sessions never see a half-written file
         files.append(path)
     return files
+
+# Prompts for text generation (GPT-2) and sources for BART's summarisation and translation
+PROMPTS = [
+    "The kiln had been cooling all night, and when the potter opened its door",
+    "Deploying a language model to a small device means",
+    "In the spring of 1887, the village council met to decide",
+]
+
+ARTICLE = (
+    "The town of Ashford opened its first public pottery studio on Saturday, after three years "
+    "of fundraising by a group of local artists and retired teachers. The studio, housed in a "
+    "former railway warehouse near the river, has twelve wheels, two electric kilns and a gas "
+    "kiln that can reach 1300 degrees Celsius, hot enough for stoneware and porcelain. "
+    "Membership costs less than a gym, and the first two months are free for students. "
+    "Organisers said more than four hundred people visited on the opening day, many of them "
+    "children who had never touched wet clay before. The council contributed the building on a "
+    "twenty-year lease; the rest of the money came from a crowdfunding campaign, a bakery that "
+    "donated a share of its weekend sales, and an auction of bowls and vases made by the "
+    "founders. The studio plans evening classes for beginners, a weekly session for people "
+    "living with dementia, and a summer programme with the secondary school. Its first "
+    "exhibition, of tableware glazed with ash from local orchards, opens next month."
+)
+
+TRANSLATION_SOURCES = [
+    "The museum opens at nine in the morning and closes at six in the evening.",
+    "Please keep the kiln door closed while it is cooling.",
+]

@@ -11,6 +11,9 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 REQUIRED = ("format_version", "name", "family", "task", "config", "dims", "inputs", "outputs",
             "artifacts")
+# a generation engine's top level: its graphs are subdirectories with ordinary manifests
+REQUIRED_GENERATION = ("format_version", "name", "family", "task", "config", "graphs", "cache",
+                       "vocab_size", "max_positions", "generation")
 ARTIFACT_FILES = {"torchscript": "model.ts", "onnx": "model.onnx", "aoti": "model.pt2"}  # tensorrt: one plan per GPU and precision
 
 
@@ -38,7 +41,8 @@ def read_manifest(engine_dir: str | Path) -> dict:
     if version != FORMAT_VERSION:
         raise ManifestError(f"{path}: format_version {version!r}, this kiln reads {FORMAT_VERSION}; "
                             "rebuild the engine with this kiln's `kiln build`")
-    missing = [k for k in REQUIRED if k not in manifest]
+    required = REQUIRED_GENERATION if manifest.get("kind") == "generation" else REQUIRED
+    missing = [k for k in required if k not in manifest]
     if missing:
         raise ManifestError(f"{path}: missing field(s) {', '.join(missing)}; rebuild the engine")
     return manifest
@@ -58,3 +62,16 @@ def artifact_entry(engine_dir: Path, fmt: str, file: str, **extra) -> dict:
 
 def find_artifact(manifest: dict, fmt: str) -> dict | None:
     return next((a for a in manifest["artifacts"] if a["format"] == fmt), None)
+
+
+def is_generation(manifest: dict) -> bool:
+    return manifest.get("kind") == "generation"
+
+
+def graph_dirs(engine_dir: str | Path) -> list[tuple[str, Path]]:
+    """(graph name, directory) of every graph of an engine: its subdirectories for a
+    generation engine, else ("", the directory itself)."""
+    manifest = read_manifest(engine_dir)
+    if not is_generation(manifest):
+        return [("", Path(engine_dir))]
+    return [(name, Path(engine_dir) / sub) for name, sub in manifest["graphs"].items()]

@@ -13,6 +13,8 @@ CONFIG_CLASSES: dict[str, str] = {
     "vit": "kiln.models.vit:ViTConfig",
     "convnext": "kiln.models.convnext:ConvNextConfig",
     "wav2vec2": "kiln.models.wav2vec2:Wav2Vec2Config",
+    "gpt2": "kiln.models.gpt2:GPT2Config",
+    "bart": "kiln.models.bart:BartConfig",
 }
 
 

@@ -65,3 +65,32 @@ def masked_max(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tens
     keep = attention_mask[:, :, None].to(torch.bool)  # (B, T, 1)
     # export: torch.where with a scalar keeps the graph free of in-place boolean indexing
     return torch.where(keep, hidden, torch.full_like(hidden, -1e9)).amax(dim=1)
+
+
+def causal_cache_mask(attention_mask: torch.Tensor, new: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B, past + new] 1/0 key mask -> [B, 1, new, past + new] additive bias for the `new` last
+    positions attending over the cache and themselves: a query at absolute position past + i
+    sees key j when j <= past + i and attention_mask[b, j] is 1.
+
+    export: built from shapes only (past = total - new stays symbolic), additive and finite
+    (finfo.min, as transformers uses) so a left-padding query row whose keys are all masked
+    still gets a finite softmax; those rows' outputs are never read.
+    """
+    total = attention_mask.shape[1]
+    q_pos = torch.arange(new, device=attention_mask.device)[:, None] + (total - new)  # (new, 1)
+    k_pos = torch.arange(total, device=attention_mask.device)[None, :]  # (1, total)
+    allowed = (k_pos <= q_pos)[None, None] & attention_mask[:, None, None, :].to(torch.bool)  # (B, 1, new, total)
+    zero = torch.zeros((), dtype=dtype, device=attention_mask.device)
+    return torch.where(allowed, zero, torch.full((), torch.finfo(dtype).min, dtype=dtype))
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, T, C) -> (B, nh, T, hs)."""
+    b, t, c = x.shape
+    return x.view(b, t, heads, c // heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, nh, T, hs) -> (B, T, C)."""
+    b, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * d)

@@ -1,0 +1,205 @@
+"""GPT-2 and BART generation engines end to end: build, graph parity, token parity of the C++
+generation loop on every backend against transformers' generate, the pipeline and `kiln run`,
+and bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kiln import errors
+from kiln.exporters.manifest import graph_dirs, read_manifest
+from kiln.parity import run_parity
+from kiln.pipelines import pipeline
+from kiln.processing.bpe import BPETokenizer
+from kiln.runtime import Generator, available_backends
+from kiln.samples import ARTICLE, PROMPTS
+
+CPP_BACKENDS = [b for b in ("torchscript", "aoti") if b in available_backends()]
+
+
+def _hf(ckpt, encoder_decoder: bool):
+    import transformers
+    cls = transformers.BartForConditionalGeneration if encoder_decoder else transformers.GPT2LMHeadModel
+    return cls.from_pretrained(ckpt).eval()
+
+
+def _hf_generate(model, prompts: list[list[int]], pad: int, left: bool, **options) -> list[list[int]]:
+    """transformers' generate on padded prompts; the new tokens per row, padding after eos cut."""
+    import torch
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        sl = slice(width - len(p), width) if left else slice(0, len(p))
+        ids[i, sl], mask[i, sl] = torch.tensor(p), 1
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=mask, pad_token_id=pad, **options)
+    start = width if left else 1  # decoder-only: after the prompt; BART: after decoder_start
+    eos = model.generation_config.eos_token_id
+    rows = []
+    for row in out[:, start:].tolist():
+        if eos in row:
+            row = row[:row.index(eos) + 1]
+        rows.append(row)
+    return rows
+
+
+def _cut_eos(seqs, eos: int) -> list[list[int]]:
+    return [list(s[:list(s).index(eos) + 1]) if eos in list(s) else list(s) for s in seqs]
+
+
+@pytest.fixture(scope="module")
+def gpt2(generation_engines):
+    return generation_engines["gpt2"]
+
+
+@pytest.fixture(scope="module")
+def bart(generation_engines):
+    return generation_engines["bart"]
+
+
+def test_build_writes_a_generation_engine(gpt2, bart):
+    for (engine, _), graphs in ((gpt2, ["decoder"]), (bart, ["encoder", "decoder"])):
+        m = read_manifest(engine)
+        assert m["kind"] == "generation" and list(m["graphs"]) == graphs
+        assert set(m["cache"]) == {"layers", "heads", "head_dim"} and m["max_positions"] == 128
+        assert (engine / "tokenizer.json").is_file() and "tokenizer.json" in m["processing"]["files"]
+        for graph, path in graph_dirs(engine):
+            sub = read_manifest(path)
+            assert sub["graph"] == graph
+            assert {a["format"] for a in sub["artifacts"]} == {"torchscript", "onnx", "aoti"}
+            if graph == "decoder":
+                assert sub["dims"]["past"]["min"] == 0  # one graph: prefill (past 0) and decode
+    assert read_manifest(bart[0])["generation"]["forced_bos_token_id"] == 0
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bart"])
+def test_every_graph_matches_eager_on_every_backend(generation_engines, family):
+    for graph, path in graph_dirs(generation_engines[family][0]):
+        report = run_parity(path)
+        failed = {n: (b.error or b.task_detail, b.outputs) for n, b in report.backends.items() if not b.passed}
+        assert report.passed, f"{family}/{graph}: {failed}"
+        assert {"torchscript-python", "onnxruntime", *(f"kiln-{b}" for b in CPP_BACKENDS)} <= set(report.backends)
+
+
+@pytest.fixture(scope="module")
+def gpt2_prompts(gpt2):
+    tok = BPETokenizer.from_dir(gpt2[0])
+    return [tok.encode(PROMPTS[0]), tok.encode(PROMPTS[1])]  # different lengths: left padding
+
+
+@pytest.mark.parametrize("backend", CPP_BACKENDS)
+def test_gpt2_greedy_and_beams_equal_transformers(gpt2, gpt2_prompts, backend):
+    engine, ckpt = gpt2
+    model = _hf(ckpt, False)
+    gen = Generator(engine, backend=backend)
+    for prompts in ([gpt2_prompts[0]], gpt2_prompts):
+        ref = _hf_generate(model, prompts, 50256, True, max_new_tokens=64, min_new_tokens=64, do_sample=False)
+        out = gen.generate(prompts, max_new_tokens=64, min_new_tokens=64)
+        assert [list(s) for s in out.sequences] == ref
+        assert all(len(s) == 64 for s in ref)
+    ref = _hf_generate(model, gpt2_prompts[:1], 50256, True, max_new_tokens=24, num_beams=4, do_sample=False,
+                       early_stopping=True, no_repeat_ngram_size=2, repetition_penalty=1.3)
+    out = gen.generate(gpt2_prompts[:1], max_new_tokens=24, num_beams=4, early_stopping=True,
+                       no_repeat_ngram_size=2, repetition_penalty=1.3)
+    assert _cut_eos(out.sequences, 50256) == ref
+
+
+@pytest.mark.parametrize("backend", CPP_BACKENDS)
+def test_bart_greedy_and_beams_equal_transformers(bart, backend):
+    engine, ckpt = bart
+    model = _hf(ckpt, True)
+    tok = BPETokenizer.from_dir(engine)
+    sources = [tok.encode(ARTICLE[:300]), tok.encode(ARTICLE[300:420])]
+    gen = Generator(engine, backend=backend)
+    for beams in (1, 4):
+        ref = _hf_generate(model, sources, 1, False, max_new_tokens=40, num_beams=beams, do_sample=False,
+                           length_penalty=2.0, early_stopping=True)
+        out = gen.generate(sources, max_new_tokens=40, num_beams=beams, length_penalty=2.0, early_stopping=True)
+        assert _cut_eos(out.sequences, 2) == ref, f"{beams} beam(s)"
+        assert all(s[0] == 0 for s in out.sequences)  # forced <s> first, as generation_config says
+
+
+def test_seeded_sampling_is_the_same_on_every_backend(gpt2, gpt2_prompts):
+    if len(CPP_BACKENDS) < 2:
+        pytest.skip(f"needs two C++ backends, have {CPP_BACKENDS}")
+    runs = {}
+    for backend in CPP_BACKENDS:
+        gen = Generator(gpt2[0], backend=backend)
+        runs[backend] = [gen.generate(gpt2_prompts, max_new_tokens=32, do_sample=True, seed=s, top_k=50,
+                                      top_p=0.9, temperature=0.8).sequences for s in (0, 1)]
+    first, *others = runs.values()
+    assert all(o == first for o in others)
+    assert first[0] != first[1]  # the seed matters
+
+
+def test_pipeline_streams_the_text_it_returns(gpt2):
+    engine, ckpt = gpt2
+    pipe = pipeline(engine)
+    pieces: list[str] = []
+    out = pipe(PROMPTS[2], on_text=lambda row, piece: pieces.append(piece), max_new_tokens=20)
+    assert "".join(pieces) == out[0]["text"]
+    ids = BPETokenizer.from_dir(engine).encode(PROMPTS[2])
+    assert out[0]["tokens"] == _hf_generate(_hf(ckpt, False), [ids], 50256, True, max_new_tokens=20,
+                                            do_sample=False)[0]
+
+
+def test_kiln_run_generates(gpt2, bart):
+    for engine, extra in ((gpt2[0], ["--max-new-tokens", "12"]), (bart[0], ["--max-new-tokens", "12", "--num-beams", "2"])):
+        proc = subprocess.run([sys.executable, "-m", "kiln.cli", "run", str(engine), PROMPTS[0], "--json", *extra],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(proc.stdout)
+        assert data["results"][0]["tokens"] and data["weights"] == "real"
+        streamed = subprocess.run([sys.executable, "-m", "kiln.cli", "run", str(engine), PROMPTS[0], *extra],
+                                  capture_output=True, text=True)
+        assert streamed.returncode == 0, streamed.stderr
+        assert data["results"][0]["text"] in streamed.stdout
+
+
+@pytest.mark.parametrize("options, error, needle", [
+    ({"num_beams": 0}, errors.InvalidArgumentError, "num_beams"),
+    ({"top_p": 1.5, "do_sample": True}, errors.InvalidArgumentError, "top_p"),
+    ({"top_p": 0.0, "do_sample": True}, errors.InvalidArgumentError, "top_p"),
+    ({"max_new_tokens": 200}, errors.InvalidArgumentError, "max_new_tokens .200. is more than the model's 128"),
+])
+def test_bad_generation_options(gpt2, gpt2_prompts, options, error, needle):
+    gen = Generator(gpt2[0])
+    with pytest.raises(error, match=needle):
+        gen.generate(gpt2_prompts[:1], **options)
+
+
+def test_bad_prompts(gpt2):
+    gen = Generator(gpt2[0])
+    with pytest.raises(errors.InputValueError, match="empty"):
+        gen.generate([[]], max_new_tokens=4)
+    with pytest.raises(errors.InputValueError, match="vocabulary|vocab"):
+        gen.generate([[5, 50257]], max_new_tokens=4)
+    with pytest.raises(errors.InputShapeError, match="128"):
+        gen.generate([[5] * 130], max_new_tokens=4)
+    with pytest.raises(errors.InputValueError, match="prompt 0: the text is empty"):
+        pipeline(gpt2[0])("  ")
+
+
+def test_opening_the_top_level_as_an_engine_says_what_to_do(gpt2):
+    from kiln.runtime import Engine
+    with pytest.raises(errors.ManifestError, match="Generator"):
+        Engine(gpt2[0])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bart"])
+def test_kiln_parity_compares_tokens_on_every_backend(generation_engines, family, tmp_path):
+    engine = generation_engines[family][0]
+    proc = subprocess.run([sys.executable, "-m", "kiln.cli", "parity", str(engine), "--json",
+                           str(tmp_path / "parity.json")], capture_output=True, text=True)
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert proc.returncode == 0 and report["pass"], proc.stdout[-3000:]
+    assert set(report["graphs"]) == ({"encoder", "decoder"} if family == "bart" else {"decoder"})
+    for case, rows in report["tokens"].items():
+        expected = {f"kiln-{b}" for b in CPP_BACKENDS} | (set() if "sampling" in case else {"transformers-generate"})
+        assert set(rows) == expected, case
+        assert all(r["same"] for r in rows.values())

@@ -1,0 +1,196 @@
+"""kiln's GPT-2 and BART against transformers (tiny random configs saved with save_pretrained):
+logits with and without the KV cache, left padding, strict loading, random checkpoints."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kiln.checkpoint import load_model, random_checkpoint
+from kiln.errors import CheckpointError
+from kiln.models.bart import BartDecoderGraph, BartEncoderGraph, BartForConditionalGeneration
+from kiln.models.gpt2 import GPT2DecoderGraph, GPT2LMHeadModel
+
+TINY_GPT2 = dict(vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+TINY_BART = dict(vocab_size=300, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                 decoder_attention_heads=4, encoder_ffn_dim=96, decoder_ffn_dim=96, max_position_embeddings=64)
+
+
+def _save(tmp_path, hf_class: str, config_class: str, seed: int = 0, **config):
+    import transformers
+    torch.manual_seed(seed)
+    model = getattr(transformers, hf_class)(getattr(transformers, config_class)(**config)).eval()
+    with torch.no_grad():  # move every tensor off transformers' flat init (biases 0, LayerNorm 1)
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        for name, b in model.named_buffers():
+            if name == "final_logits_bias":
+                b.normal_()
+    path = tmp_path / hf_class
+    model.save_pretrained(path)
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    path, hf = _save(tmp_path_factory.mktemp("gpt2"), "GPT2LMHeadModel", "GPT2Config", **TINY_GPT2)
+    return path, hf, load_model(GPT2LMHeadModel, path)
+
+
+@pytest.fixture(scope="module")
+def bart(tmp_path_factory):
+    path, hf = _save(tmp_path_factory.mktemp("bart"), "BartForConditionalGeneration", "BartConfig", **TINY_BART)
+    return path, hf, load_model(BartForConditionalGeneration, path)
+
+
+def _left_padded(batch_lengths: list[int], vocab: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    width = max(batch_lengths)
+    ids = torch.randint(1, vocab, (len(batch_lengths), width), generator=g)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(batch_lengths):
+        mask[i, width - n:] = 1
+    positions = (mask.cumsum(1) - 1).clamp(min=0)  # what transformers' generate feeds
+    return ids, mask, positions
+
+
+@torch.no_grad()
+def test_gpt2_logits_equal_transformers_with_and_without_cache(gpt2):
+    _, hf, model = gpt2
+    ids, mask, pos = _left_padded([12, 7], 300)
+    ref = hf(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    full, present = model(ids, mask, pos, model.empty_cache(2))
+    real = mask.bool()
+    assert (full - ref)[real].abs().max() < 1e-4
+    assert present.shape == (2, 2, 2, 4, 12, 16)
+    # prefill 8 tokens, then decode the rest one at a time feeding the present cache back
+    logits, cache = model(ids[:, :8], mask[:, :8], pos[:, :8], model.empty_cache(2))
+    steps = [logits]
+    for t in range(8, 12):
+        logits, cache = model(ids[:, t:t + 1], mask[:, :t + 1], pos[:, t:t + 1], cache)
+        steps.append(logits)
+    cached = torch.cat(steps, 1)
+    assert (cached - ref)[real].abs().max() < 1e-4
+    assert (cached - full)[real].abs().max() < 1e-5  # the cached path is the uncached one
+    for b in range(2):  # keys/values of real tokens (padding rows attend to nothing real)
+        assert torch.allclose(cache[:, :, b, :, real[b]], present[:, :, b, :, real[b]], atol=1e-5)
+
+
+@torch.no_grad()
+def test_gpt2_left_padding_changes_nothing_for_a_row(gpt2):
+    _, _, model = gpt2
+    ids, mask, pos = _left_padded([12, 7], 300)
+    batch, _ = model(ids, mask, pos, model.empty_cache(2))
+    alone, _ = model(ids[1:, 5:], mask[1:, 5:], pos[1:, 5:], model.empty_cache(1))
+    assert (batch[1, -1] - alone[0, -1]).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_distilgpt2_is_a_config_of_gpt2(tmp_path):
+    path, hf = _save(tmp_path, "GPT2LMHeadModel", "GPT2Config", **{**TINY_GPT2, "n_layer": 1, "n_inner": 80})
+    model = load_model(GPT2LMHeadModel, path)
+    ids, mask, pos = _left_padded([9], 300)
+    logits, _ = model(ids, mask, pos, model.empty_cache(1))
+    assert (logits - hf(input_ids=ids).logits).abs().max() < 1e-4
+
+
+@torch.no_grad()
+def test_bart_logits_equal_transformers_with_and_without_cache(bart):
+    _, hf, model = bart
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 300, (2, 10), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0  # the encoder pads on the right
+    dec = torch.randint(3, 300, (2, 6), generator=g)
+    dec[:, 0] = 2
+    ref = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+    full = model(ids, mask, dec)
+    assert (full - ref).abs().max() < 1e-4
+    encoder, decoder = BartEncoderGraph(model), BartDecoderGraph(model)
+    cross = encoder(ids, mask)
+    assert cross.shape == (2, 2, 2, 4, 10, 16)
+    cache, steps = model.empty_cache(2), []
+    for t in range(6):
+        logits, cache = decoder(dec[:, t:t + 1], torch.ones(2, t + 1, dtype=torch.long), torch.full((2, 1), t),
+                                mask, cache, cross)
+        steps.append(logits)
+    cached = torch.cat(steps, 1)
+    assert (cached - ref).abs().max() < 1e-4
+    assert (cached - full).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_bart_final_logits_bias_and_tied_embeddings_load(bart):
+    path, hf, model = bart
+    assert torch.equal(model.final_logits_bias, hf.final_logits_bias)
+    assert model.final_logits_bias.abs().sum() > 0
+    assert model.lm_head.weight is model.model.shared.weight is model.model.decoder.embed_tokens.weight
+
+
+def test_strict_loading_names_the_key(tmp_path, gpt2):
+    from safetensors.torch import load_file, save_file
+    path, _, _ = gpt2
+    state = load_file(path / "model.safetensors")
+    for name, edit, needle in (
+        ("missing", lambda s: s.pop("transformer.ln_f.weight"), "missing key 'transformer.ln_f.weight'"),
+        ("unexpected", lambda s: s.__setitem__("transformer.extra", torch.zeros(3)), "unexpected key 'transformer.extra'"),
+        ("shape", lambda s: s.__setitem__("transformer.wpe.weight", torch.zeros(32, 64)),
+         "shape mismatch for 'transformer.wpe.weight': checkpoint [32, 64], model [64, 64]"),
+    ):
+        d = tmp_path / name
+        d.mkdir()
+        s = dict(state)
+        edit(s)
+        save_file(s, d / "model.safetensors")
+        (d / "config.json").write_text((path / "config.json").read_text())
+        with pytest.raises(CheckpointError, match=__import__("re").escape(needle)):
+            load_model(GPT2LMHeadModel, d)
+
+
+def test_unsupported_configs_are_refused(tmp_path, gpt2, bart):
+    for (path, _, _), cls, key in ((gpt2, GPT2LMHeadModel, "scale_attn_by_inverse_layer_idx"),
+                                   (bart, BartForConditionalGeneration, "add_final_layer_norm")):
+        config = json.loads((path / "config.json").read_text())
+        config[key] = True
+        d = tmp_path / cls.__name__
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps(config))
+        (d / "model.safetensors").write_bytes((path / "model.safetensors").read_bytes())
+        with pytest.raises(CheckpointError, match=f"{key}=True: kiln's"):
+            load_model(cls, d)
+
+
+@torch.no_grad()
+def test_random_checkpoints_load_in_transformers(tmp_path, gpt2, bart):
+    import transformers
+    for (path, _, _), cls, hf_cls in ((gpt2, GPT2LMHeadModel, transformers.GPT2LMHeadModel),
+                                      (bart, BartForConditionalGeneration, transformers.BartForConditionalGeneration)):
+        config_dir = tmp_path / f"config-{cls.__name__}"
+        config_dir.mkdir()
+        (config_dir / "config.json").write_text((path / "config.json").read_text())
+        ckpt = random_checkpoint(cls, config_dir, seed=3, out_dir=tmp_path / f"random-{cls.__name__}")
+        model, hf = load_model(cls, ckpt), hf_cls.from_pretrained(ckpt).eval()
+        ids = torch.randint(3, 300, (1, 9))
+        mask = torch.ones_like(ids)
+        if cls is GPT2LMHeadModel:
+            ours, _ = model(ids, mask, torch.arange(9)[None], model.empty_cache(1))
+            ref = hf(input_ids=ids).logits
+            std = model.transformer.h[0].attn.c_proj.weight.std().item()
+            assert std == pytest.approx(0.02 / (2 * 2) ** 0.5, rel=0.1)  # GPT-2's scaled residual init
+        else:
+            ours, ref = model(ids, mask, ids[:, :4]), hf(input_ids=ids, decoder_input_ids=ids[:, :4]).logits
+        assert (ours - ref).abs().max() < 1e-4
+
+
+def test_graphs_name_their_inputs_as_the_registry_does():
+    from kiln import registry
+    from kiln.models.gpt2 import GPT2Config
+    from kiln.models.bart import BartConfig
+    gpt2_entry = registry.get("gpt2", "text-generation").graph_entry("decoder")
+    assert tuple(s.name for s in gpt2_entry.input_specs(GPT2Config(**TINY_GPT2))) == GPT2DecoderGraph.input_names
+    bart_entry = registry.get("bart", "summarization")
+    for graph, cls in (("encoder", BartEncoderGraph), ("decoder", BartDecoderGraph)):
+        entry = bart_entry.graph_entry(graph)
+        assert tuple(s.name for s in entry.input_specs(BartConfig(**TINY_BART))) == cls.input_names
+        assert tuple(s.name for s in entry.outputs(BartConfig(**TINY_BART))) == cls.output_names
