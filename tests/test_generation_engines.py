@@ -203,3 +203,16 @@ def test_kiln_parity_compares_tokens_on_every_backend(generation_engines, family
         expected = {f"kiln-{b}" for b in CPP_BACKENDS} | (set() if "sampling" in case else {"transformers-generate"})
         assert set(rows) == expected, case
         assert all(r["same"] for r in rows.values())
+
+
+def test_cpp_example_generates_what_python_does(gpt2, gpt2_prompts):
+    from pathlib import Path
+    exe = Path(__file__).resolve().parents[1] / "build" / "skbuild" / "cpp" / "kiln-example-generate"
+    if not exe.is_file():
+        pytest.skip(f"{exe} is not built (make setup builds it)")
+    proc = subprocess.run([str(exe), str(gpt2[0]), "--max-new-tokens", "16", *map(str, gpt2_prompts[0])],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    printed = [int(t) for t in proc.stdout.splitlines()[1].split()]
+    expected = Generator(gpt2[0]).generate(gpt2_prompts[:1], max_new_tokens=16).sequences[0]
+    assert printed == [t for t in expected if t != 50256] and len(expected) == 16

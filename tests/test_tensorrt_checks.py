@@ -137,3 +137,12 @@ def test_comparisons_are_held_to_their_inputs_type(tmp_path, table):
     onnx.save(_model([helper.make_node("Less", ["c", "d"], ["y"])], [c, d], [y]), tmp_path / "m.onnx")
     f = _by_check(check_graph(tmp_path / "m.onnx", table))["types"]
     assert not f.ok and "Less on BOOL" in f.detail
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bart"])
+def test_generation_graphs_are_tensorrt_ready(generation_engines, family):
+    from kiln.exporters.manifest import graph_dirs
+    for graph, path in graph_dirs(generation_engines[family][0]):
+        report = check_engine(path)
+        assert report.passed, (graph, [f for f in report.findings if not f.ok])
+        assert "same next token" in _by_check(report.findings)["folded-parity"].detail or graph == "encoder"
