@@ -113,3 +113,28 @@ def test_build_errors(capsys, tmp_path):
     assert code == 2 and "CHECKPOINT" in err and not (tmp_path / "out").exists()
     code, _, err = run(capsys, "build", "bert-text-classification", "--formats", "coreml")
     assert code == 2 and "coreml" in err
+
+
+def test_build_inspect_and_bench_a_generation_engine(capsys, tmp_path, generation_engines):
+    from kiln.recipe import find_recipe
+    _, ckpt = generation_engines["bart"]
+    out = tmp_path / "bart"
+    code, _, err = run(capsys, "build", "bart-summarization", "--checkpoint", ckpt, "--output", out)
+    assert code == 2 and "dim 'total' max 1024 exceeds the model's limit 128" in err  # 128 positions
+    recipe = tmp_path / "tiny-bart.toml"  # the recipe with ranges the tiny checkpoint allows
+    recipe.write_text(find_recipe("bart-summarization").read_text().replace(
+        "[dims]", "[dims]\nsource = { min = 2, opt = 32, max = 128 }\nnew = { min = 1, opt = 1, max = 128 }\n"
+        "past = { min = 0, opt = 16, max = 127 }\ntotal = { min = 1, opt = 32, max = 128 }"))
+    code, text, _ = run(capsys, "build", recipe, "--checkpoint", ckpt, "--output", out, "--formats", "torchscript")
+    assert code == 0, text
+    assert "encoder/model.ts" in text and "decoder/model.ts" in text
+    code, text, _ = run(capsys, "inspect", out)
+    assert code == 0
+    for needle in ("graphs encoder, decoder", "cross_key_values", "present_key_values", "forced_bos_token_id=0"):
+        assert needle in text, needle
+    code, text, _ = run(capsys, "bench", out, "--seq", "40", "--new-tokens", "6", "--beams", "2",
+                        "--json", tmp_path / "bench.json")
+    assert code == 0, text
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert {r["backend"] for r in rows} == {"transformers-generate", "kiln-torchscript"}
+    assert all(r["new_tokens"] == 6 and r["prompt"] == 40 and r["tokens_per_s"] > 0 for r in rows)

@@ -72,12 +72,17 @@ def cmd_build(args) -> int:
         result = build(recipe, checkpoint=args.checkpoint, output=args.output, formats=formats,
                        precisions=precisions, version_compatible=args.version_compatible,
                        progress=progress)
+    from .exporters.manifest import graph_dirs, read_manifest
     m = result.manifest
-    console.print(f"[green]built[/] {result.path} in {result.seconds['total']:.1f} s: "
-                  + ", ".join(a["file"] for a in m["artifacts"]))
+    files = [str(Path(graph) / a["file"]) if graph else a["file"]
+             for graph, path in graph_dirs(result.path) for a in read_manifest(path)["artifacts"]]
+    console.print(f"[green]built[/] {result.path} in {result.seconds['total']:.1f} s: " + ", ".join(files))
     for fmt, why in result.skipped.items():
         console.print(f"[yellow]skipped {fmt}:[/] {why}")
-    if m["weights"] != "real":
+    if m["weights"] == "random":
+        console.print(f"[yellow]note:[/] every weight is random (seed {recipe.seed}, real sizes): answers "
+                      "will be meaningless; pass --checkpoint HF_DIR for real ones")
+    elif m["weights"] != "real":
         console.print(f"[yellow]note:[/] the {recipe.task} head is randomly initialised (seed "
                       f"{recipe.seed}): answers will be meaningless; pass --checkpoint with a "
                       "fine-tuned checkpoint for real ones")
