@@ -129,7 +129,11 @@ Tensor gather_rows(const Tensor& t, size_t axis, const std::vector<int64_t>& row
   for (size_t i = axis + 1; i < shape.size(); ++i) inner *= shape[i];
   const int64_t in_rows = shape[axis];
   shape[axis] = static_cast<int64_t>(rows.size());
-  Tensor out = Tensor::zeros(t.dtype(), shape);
+  // uninitialised: every byte is copied below (a zero fill first would double the traffic)
+  size_t total = dtype_size(t.dtype());
+  for (int64_t d : shape) total *= static_cast<size_t>(d);
+  std::shared_ptr<char[]> memory(new char[std::max<size_t>(total, 1)]);
+  Tensor out = Tensor::borrow(memory.get(), t.dtype(), shape, memory);
   const size_t bytes = static_cast<size_t>(inner) * dtype_size(t.dtype());
   const char* src = static_cast<const char*>(t.data());
   char* dst = static_cast<char*>(out.data());
@@ -301,14 +305,25 @@ struct DecoderState {
   Tensor cross, encoder_mask;              // encoder-decoder: per row
   std::vector<std::vector<int64_t>> mask;  // per row, past + new
   std::vector<int64_t> next_position;      // per row
+  int64_t group = 1;                       // consecutive rows sharing one encoder input
 
-  void select(const std::vector<int64_t>& src) {
+  // Row i continues row src[i]; afterwards every `new_group` consecutive rows share an
+  // encoder input. The cross keys/values (tens of MB for a long source) are copied only when
+  // a row moves to another encoder input: beams reorder within their prompt's group.
+  void select(const std::vector<int64_t>& src, int64_t new_group) {
     if (static_cast<int64_t>(src.size()) == rows && is_identity(src)) return;
     past = gather_rows(past, 2, src);
     if (cross.defined()) {
-      cross = gather_rows(cross, 2, src);
-      encoder_mask = gather_rows(encoder_mask, 0, src);
+      bool same_inputs = new_group == group;
+      for (size_t i = 0; same_inputs && i < src.size(); ++i) {
+        same_inputs = src[i] / group == static_cast<int64_t>(i) / new_group;
+      }
+      if (!same_inputs) {
+        cross = gather_rows(cross, 2, src);
+        encoder_mask = gather_rows(encoder_mask, 0, src);
+      }
     }
+    group = new_group;
     std::vector<std::vector<int64_t>> m;
     std::vector<int64_t> pos;
     for (int64_t r : src) m.push_back(mask[r]), pos.push_back(next_position[r]);
@@ -610,7 +625,7 @@ DecoderState Generator::Impl::prefill(const Plan& p, const std::vector<std::vect
   for (int64_t u = 0; u < U; ++u) {
     for (int64_t e = 0; e < p.expand; ++e) src.push_back(u);
   }
-  st.select(src);
+  st.select(src, p.expand);
   logits.resize(static_cast<size_t>(p.rows * V));
   for (int64_t r = 0; r < p.rows; ++r) std::memcpy(&logits[r * V], &first[src[r] * V], sizeof(float) * V);
   return st;
@@ -800,7 +815,7 @@ void Generator::Impl::beam_loop(const Plan& p, const std::vector<std::vector<int
       running[b] = std::move(run);
     }
     // The cache follows the beams: row b*NB + j now continues row src_rows[...].
-    st.select(src_rows);
+    st.select(src_rows, NB);
     ++cur_len;
 
     // Can a running beam still beat the worst finished one? With length_penalty > 0 and

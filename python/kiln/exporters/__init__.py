@@ -282,7 +282,6 @@ def build(recipe: Recipe, *, checkpoint: str | Path | None = None, output: str |
             if not g.graph and "sequence" in recipe.dims:
                 manifest["processing"]["max_length"] = recipe.dims["sequence"].max
             write_manifest(out, manifest)
-            out.chmod(0o755)  # mkdtemp makes it private; an engine dir is meant to be shared
         if entry.graphs:
             info = entry.generation(config)
             manifest = {
@@ -298,6 +297,7 @@ def build(recipe: Recipe, *, checkpoint: str | Path | None = None, output: str |
                 "processing": _copy_processing(recipe, ckpt, tmp),
             }
             write_manifest(tmp, manifest)
+        tmp.chmod(0o755)  # mkdtemp makes it private; an engine dir is meant to be shared
         _replace_dir(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
