@@ -200,7 +200,8 @@ def test_kiln_parity_compares_tokens_on_every_backend(generation_engines, family
     assert proc.returncode == 0 and report["pass"], proc.stdout[-3000:]
     assert set(report["graphs"]) == ({"encoder", "decoder"} if family == "bart" else {"decoder"})
     for case, rows in report["tokens"].items():
-        expected = {f"kiln-{b}" for b in CPP_BACKENDS} | (set() if "sampling" in case else {"transformers-generate"})
+        expected = ({f"kiln-{b}" for b in CPP_BACKENDS} | {"onnxruntime"}
+                    | (set() if "sampling" in case else {"transformers-generate"}))
         assert set(rows) == expected, case
         assert all(r["same"] for r in rows.values())
 

@@ -442,13 +442,16 @@ def _token_cases(engine_dir: Path, manifest: dict) -> list[TokenCase]:
                       sampled=True)]
 
 
-def eager_generator(engine_dir: Path, manifest: dict):
-    """kiln::Generator over the eager graph modules: the token-level reference."""
+def function_generator(engine_dir: Path, manifest: dict, backend: str = REFERENCE):
+    """kiln::Generator over the graphs run in Python: eager PyTorch (the token-level
+    reference) or ONNX Runtime (which has no C++ backend)."""
     import torch
 
     from .generate import Generator
 
-    def as_fn(sub: dict):
+    def as_fn(graph_dir: Path, sub: dict):
+        if backend == "onnxruntime":
+            return onnxruntime_infer(graph_dir / find_artifact(sub, "onnx")["file"], sub)
         module = eager_model(sub)
         names = [s["name"] for s in sub["inputs"]]
         outs = [s["name"] for s in sub["outputs"]]
@@ -458,15 +461,17 @@ def eager_generator(engine_dir: Path, manifest: dict):
                 out = module(*[torch.from_numpy(np.ascontiguousarray(feed[n])) for n in names])
             return {n: o.numpy() for n, o in zip(outs, out)}
         return run
-    subs = {g: read_manifest(engine_dir / d) for g, d in manifest["graphs"].items()}
+    dirs = {g: engine_dir / d for g, d in manifest["graphs"].items()}
+    subs = {g: read_manifest(d) for g, d in dirs.items()}
     cache = manifest["cache"]
     return Generator.from_functions(
-        as_fn(subs["decoder"]), as_fn(subs["encoder"]) if "encoder" in subs else None,
+        as_fn(dirs["decoder"], subs["decoder"]),
+        as_fn(dirs["encoder"], subs["encoder"]) if "encoder" in subs else None,
         layers=cache["layers"], heads=cache["heads"], head_dim=cache["head_dim"],
         vocab_size=manifest["vocab_size"], max_positions=manifest["max_positions"],
         encoder_decoder=bool(manifest.get("encoder_decoder")),
         max_batch=subs["decoder"]["dims"]["batch"]["max"], generation=manifest["generation"],
-        name=f"{manifest['name']} (eager)")
+        name=f"{manifest['name']} ({backend})")
 
 
 def transformers_generate(manifest: dict):
@@ -516,7 +521,8 @@ def _first_difference(ref: list[list[int]], test: list[list[int]]) -> str:
 def run_generation_parity(engine_dir: str | Path, backends: list[str] | None = None,
                           progress=lambda m: None) -> GenerationParityReport:
     """Parity of every graph (tensors, as run_parity), then the generated tokens: kiln's C++
-    loop over each C++ backend and transformers' generate against the loop over eager graphs."""
+    loop over each C++ backend and over ONNX Runtime, and transformers' generate, against the
+    loop over the eager graphs."""
     from .generate import Generator
     from .runtime import available_backends
     engine_dir = Path(engine_dir)
@@ -540,10 +546,16 @@ def run_generation_parity(engine_dir: str | Path, backends: list[str] | None = N
         else:
             gen = Generator(engine_dir, backend=b)
             runners[name] = lambda prompts, options, gen=gen: gen.generate(prompts, **options).sequences
+    if not backends or "onnxruntime" in backends:
+        if "onnx" in formats:
+            gen = function_generator(engine_dir, manifest, "onnxruntime")
+            runners["onnxruntime"] = lambda prompts, options, gen=gen: gen.generate(prompts, **options).sequences
+        else:
+            skipped["onnxruntime"] = "no onnx artifact in the engine"
     hf = None if backends and "transformers-generate" not in backends else transformers_generate(manifest)
     if hf is None and not backends:
         skipped["transformers-generate"] = "transformers is not installed (pip install kiln[test])"
-    reference = eager_generator(engine_dir, manifest)
+    reference = function_generator(engine_dir, manifest)
     tokens: dict[str, dict[str, tuple[bool, str]]] = {}
     for case in _token_cases(engine_dir, manifest):
         progress(f"tokens: {case.name}")
