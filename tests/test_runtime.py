@@ -334,3 +334,12 @@ def test_fresh_interpreter(engine_dir, torch_first):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["aoti", "(1,", "3,", "8)", str(torch_first)]
+
+
+def test_precision_is_a_tensorrt_choice(engine_dir):
+    for backend in ("aoti", "torchscript"):
+        assert Engine(engine_dir, backend=backend, precision="fp32").precision == "fp32"
+        with pytest.raises(E.InvalidArgumentError, match=f"the {backend} backend runs fp32 only"):
+            Engine(engine_dir, backend=backend, precision="fp16")
+    with pytest.raises(E.InvalidArgumentError, match="precision 'int4' is not one of auto, fp32, fp16, bf16"):
+        Engine(engine_dir, precision="int4")

@@ -270,19 +270,22 @@ NB_MODULE(_kiln, m) {
   });
 
   nb::class_<kiln::Engine>(m, "Engine")
-      .def(nb::new_([](const std::string& path, const std::string& backend, int num_threads, bool verify_sha256) {
+      .def(nb::new_([](const std::string& path, const std::string& backend, int num_threads, bool verify_sha256,
+                        const std::string& precision) {
              kiln::EngineOptions options;
              options.backend = backend;
              options.num_threads = num_threads;
              options.verify_sha256 = verify_sha256;
+             options.precision = precision;
              nb::gil_scoped_release release;  // loading an artifact can take a while
              return kiln::Engine::open(path, options);
            }),
-           "path"_a, "backend"_a = "auto", "num_threads"_a = 0, "verify_sha256"_a = true,
+           "path"_a, "backend"_a = "auto", "num_threads"_a = 0, "verify_sha256"_a = true, "precision"_a = "auto",
            "Open an engine directory (manifest.json + artifacts) on a backend ('auto' picks the best).")
       .def_prop_ro("name", &kiln::Engine::name)
       .def_prop_ro("dir", &kiln::Engine::dir)
       .def_prop_ro("backend", &kiln::Engine::backend)
+      .def_prop_ro("precision", &kiln::Engine::precision)
       .def_prop_ro("manifest_json", [](const kiln::Engine& e) { return e.manifest().json; })
       .def_prop_ro("inputs", [](const kiln::Engine& e) { return specs_to_python(e.inputs()); },
                    "[(name, dtype, shape)], symbolic dimensions as str")
@@ -346,15 +349,17 @@ NB_MODULE(_kiln, m) {
       .def_rw("forced_eos_token_ids", &Opts::forced_eos_token_ids);
 
   nb::class_<kiln::Generator>(m, "Generator")
-      .def(nb::new_([](const std::string& path, const std::string& backend, int num_threads, bool verify_sha256) {
+      .def(nb::new_([](const std::string& path, const std::string& backend, int num_threads, bool verify_sha256,
+                        const std::string& precision) {
              kiln::EngineOptions options;
              options.backend = backend;
              options.num_threads = num_threads;
              options.verify_sha256 = verify_sha256;
+             options.precision = precision;
              nb::gil_scoped_release release;
              return kiln::Generator::open(path, options);
            }),
-           "path"_a, "backend"_a = "auto", "num_threads"_a = 0, "verify_sha256"_a = true,
+           "path"_a, "backend"_a = "auto", "num_threads"_a = 0, "verify_sha256"_a = true, "precision"_a = "auto",
            "Open a generation engine directory (its graphs on one backend).")
       .def_static(
           "from_functions",

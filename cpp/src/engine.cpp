@@ -5,6 +5,7 @@
 #include <map>
 
 #include "backend.h"
+#include "backends/tensorrt_checks.h"
 #include "util.h"
 
 namespace kiln {
@@ -154,7 +155,7 @@ void check_artifact(const std::string& engine, const std::string& path, const Ar
 }  // namespace
 
 struct Engine::Impl {
-  std::string dir, name, backend_name;
+  std::string dir, name, backend_name, precision;
   Manifest manifest;
   std::unique_ptr<detail::Backend> backend;
 
@@ -182,7 +183,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& dir, const EngineOptions
   }
   impl->manifest = Manifest::load(dir);
   const BackendInfo& info = choose_backend(impl->name, impl->manifest, options.backend);
-  const ArtifactInfo& artifact = *impl->manifest.artifact(info.format);
+  const ArtifactInfo& artifact = detail::trt::choose_artifact(impl->manifest, info.format, options.precision, impl->name);
   std::string path = (std::filesystem::path(dir) / artifact.file).string();
   check_artifact(impl->name, path, artifact, options.verify_sha256);
   detail::BackendLoad load{impl->manifest, artifact, path, impl->name, options};
@@ -196,6 +197,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& dir, const EngineOptions
                                          "; rebuild the engine with this kiln's torch version");
   }
   impl->backend_name = info.name;
+  impl->precision = artifact.precision.empty() ? "fp32" : artifact.precision;
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
@@ -205,6 +207,7 @@ Engine::~Engine() = default;
 const std::string& Engine::name() const noexcept { return impl_->name; }
 const std::string& Engine::dir() const noexcept { return impl_->dir; }
 const std::string& Engine::backend() const noexcept { return impl_->backend_name; }
+const std::string& Engine::precision() const noexcept { return impl_->precision; }
 const Manifest& Engine::manifest() const noexcept { return impl_->manifest; }
 const std::vector<TensorSpec>& Engine::inputs() const noexcept { return impl_->manifest.inputs; }
 const std::vector<TensorSpec>& Engine::outputs() const noexcept { return impl_->manifest.outputs; }

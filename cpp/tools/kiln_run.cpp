@@ -19,7 +19,7 @@
 namespace {
 
 const char* kUsage =
-    "usage: kiln-run ENGINE_DIR [--backend B] [--input NAME=FILE.npy ...] [--batch N] [--seq N]\n"
+    "usage: kiln-run ENGINE_DIR [--backend B] [--precision P] [--input NAME=FILE.npy ...] [--batch N] [--seq N]\n"
     "                [--dim NAME=N ...] [--iters N] [--warmup N] [--threads N] [--seed N]\n"
     "                [--save-outputs DIR] [--no-verify]\n"
     "Inputs not given as .npy are generated: shapes from the dims' opt values (or --batch,\n"
@@ -27,7 +27,7 @@ const char* kUsage =
     "config's vocab_size, attention_mask ones, token_type_ids zeros, floats N(0, 1).\n";
 
 struct Args {
-  std::string dir, backend = "auto", save_dir;
+  std::string dir, backend = "auto", precision = "auto", save_dir;
   std::map<std::string, std::string> npy;
   std::map<std::string, int64_t> dims;
   int iters = 10, warmup = 1, threads = 0;
@@ -69,6 +69,8 @@ Args parse(int argc, char** argv) {
       std::exit(0);
     } else if (arg == "--backend") {
       a.backend = value();
+    } else if (arg == "--precision") {
+      a.precision = value();  // which TensorRT plan: auto, fp32, fp16, bf16
     } else if (arg == "--input") {
       auto [name, file] = split_eq(arg, value());
       a.npy[name] = file;
@@ -217,6 +219,7 @@ int run(const Args& a) {
   options.backend = a.backend;
   options.num_threads = a.threads;
   options.verify_sha256 = a.verify;
+  options.precision = a.precision;
   auto t0 = std::chrono::steady_clock::now();
   auto engine = kiln::Engine::open(a.dir, options);
   double open_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();

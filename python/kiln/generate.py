@@ -68,8 +68,8 @@ class Generator:
     """
 
     def __init__(self, engine_dir: str | os.PathLike, backend: str = "auto", num_threads: int = 0,
-                 verify_sha256: bool = True):
-        self._gen = _kiln.Generator(os.fspath(engine_dir), backend, num_threads, verify_sha256)
+                 verify_sha256: bool = True, precision: str = "auto"):
+        self._gen = _kiln.Generator(os.fspath(engine_dir), backend, num_threads, verify_sha256, precision)
 
     @classmethod
     def from_functions(cls, decoder: Callable[[dict], Mapping[str, Any]],

@@ -170,12 +170,17 @@ def candidate_backends(engine_dir: Path, manifest: dict) -> list[Backend]:
         elif not find_artifact(manifest, fmt_of[backend]):
             skip = f"no {backend} artifact in the engine (kiln build --formats {backend})"
 
-        def make_cpp(backend=backend):
-            engine = Engine(engine_dir, backend=backend)
+        def make_cpp(backend=backend, precision="auto"):
+            engine = Engine(engine_dir, backend=backend, precision=precision)
             return engine.run
-        plan = find_artifact(manifest, "tensorrt") if backend == "tensorrt" else None
+        plans = [a for a in manifest["artifacts"] if a["format"] == "tensorrt"] if backend == "tensorrt" else []
+        if len(plans) > 1:  # the C++ runtime runs each plan (EngineOptions::precision)
+            for a in plans:
+                backends.append(Backend(f"kiln-tensorrt-{a['precision']}",
+                                        lambda a=a: make_cpp("tensorrt", a["precision"]), skip, a["precision"]))
+            continue
         backends.append(Backend(f"kiln-{backend}", make_cpp, skip,
-                                plan.get("precision", "fp32") if plan else "fp32"))
+                                plans[0].get("precision", "fp32") if plans else "fp32"))
 
     # every TensorRT plan (one per precision) through polygraphy in Python as well
     from .exporters.tensorrt import tensorrt_unavailable

@@ -56,14 +56,21 @@ class Engine:
     """
 
     def __init__(self, path: str | os.PathLike, backend: str = "auto", num_threads: int = 0,
-                 verify_sha256: bool = True):
-        self._engine = _kiln.Engine(os.fspath(path), backend, num_threads, verify_sha256)
+                 verify_sha256: bool = True, precision: str = "auto"):
+        """precision: which TensorRT plan to run ("auto": fp32, else fp16, else bf16); the CPU
+        backends run fp32 only."""
+        self._engine = _kiln.Engine(os.fspath(path), backend, num_threads, verify_sha256, precision)
         self._manifest: dict | None = None
 
     @property
     def name(self) -> str:
         """The engine directory's name (used in error messages)."""
         return self._engine.name
+
+    @property
+    def precision(self) -> str:
+        """The precision of the artifact running: "fp32", or a TensorRT plan's "fp16" / "bf16"."""
+        return self._engine.precision
 
     @property
     def path(self) -> str:

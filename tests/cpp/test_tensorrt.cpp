@@ -181,6 +181,31 @@ void test_core_path(const std::string& work) {
   expect_error("plan for another GPU", ErrorCode::Version, {"compute capability 8.6", "this GPU/TensorRT"}, [&] {
     kiln::Engine::open(write_engine(base / "sm86", kPlanBytes, [](auto& a) { a["compute_capability"] = "8.6"; }), opt);
   });
+  // Several plans: EngineOptions::precision picks one ("auto": fp32 first).
+  fs::path two = base / "two-plans";
+  write_engine(two);
+  {
+    nlohmann::json m = nlohmann::json::parse(std::ifstream(two / "manifest.json"));
+    nlohmann::json fp32 = plan_entry("model.sm90.fp32.plan", kPlanBytes);
+    fp32["precision"] = "fp32";
+    m["artifacts"].push_back(fp32);
+    std::ofstream(two / "manifest.json") << m.dump(2);
+    std::ofstream(two / "model.sm90.fp32.plan", std::ios::binary) << kPlanBytes;
+  }
+  CHECK(kiln::Engine::open(two.string(), opt)->precision() == "fp32");
+  kiln::EngineOptions fp16 = opt;
+  fp16.precision = "fp16";
+  CHECK(kiln::Engine::open(two.string(), fp16)->precision() == "fp16");
+  CHECK(kiln::Engine::open(write_engine(base / "fp16-only"), opt)->precision() == "fp16");  // auto: what there is
+  kiln::EngineOptions bf16 = opt;
+  bf16.precision = "bf16";
+  expect_error("no plan of that precision", ErrorCode::Artifact,
+               {"no bf16 TensorRT plan", "fp16 (model.sm90.fp16.plan)", "fp32 (model.sm90.fp32.plan)", "--precision bf16"},
+               [&] { kiln::Engine::open(two.string(), bf16); });
+  kiln::EngineOptions fp8 = opt;
+  fp8.precision = "fp8";
+  expect_error("unknown precision", ErrorCode::InvalidArgument, {"precision 'fp8'", "auto, fp32, fp16, bf16"},
+               [&] { kiln::Engine::open(two.string(), fp8); });
   expect_error("plan for another TensorRT", ErrorCode::Version, {"TensorRT 10.13.0", "rebuild"}, [&] {
     kiln::Engine::open(write_engine(base / "trt10", kPlanBytes, [](auto& a) { a["versions"]["tensorrt"] = "10.13.0"; }),
                        opt);

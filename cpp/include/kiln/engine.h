@@ -22,6 +22,11 @@ struct EngineOptions {
   int num_threads = 0;
   // Check the artifact's sha256 against the manifest at open (its size is always checked).
   bool verify_sha256 = true;
+  // Which TensorRT plan to run when the engine holds several (one per precision):
+  // "auto" takes fp32 if the engine has it, else fp16, else bf16; "fp32" | "fp16" | "bf16"
+  // require that plan (kiln::Error(Artifact) lists the ones the engine has). The CPU backends
+  // run fp32 only: any other value with them is an InvalidArgument error.
+  std::string precision = "auto";
 };
 
 class Engine {
@@ -35,6 +40,7 @@ class Engine {
   const std::string& name() const noexcept;     // the directory's name, used in messages
   const std::string& dir() const noexcept;
   const std::string& backend() const noexcept;  // "torchscript" | "aoti" | ...
+  const std::string& precision() const noexcept;  // the artifact's: "fp32", "fp16", "bf16"
   const Manifest& manifest() const noexcept;
   const std::vector<TensorSpec>& inputs() const noexcept;
   const std::vector<TensorSpec>& outputs() const noexcept;

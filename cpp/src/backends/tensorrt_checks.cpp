@@ -1,3 +1,4 @@
+#include <algorithm>
 #include "tensorrt_checks.h"
 
 #include <nlohmann/json.hpp>
@@ -110,6 +111,48 @@ PlanInfo parse_plan_info(const Manifest& manifest, const ArtifactInfo& artifact,
     plan.profiles.push_back(std::move(profile));
   }
   return plan;
+}
+
+const ArtifactInfo& choose_artifact(const Manifest& manifest, const std::string& format, const std::string& precision,
+                                    const std::string& engine) {
+  static const std::vector<std::string> order{"fp32", "fp16", "bf16"};
+  if (precision != "auto" && std::find(order.begin(), order.end(), precision) == order.end()) {
+    throw Error(ErrorCode::InvalidArgument, "engine '" + engine + "': precision '" + precision +
+                                                "' is not one of auto, fp32, fp16, bf16");
+  }
+  std::vector<const ArtifactInfo*> found;
+  for (const auto& a : manifest.artifacts) {
+    if (a.format == format) found.push_back(&a);
+  }
+  if (found.empty()) {
+    throw Error(ErrorCode::Artifact, "engine '" + engine + "' has no " + format + " artifact");
+  }
+  if (format != "tensorrt") {
+    if (precision != "auto" && precision != "fp32") {
+      throw Error(ErrorCode::InvalidArgument, "engine '" + engine + "': precision '" + precision + "' needs a " +
+                                                  "TensorRT plan; the " + format + " backend runs fp32 only (use "
+                                                  "precision auto or fp32, or backend tensorrt on a GPU host)");
+    }
+    return *found.front();
+  }
+  auto of = [&](const std::string& p) -> const ArtifactInfo* {
+    for (const ArtifactInfo* a : found) {
+      if ((a->precision.empty() ? std::string("fp32") : a->precision) == p) return a;
+    }
+    return nullptr;
+  };
+  if (precision == "auto") {
+    for (const auto& p : order) {
+      if (const ArtifactInfo* a = of(p)) return *a;
+    }
+  } else if (const ArtifactInfo* a = of(precision)) {
+    return *a;
+  }
+  std::string have;
+  for (const ArtifactInfo* a : found) have += (have.empty() ? "" : ", ") + a->precision + " (" + a->file + ")";
+  throw Error(ErrorCode::Artifact, "engine '" + engine + "' has no " + precision + " TensorRT plan (its plans: " +
+                                       have + "); build it with `kiln build RECIPE --formats tensorrt --precision " +
+                                       precision + "` on the GPU host");
 }
 
 std::string version_string(int32_t lib_version) {

@@ -33,6 +33,14 @@ struct PlanInfo {
 // naming the field that is missing or malformed.
 PlanInfo parse_plan_info(const Manifest& manifest, const ArtifactInfo& artifact, const std::string& engine);
 
+// The artifact to run for EngineOptions::precision: for TensorRT, the plan of that precision
+// ("auto": fp32, else fp16, else bf16, in that order of preference); for any other format, its
+// one artifact, which is fp32 ("auto" or "fp32" only). Throws kiln::Error: InvalidArgument for
+// an unknown precision or a reduced one on a CPU backend, Artifact when the engine has no plan
+// of the wanted precision (the message lists the ones it has and how to build the missing one).
+const ArtifactInfo& choose_artifact(const Manifest& manifest, const std::string& format, const std::string& precision,
+                                    const std::string& engine);
+
 // "10.13.0" from getInferLibVersion()'s (major * 100 + minor) * 100 + patch.
 std::string version_string(int32_t lib_version);
 
