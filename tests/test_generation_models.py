@@ -194,3 +194,27 @@ def test_graphs_name_their_inputs_as_the_registry_does():
         entry = bart_entry.graph_entry(graph)
         assert tuple(s.name for s in entry.input_specs(BartConfig(**TINY_BART))) == cls.input_names
         assert tuple(s.name for s in entry.outputs(BartConfig(**TINY_BART))) == cls.output_names
+
+
+@pytest.mark.parametrize("recipe", ["gpt2-text-generation", "bart-summarization"])
+def test_tensorrt_profiles_of_a_decoder_pair_past_and_new_consistently(recipe):
+    """One profile per range would pair past 1023 with new 1024 against total 1024; the decoder
+    gets prefill / decode / extend profiles whose every corner is a real shape, and every
+    shape generation and parity use fits one of them."""
+    from kiln.exporters.tensorrt import choose_profile, profiles_for
+    from kiln.parity import parity_feeds
+    from kiln.recipe import load_recipe
+    r = load_recipe(recipe)
+    entry = r.entry.graph_entry("decoder")
+    config = entry.config_cls().from_dict(json.loads((r.path.parent / r.checkpoint / "config.json").read_text()))
+    specs = [s.to_json() for s in entry.input_specs(config)]
+    used = {d for s in specs for d in s["shape"] if isinstance(d, str)}
+    profiles = profiles_for(specs, {n: d.to_json() for n, d in r.dims.items() if n in used})
+    assert len(profiles) == 3
+    for p in profiles:
+        for k in ("min", "opt", "max"):
+            assert p["past_key_values"][k][4] + p["input_ids"][k][1] == p["attention_mask"][k][1], (p, k)
+    manifest = {"graph": "decoder", "family": r.family, "task": r.task, "config": config.to_dict(),
+                "dims": {n: d.to_json() for n, d in r.dims.items() if n in used}}
+    feeds = parity_feeds(None, manifest)
+    assert [choose_profile(profiles, f) for f in feeds] == [0, 1, 1, 2]  # prefill, decode x2, extend

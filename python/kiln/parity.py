@@ -129,12 +129,23 @@ class Backend:
     precision: str = "fp32"  # which tolerance table holds it
 
 
-def _tensorrt_infer(plan: Path):
-    """A TensorRT plan through polygraphy's TrtRunner (GPU hosts)."""
+def _tensorrt_infer(plan: Path, profiles: list[dict]):
+    """A TensorRT plan through polygraphy's TrtRunner (GPU hosts), switched to the first
+    optimisation profile that fits each feed (as the C++ runtime chooses)."""
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    from .exporters.tensorrt import choose_profile
     runner = TrtRunner(EngineFromBytes(plan.read_bytes()))
     runner.activate()
-    return lambda feed: dict(runner.infer(feed))
+    current = [0]
+
+    def infer(feed):
+        index = choose_profile(profiles, feed) if len(profiles) > 1 else 0
+        if index != current[0]:
+            runner.set_profile(index)
+            current[0] = index
+        return dict(runner.infer(feed))
+    return infer
 
 
 def candidate_backends(engine_dir: Path, manifest: dict) -> list[Backend]:
@@ -188,7 +199,8 @@ def candidate_backends(engine_dir: Path, manifest: dict) -> list[Backend]:
     why = tensorrt_unavailable() if plans else None
     for a in plans:
         backends.append(Backend(f"tensorrt-{a['precision']}",
-                                lambda a=a: _tensorrt_infer(engine_dir / a["file"]), why, a["precision"]))
+                                lambda a=a: _tensorrt_infer(engine_dir / a["file"], a.get("profiles") or [{}]),
+                                why, a["precision"]))
     if not plans:
         backends.append(Backend("tensorrt-python", lambda: None,
                                 "no TensorRT plan in the engine (kiln build RECIPE --formats tensorrt, "

@@ -147,7 +147,8 @@ def _export_graph(entry, module: torch.nn.Module, recipe: Recipe, config, out: P
             artifacts.append(artifact_entry(out, fmt, file, precision="fp32", device="cpu", versions=versions))
         elif fmt == "tensorrt":
             from .tensorrt import build_tensorrt
-            dims = {n: r.to_json() for n, r in recipe.dims.items()}
+            used = {d for spec in input_specs for d in spec.shape if isinstance(d, str)}
+            dims = {n: r.to_json() for n, r in recipe.dims.items() if n in used}
             plans, why = build_tensorrt(out, ARTIFACT_FILES["onnx"], [s.to_json() for s in input_specs], dims,
                                         precisions, version_compatible, previous, progress)
             if why:

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ArtifactError, InvalidArgumentError
+from ..errors import ArtifactError, InputShapeError, InvalidArgumentError
 
 OPSET_RANGE = (9, 20)
 _ROOT = Path(__file__).resolve().parents[3]
@@ -272,13 +272,49 @@ def compute_capability(device: int = 0) -> str:
     return f"{major.value}.{minor.value}"
 
 
+def _range(lo: int, opt: int, hi: int) -> dict[str, int]:
+    return {"min": lo, "opt": min(max(opt, lo), hi), "max": hi}
+
+
+def cache_profiles(dims: dict[str, dict]) -> list[dict[str, dict]]:
+    """A KV-cache decoder's shape ranges as three profiles whose every corner is a shape the
+    graph can have (total = past + new; one range per dim would pair past 1023 with new 1024):
+    prefill (past 0), decode (one new token), extend (several new tokens on a cache)."""
+    new, past, total = dims["new"], dims["past"], dims["total"]
+    top = min(total["max"], past["max"] + new["max"])
+    prefill_new = _range(max(new["min"], 1), new["opt"] if new["opt"] > 1 else 32, min(new["max"], top))
+    decode_past = _range(max(past["min"], 1), past["opt"], min(past["max"], top - 1))
+    half = max(2, top // 2)
+    extend_past = _range(1, 16, min(past["max"], top - half))
+    extend_new = _range(2, 8, min(new["max"], half))
+    shift = lambda a, b: {k: a[k] + b[k] for k in ("min", "opt", "max")}  # noqa: E731
+    return [
+        {**dims, "past": _range(0, 0, 0), "new": prefill_new, "total": prefill_new},
+        {**dims, "past": decode_past, "new": _range(1, 1, 1), "total": shift(decode_past, _range(1, 1, 1))},
+        {**dims, "past": extend_past, "new": extend_new, "total": shift(extend_past, extend_new)},
+    ]
+
+
 def profiles_for(inputs: list[dict], dims: dict[str, dict]) -> list[dict[str, dict[str, list[int]]]]:
-    """One TensorRT optimisation profile per recipe shape range: input -> min/opt/max shapes."""
-    profile = {}
-    for spec in inputs:
-        profile[spec["name"]] = {
-            k: [d if isinstance(d, int) else dims[d][k] for d in spec["shape"]] for k in ("min", "opt", "max")}
-    return [profile]
+    """TensorRT optimisation profiles from the recipe's shape ranges (input -> min/opt/max
+    shapes): one, or for a KV-cache decoder (dims past, new and total) prefill, decode and extend
+    (cache_profiles). Profiles are listed best first: the runtime takes the first that fits."""
+    ranges = cache_profiles(dims) if {"past", "new", "total"} <= set(dims) else [dims]
+    profiles = []
+    for r in ranges:
+        profiles.append({spec["name"]: {k: [d if isinstance(d, int) else r[d][k] for d in spec["shape"]]
+                                        for k in ("min", "opt", "max")} for spec in inputs})
+    return profiles
+
+
+def choose_profile(profiles: list[dict], feed: dict) -> int:
+    """The first profile whose [min, max] holds every input's shape (the C++ runtime's rule)."""
+    for i, profile in enumerate(profiles):
+        if all(all(lo <= n <= hi for lo, n, hi in zip(r["min"], feed[name].shape, r["max"]))
+               for name, r in profile.items() if name in feed):
+            return i
+    shapes = {name: list(v.shape) for name, v in feed.items()}
+    raise InputShapeError(f"no optimisation profile fits the input shapes {shapes}; profiles: {profiles}")
 
 
 def plan_name(cc: str, precision: str) -> str:
