@@ -15,13 +15,16 @@ export OMP_NUM_THREADS ?= 2
 CPP_SOURCES := $(shell find cpp tests/cpp -type f 2>/dev/null) CMakeLists.txt pyproject.toml
 APT_PACKAGES := nlohmann-json3-dev espeak-ng sox
 
-.PHONY: help setup apt deps cpp checkpoints typestubs demo test test-gpu bench bench-generation check-tensorrt clean
+BENCH_DIR := build/bench
+
+.PHONY: help setup apt deps cpp checkpoints typestubs demo test lint test-gpu bench bench-generation check-tensorrt clean
 
 help:
 	@echo "make demo   build the deployables, semantic search through the C++ runtime, parity table"
-	@echo "make test   the whole test suite (pytest + ctest)"
-	@echo "make bench  benchmark MiniLM on every backend (writes bench-results.json)"
-	@echo "make bench-generation  GPT-2 small and BART-base generation, transformers vs kiln (bench-generation-*.json)"
+	@echo "make test   the whole test suite (lint, pytest, ctest)"
+	@echo "make lint   ruff (format and lint) and mypy on the kiln package"
+	@echo "make bench  benchmark MiniLM on every backend (writes $(BENCH_DIR)/minilm.json)"
+	@echo "make bench-generation  GPT-2 small and BART-base generation, transformers vs kiln ($(BENCH_DIR)/generation-*.json)"
 	@echo "make test-gpu  on a GPU host with TensorRT: every deployable with TensorRT plans, parity, bench"
 	@echo "make setup  .venv, C++ build, checkpoints (run by the targets above)"
 
@@ -63,24 +66,31 @@ $(CHECKPOINT_FILES) &: scripts/fetch_checkpoints.py python/kiln/processing/bpe.p
 demo: setup
 	$(KILN) demo
 
-test: setup
+test: setup lint
 	$(PY) -m pytest tests
 	ctest --test-dir $(BUILD_DIR) --output-on-failure
+
+lint: typestubs
+	$(VENV)/bin/ruff format --check python/kiln
+	$(VENV)/bin/ruff check python/kiln
+	$(VENV)/bin/mypy python/kiln
 
 test-gpu: setup
 	bash scripts/test-gpu.sh
 
 bench: setup
+	mkdir -p $(BENCH_DIR)
 	$(KILN) build export/minilm-feature-extraction.toml
-	$(KILN) bench engines/minilm-feature-extraction --batch 1,8 --seq 128 --json bench-results.json --markdown
+	$(KILN) bench engines/minilm-feature-extraction --batch 1,8 --seq 128 --json $(BENCH_DIR)/minilm.json --markdown
 
 # GPT-2 small: prompt 32 + 64 new tokens, greedy, batch 1 and 8; BART-base: a 512-token
 # source, 4 beams, 64 new tokens. transformers generate vs kiln::Generator on each backend.
 bench-generation: setup
+	mkdir -p $(BENCH_DIR)
 	$(KILN) build export/gpt2-text-generation.toml
-	$(KILN) bench engines/gpt2-text-generation --batch 1,8 --seq 32 --new-tokens 64 --json bench-generation-gpt2.json --markdown
+	$(KILN) bench engines/gpt2-text-generation --batch 1,8 --seq 32 --new-tokens 64 --json $(BENCH_DIR)/generation-gpt2.json --markdown
 	$(KILN) build export/bart-summarization.toml
-	$(KILN) bench engines/bart-summarization --batch 1 --seq 512 --new-tokens 64 --beams 4 --json bench-generation-bart.json --markdown
+	$(KILN) bench engines/bart-summarization --batch 1 --seq 512 --new-tokens 64 --beams 4 --json $(BENCH_DIR)/generation-bart.json --markdown
 
 # The TensorRT backend built against the lean runtime (no GPU needed): compiles, links and
 # refuses with a Device error. TENSORRT_INCLUDE_DIR: the NvInfer*.h directory (never committed).

@@ -62,11 +62,16 @@ def test_run_embeddings_prints_similarities(capsys, minilm_engine):
 def test_run_errors_name_the_problem(capsys, tiny_engines):
     engine = tiny_engines["text-classification"][0]
     code, _, err = run(capsys, "run", engine, "hello", "--backend", "tensorrt")
-    assert code == 2 and "tensorrt" in err and "aoti" in err  # says what is available
+    assert code == 1 and "tensorrt" in err and "aoti" in err  # says what is available
     code, _, err = run(capsys, "run", engine, "")
-    assert code == 2 and "INPUT_VALUE" in err and "empty" in err
+    assert code == 1 and "INPUT_VALUE" in err and "empty" in err
+    # usage errors: exit 2, INVALID_ARGUMENT, saying what to do
     code, _, err = run(capsys, "run", tiny_engines["question-answering"][0], "a context")
-    assert code == 2 and "--question" in err
+    assert code == 2 and "INVALID_ARGUMENT" in err and "--question" in err
+    code, _, err = run(capsys, "run", engine, "hello", "--top-k", "0")
+    assert code == 2 and "--top-k 0" in err
+    code, _, err = run(capsys, "run", engine, "hello", "--precision", "fp16")
+    assert code == 2 and "fp16" in err
 
 
 def test_parity_writes_json_and_sets_the_exit_code(capsys, tiny_engines, tmp_path):
@@ -79,6 +84,8 @@ def test_parity_writes_json_and_sets_the_exit_code(capsys, tiny_engines, tmp_pat
         assert set(b["outputs"]["logits"]) >= {"max_abs", "max_rel", "cosine"}
     code, out, _ = run(capsys, "parity", tiny_engines["token-classification"][0], "--backends", "onnxruntime")
     assert code == 0 and "onnxruntime" in out and "kiln-aoti" not in out
+    code, _, err = run(capsys, "parity", tiny_engines["token-classification"][0], "--backends", "coreml")
+    assert code == 2 and "coreml" in err and "kiln-aoti" in err  # lists the known ones
 
 
 def test_bench_measures_every_backend(capsys, tiny_engines, tmp_path):
@@ -88,14 +95,18 @@ def test_bench_measures_every_backend(capsys, tiny_engines, tmp_path):
     assert code == 0
     data = json.loads((tmp_path / "b.json").read_text())
     names = {r["backend"] for r in data["rows"]}
-    assert names >= {"transformers-eager", "kiln-eager", "onnxruntime", "kiln-aoti", "kiln-torchscript",
-                     "aoti-python", "torchscript-python"}
+    assert names == {"transformers", "eager", "onnxruntime", "kiln-aoti", "kiln-torchscript", "aoti-python",
+                     "torchscript-python"}
+    # every backend that cannot run here is reported with the reason, as parity does
+    assert "tensorrt" in data["skipped"]["kiln-tensorrt"] and "plan" in data["skipped"]["tensorrt-python"]
     for r in data["rows"]:
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
         assert r["throughput"] == pytest.approx(r["batch"] * 1000 / r["p50_ms"])
         assert r["seq"] == 32 and r["batch"] in (1, 2)
     code, _, err = run(capsys, "bench", engine, "--seq", "1000")
     assert code == 2 and "sequence range [2, 128]" in err
+    code, _, err = run(capsys, "bench", engine, "--batch", "one")
+    assert code == 2 and "--batch 'one'" in err
 
 
 def test_inspect_shows_the_manifest(capsys, tiny_engines):
@@ -110,31 +121,54 @@ def test_build_errors(capsys, tmp_path):
     assert code == 2 and "known recipes" in err
     code, _, err = run(capsys, "build", "bert-text-classification", "--checkpoint", tmp_path / "nothing",
                        "--output", tmp_path / "out")
-    assert code == 2 and "CHECKPOINT" in err and not (tmp_path / "out").exists()
+    assert code == 1 and "CHECKPOINT" in err and not (tmp_path / "out").exists()
     code, _, err = run(capsys, "build", "bert-text-classification", "--formats", "coreml")
     assert code == 2 and "coreml" in err
+    code, _, err = run(capsys, "build")
+    assert code == 2 and "RECIPE" in err and "--checkpoint" in err
+    code, _, err = run(capsys, "build", "bert-text-classification", "--dims", "sequence=2:64")
+    assert code == 2 and "NAME=MIN:OPT:MAX" in err
+    code, _, err = run(capsys, "build", "bert-text-classification", "--dims", "width=1:1:2")
+    assert code == 2 and "width" in err and "sequence" in err
 
 
-def test_build_inspect_and_bench_a_generation_engine(capsys, tmp_path, generation_engines):
-    from kiln.recipe import find_recipe
-    _, ckpt = generation_engines["bart"]
-    out = tmp_path / "bart"
-    code, _, err = run(capsys, "build", "bart-summarization", "--checkpoint", ckpt, "--output", out)
-    assert code == 2 and "dim 'total' max 1024 exceeds the model's limit 128" in err  # 128 positions
-    recipe = tmp_path / "tiny-bart.toml"  # the recipe with ranges the tiny checkpoint allows
-    recipe.write_text(find_recipe("bart-summarization").read_text().replace(
-        "[dims]", "[dims]\nsource = { min = 2, opt = 32, max = 128 }\nnew = { min = 1, opt = 1, max = 128 }\n"
-        "past = { min = 0, opt = 16, max = 127 }\ntotal = { min = 1, opt = 32, max = 128 }"))
-    code, text, _ = run(capsys, "build", recipe, "--checkpoint", ckpt, "--output", out, "--formats", "torchscript")
+def test_build_a_checkpoint_alone(capsys, tmp_path, tiny_engines):
+    """`kiln build --checkpoint DIR`: family and task from config.json, dims from the family's
+    defaults clamped to the checkpoint's limits (printed), --dims over them."""
+    _, ckpt = tiny_engines["question-answering"]  # 128 positions
+    out = tmp_path / "qa"
+    code, text, _ = run(capsys, "build", "--checkpoint", ckpt, "--output", out, "--formats", "torchscript",
+                        "--dims", "batch=1:2:4")
     assert code == 0, text
+    assert "sequence max 512 -> 128" in text
+    from kiln.manifest import read_manifest
+    m = read_manifest(out)
+    assert (m.family, m.task) == ("bert", "question-answering")
+    assert m.dims["sequence"].max == 128 and (m.dims["batch"].min, m.dims["batch"].opt, m.dims["batch"].max) == (1, 2, 4)
+    code, _, err = run(capsys, "build", "--checkpoint", ckpt, "--task", "translation", "--output", out)
+    assert code == 2 and "question-answering" in err  # what the family deploys
+
+
+def test_build_inspect_and_bench_a_generation_engine(capsys, tmp_path, deployable_engine):
+    from conftest import engine_of
+    from kiln.recipe import find_recipe
+    _, ckpt, _ = engine_of(deployable_engine, "bart", "summarization")
+    out = tmp_path / "bart"
+    # the recipe's ranges (1024 positions) are clamped to the checkpoint's 128, and said so
+    code, text, _ = run(capsys, "build", find_recipe("bart-summarization"), "--checkpoint", ckpt, "--output", out,
+                        "--formats", "torchscript")
+    assert code == 0, text
+    assert "total max 1024 -> 128" in text and "source max 1024 -> 128" in text
     assert "encoder/model.ts" in text and "decoder/model.ts" in text
     code, text, _ = run(capsys, "inspect", out)
     assert code == 0
-    for needle in ("graphs encoder, decoder", "cross_key_values", "present_key_values", "forced_bos_token_id=0"):
+    for needle in ("graphs encoder, decoder", "cross_key_values", "present_key_values", "forced_bos_token_id=0",
+                   "total 1..128 (opt 65) = past + new"):
         assert needle in text, needle
     code, text, _ = run(capsys, "bench", out, "--seq", "40", "--new-tokens", "6", "--beams", "2",
                         "--json", tmp_path / "bench.json")
     assert code == 0, text
-    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
-    assert {r["backend"] for r in rows} == {"transformers-generate", "kiln-torchscript"}
-    assert all(r["new_tokens"] == 6 and r["prompt"] == 40 and r["tokens_per_s"] > 0 for r in rows)
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert {r["backend"] for r in data["rows"]} == {"transformers-generate", "kiln-torchscript"}
+    assert "no aoti artifact" in data["skipped"]["kiln-aoti"]
+    assert all(r["new_tokens"] == 6 and r["prompt"] == 40 and r["tokens_per_s"] > 0 for r in data["rows"])

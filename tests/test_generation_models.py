@@ -9,8 +9,8 @@ import torch
 
 from kiln.checkpoint import load_model, random_checkpoint
 from kiln.errors import CheckpointError
-from kiln.models.bart import BartDecoderGraph, BartEncoderGraph, BartForConditionalGeneration
-from kiln.models.gpt2 import GPT2DecoderGraph, GPT2LMHeadModel
+from kiln.models.bart import BartForConditionalGeneration
+from kiln.models.gpt2 import GPT2LMHeadModel
 
 TINY_GPT2 = dict(vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
 TINY_BART = dict(vocab_size=300, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
@@ -107,13 +107,12 @@ def test_bart_logits_equal_transformers_with_and_without_cache(bart):
     ref = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
     full = model(ids, mask, dec)
     assert (full - ref).abs().max() < 1e-4
-    encoder, decoder = BartEncoderGraph(model), BartDecoderGraph(model)
-    cross = encoder(ids, mask)
+    cross = model.encode(ids, mask)  # the encoder graph
     assert cross.shape == (2, 2, 2, 4, 10, 16)
     cache, steps = model.empty_cache(2), []
     for t in range(6):
-        logits, cache = decoder(dec[:, t:t + 1], torch.ones(2, t + 1, dtype=torch.long), torch.full((2, 1), t),
-                                mask, cache, cross)
+        logits, cache = model.decode(dec[:, t:t + 1], torch.ones(2, t + 1, dtype=torch.long), torch.full((2, 1), t),
+                                     mask, cache, cross)  # the decoder graph
         steps.append(logits)
     cached = torch.cat(steps, 1)
     assert (cached - ref).abs().max() < 1e-4
@@ -183,38 +182,26 @@ def test_random_checkpoints_load_in_transformers(tmp_path, gpt2, bart):
         assert (ours - ref).abs().max() < 1e-4
 
 
-def test_graphs_name_their_inputs_as_the_registry_does():
-    from kiln import registry
-    from kiln.models.gpt2 import GPT2Config
-    from kiln.models.bart import BartConfig
-    gpt2_entry = registry.get("gpt2", "text-generation").graph_entry("decoder")
-    assert tuple(s.name for s in gpt2_entry.input_specs(GPT2Config(**TINY_GPT2))) == GPT2DecoderGraph.input_names
-    bart_entry = registry.get("bart", "summarization")
-    for graph, cls in (("encoder", BartEncoderGraph), ("decoder", BartDecoderGraph)):
-        entry = bart_entry.graph_entry(graph)
-        assert tuple(s.name for s in entry.input_specs(BartConfig(**TINY_BART))) == cls.input_names
-        assert tuple(s.name for s in entry.outputs(BartConfig(**TINY_BART))) == cls.output_names
-
-
 @pytest.mark.parametrize("recipe", ["gpt2-text-generation", "bart-summarization"])
 def test_tensorrt_profiles_of_a_decoder_pair_past_and_new_consistently(recipe):
     """One profile per range would pair past 1023 with new 1024 against total 1024; the decoder
     gets prefill / decode / extend profiles whose every corner is a real shape, and every
     shape generation and parity use fits one of them."""
-    from kiln.exporters.tensorrt import choose_profile, profiles_for
+    from kiln.gpu import choose_profile, profiles_for
+    from kiln.manifest import Manifest, Source
     from kiln.parity import parity_feeds
     from kiln.recipe import load_recipe
     r = load_recipe(recipe)
-    entry = r.entry.graph_entry("decoder")
-    config = entry.config_cls().from_dict(json.loads((r.path.parent / r.checkpoint / "config.json").read_text()))
-    specs = [s.to_json() for s in entry.input_specs(config)]
-    used = {d for s in specs for d in s["shape"] if isinstance(d, str)}
+    graph = r.deployable.graph("decoder")
+    config = r.deployable.config_class.from_dict(json.loads((r.path.parent / r.checkpoint / "config.json").read_text()))
+    specs = [s.to_json() for s in graph.input_specs(config)]
+    used = set(graph.used_dims(config))
     profiles = profiles_for(specs, {n: d.to_json() for n, d in r.dims.items() if n in used})
     assert len(profiles) == 3
     for p in profiles:
         for k in ("min", "opt", "max"):
             assert p["past_key_values"][k][4] + p["input_ids"][k][1] == p["attention_mask"][k][1], (p, k)
-    manifest = {"graph": "decoder", "family": r.family, "task": r.task, "config": config.to_dict(),
-                "dims": {n: d.to_json() for n, d in r.dims.items() if n in used}}
-    feeds = parity_feeds(None, manifest)
+    manifest = Manifest(name=r.name, family=r.family, task=r.task, config=config.to_dict(),
+                        dims={n: d for n, d in r.dims.items() if n in used}, source=Source("", ""), graph="decoder")
+    feeds = parity_feeds(manifest)
     assert [choose_profile(profiles, f) for f in feeds] == [0, 1, 1, 2]  # prefill, decode x2, extend

@@ -58,13 +58,13 @@ def config_from_dir(path: str | os.PathLike, config_cls: type | None = None, *,
     data = read_config_dict(path)
     data.update(overrides or {})
     if config_cls is None:
-        from .models import CONFIG_CLASSES, config_class_for
+        from .registry import families
         model_type = data.get("model_type")
-        config_cls = config_class_for(model_type) if model_type else None
+        config_cls = families().get(model_type) if isinstance(model_type, str) else None
         if config_cls is None:
             raise CheckpointError(
                 f"checkpoint {path}: model_type {model_type!r} in {CONFIG_FILE} is not a kiln family; "
-                f"expected one of {sorted(CONFIG_CLASSES)}")
+                f"expected one of {sorted(families())}")
     try:
         return config_cls.from_dict(data)
     except (InvalidArgumentError, TypeError, ValueError) as e:

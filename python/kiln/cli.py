@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 from pathlib import Path
 
-from .errors import KilnError
+from .backends import CPP_BACKENDS
+from .errors import InvalidArgumentError, KilnError
 
 EPILOG = """verbs:
-  list      recipes in export/, engines built in engines/, C++ backends usable here
-  build     export a recipe: TorchScript, ONNX and AOTInductor artifacts + manifest.json
+  list      families and tasks, recipes in export/, engines built in engines/, C++ backends usable here
+  build     export a recipe or a checkpoint: TorchScript, ONNX and AOTInductor artifacts + manifest.json
   run       answers from an engine through the C++ runtime (labels, entities, spans, embeddings,
             image labels, transcripts)
   parity    every backend vs eager PyTorch: max abs / rel error, cosine, task-level answer
@@ -22,6 +22,7 @@ EPILOG = """verbs:
 
 examples:
   kiln build minilm-feature-extraction
+  kiln build --checkpoint path/to/fine-tuned-distilbert --output engines/sentiment
   kiln run engines/minilm-feature-extraction "a cat sat on the mat" "a kitten on a rug"
   kiln run engines/bert-question-answering --question "Where was Marie Curie born?" \\
       "Marie Curie was born in Warsaw."
@@ -50,6 +51,12 @@ def cmd_list(args) -> int:
                       "random unless --checkpoint" if r.random_head else "from checkpoint",
                       "[green]yes[/]" if built else "no")
     console.print(table)
+    from . import registry
+    tasks: dict[str, list[str]] = {}
+    for family, task in registry.deployables():
+        tasks.setdefault(family, []).append(task)
+    console.print("families (kiln build --checkpoint DIR builds any of them): "
+                  + "; ".join(f"{f}: {', '.join(t)}" for f, t in tasks.items()))
     try:
         from .runtime import available_backends
         console.print(f"C++ runtime backends usable here: {', '.join(available_backends())}")
@@ -60,29 +67,41 @@ def cmd_list(args) -> int:
 
 def cmd_build(args) -> int:
     from .exporters import build
-    from .recipe import load_recipe
+    from .recipe import Recipe, load_recipe, parse_dims
     console = _console()
-    recipe = load_recipe(args.recipe)
+    if args.recipe:
+        recipe = load_recipe(args.recipe)
+        if args.task and args.task != recipe.task:
+            raise InvalidArgumentError(f"--task {args.task}: the recipe {recipe.name} builds {recipe.task}; "
+                                       "drop --task, or build the checkpoint alone (kiln build --checkpoint DIR --task ...)")
+    elif args.checkpoint:
+        recipe = Recipe.for_checkpoint(args.checkpoint, args.task)
+    else:
+        raise InvalidArgumentError("kiln build needs a RECIPE (see `kiln list`) or --checkpoint HF_DIR (or both)")
+    if args.dims:
+        recipe.with_dims(parse_dims(args.dims))
     formats = [f for part in args.formats for f in part.split(",")] if args.formats else None
+    precisions = [p for part in args.precision for p in part.split(",")] if args.precision else None
     with console.status(f"building {recipe.name}") as status:
         def progress(msg: str) -> None:
             status.update(f"{recipe.name}: {msg}")
             console.log(msg)
-        precisions = [p for part in args.precision for p in part.split(",")] if args.precision else None
-        result = build(recipe, checkpoint=args.checkpoint, output=args.output, formats=formats,
-                       precisions=precisions, version_compatible=args.version_compatible,
+        result = build(recipe, checkpoint=args.checkpoint if args.recipe else None, output=args.output,
+                       formats=formats, precisions=precisions, version_compatible=args.version_compatible,
                        progress=progress)
-    from .exporters.manifest import graph_dirs, read_manifest
-    m = result.manifest
-    files = [str(Path(graph) / a["file"]) if graph else a["file"]
-             for graph, path in graph_dirs(result.path) for a in read_manifest(path)["artifacts"]]
+    from .manifest import graph_manifests
+    files = [str(Path(g.path).relative_to(result.path) / a.file) if g.path != result.path else a.file
+             for g in graph_manifests(result.path) for a in g.artifacts]
     console.print(f"[green]built[/] {result.path} in {result.seconds['total']:.1f} s: " + ", ".join(files))
+    for line in result.clamped.values():
+        console.print(f"[yellow]dims clamped:[/] {line}")
     for fmt, why in result.skipped.items():
         console.print(f"[yellow]skipped {fmt}:[/] {why}")
-    if m["weights"] == "random":
+    m = result.manifest
+    if m.weights == "random":
         console.print(f"[yellow]note:[/] every weight is random (seed {recipe.seed}, real sizes): answers "
                       "will be meaningless; pass --checkpoint HF_DIR for real ones")
-    elif m["weights"] != "real":
+    elif m.weights != "real":
         console.print(f"[yellow]note:[/] the {recipe.task} head is randomly initialised (seed "
                       f"{recipe.seed}): answers will be meaningless; pass --checkpoint with a "
                       "fine-tuned checkpoint for real ones")
@@ -96,145 +115,27 @@ def _read_inputs(args) -> list[str]:
     return texts
 
 
-GENERATION_TASKS = ("text-generation", "summarization", "translation")
-
-
-def _generation_options(args) -> dict:
-    options = {"max_new_tokens": args.max_new_tokens, "min_new_tokens": args.min_new_tokens,
-               "num_beams": args.num_beams, "temperature": args.temperature,
-               "top_k": args.top_k, "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
-               "no_repeat_ngram_size": args.no_repeat_ngram_size, "length_penalty": args.length_penalty}
-    options = {k: v for k, v in options.items() if v is not None}
-    if args.do_sample:
-        options.update(do_sample=True, seed=args.seed)
-    return options
-
-
-def _run_generation(pipe, texts: list[str], args, console) -> int:
-    """Prompts one at a time, the text streamed as it is generated (beam search prints the
-    best beam when it is done)."""
-    from rich.markup import escape
-    if not texts:
-        raise KilnError(f"{pipe.task} needs at least one prompt (as an argument or on standard input)")
-    options = _generation_options(args)
-    note = pipe.random_weights_note
-    if note and not args.json:
-        console.print(f"[yellow]note:[/] {note}")
-    results = []
-    for text in texts:
-        if not args.json:
-            console.print(f"[bold]{escape(text)}[/]")
-        streamed: list[str] = []
-
-        def on_text(row: int, piece: str) -> None:
-            streamed.append(piece)
-            if not args.json:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-        out = pipe([text], on_text=on_text, **options)[0]
-        timings = pipe.last_result.timings
-        ttft = timings["time_to_first_token_ms"]
-        rate = len(out["tokens"]) / max(timings["total_ms"] / 1e3, 1e-9)
-        if not args.json:
-            if not streamed:  # beam search: the best sequence comes at the end
-                sys.stdout.write(out["text"])
-            sys.stdout.write("\n")
-            console.print(f"[dim]{pipe.manifest['name']} · {pipe.task} · kiln::Generator on {pipe.backend} · "
-                          f"{len(out['tokens'])} tokens · first token {ttft:.0f} ms · {rate:.1f} tokens/s[/]")
-        results.append({"input": text, **out, "time_to_first_token_ms": ttft, "tokens_per_second": rate})
-    if args.json:
-        print(json.dumps({"engine": pipe.manifest["name"], "task": pipe.task, "backend": pipe.backend,
-                          "weights": pipe.manifest.get("weights"), "options": options, "results": results}))
-    return 0
-
-
 def cmd_run(args) -> int:
-    import time
-
-    import numpy as np
-
     from .pipelines import pipeline
-    console = _console()
-    pipe = pipeline(args.engine, backend=args.backend, num_threads=args.threads)
-    texts = _read_inputs(args)
-    if pipe.task in GENERATION_TASKS:
-        return _run_generation(pipe, texts, args, console)
-    t = time.perf_counter()
-    if pipe.task == "question-answering":
-        if not args.question:
-            raise KilnError("question-answering needs --question QUESTION and one or more contexts")
-        results = pipe([args.question] * len(texts), texts)
-    elif pipe.task in ("text-classification", "image-classification", "audio-classification") \
-            and args.top_k:
-        feed, ctx = pipe.preprocess(texts)
-        results = pipe.postprocess(pipe.run(feed), ctx, top_k=args.top_k)
-    else:
-        results = pipe(texts)
-    ms = (time.perf_counter() - t) * 1e3
-    note = pipe.random_weights_note
-    if pipe.task == "feature-extraction":
-        emb = np.asarray(results)
-        sims = (emb / np.linalg.norm(emb, axis=-1, keepdims=True))
-        sims = sims @ sims.T
-        payload = {"embeddings": emb.tolist(), "cosine": sims.tolist()}
-    else:
-        payload = {"results": results}
-    if args.json:
-        print(json.dumps({"engine": pipe.manifest["name"], "task": pipe.task, "backend": pipe.backend,
-                          "weights": pipe.manifest.get("weights"), "inputs": texts, **payload}))
-        return 0
-    if note:
-        console.print(f"[yellow]note:[/] {note}")
-    console.print(f"[dim]{pipe.manifest['name']} · {pipe.task} · C++ runtime backend {pipe.backend} · "
-                  f"{ms:.1f} ms[/]")
-    if pipe.task == "feature-extraction":
-        for i, text in enumerate(texts):
-            console.print(f"[{i}] {text!r}: dim {emb.shape[1]}, norm {np.linalg.norm(emb[i]):.4f}, "
-                          "first values [" + ", ".join(f"{v:+.4f}" for v in emb[i, :4]) + ", ...]")
-        if len(texts) > 1:
-            from rich.table import Table
-            table = Table(title="cosine similarity")
-            table.add_column("")
-            for i in range(len(texts)):
-                table.add_column(f"[{i}]")
-            for i in range(len(texts)):
-                table.add_row(f"[{i}]", *[f"{sims[i, j]:.3f}" for j in range(len(texts))])
-            console.print(table)
-        return 0
-    from rich.markup import escape  # texts, labels and words are data, never markup
-    say = functools.partial(console.print, soft_wrap=True)  # no folding inside an answer
-    for text, result in zip(texts, results):
-        say(f"[bold]{escape(text)}[/]")
-        if pipe.task in ("text-classification", "image-classification", "audio-classification"):
-            for r in result:
-                say(f"  {escape(r['label']):<12} {r['score']:.4f}")
-        elif pipe.task == "token-classification":
-            if not result:
-                say("  (no entities)")
-            for e in result:
-                say(f"  {escape(e['label']):<6} {escape(repr(e['word']))} \\[{e['start']}:{e['end']}] "
-                    f"{e['score']:.3f}")
-        elif pipe.task == "question-answering":
-            say(f"  answer: {escape(repr(result['answer']))} \\[{result['start']}:{result['end']}] "
-                f"score {result['score']:.4f}")
-        elif pipe.task == "automatic-speech-recognition":
-            say(f"  transcript: {escape(repr(result))}")
-        else:
-            say(f"  {escape(str(result))}")
-    return 0
+    if args.threads < 0:
+        raise InvalidArgumentError(f"--threads {args.threads}: expected 0 (leave as is) or a positive count")
+    pipe = pipeline(args.engine, backend=args.backend, num_threads=args.threads, precision=args.precision)
+    return pipe.cli(_read_inputs(args), args, _console())
 
 
 def cmd_parity(args) -> int:
-    from .exporters.manifest import is_generation, read_manifest
+    from .manifest import GenerationManifest, read_manifest
     from .parity import print_generation_report, print_report, run_generation_parity, run_parity, write_json
     backends = [b for part in args.backends for b in part.split(",")] if args.backends else None
+    generation = isinstance(read_manifest(args.engine), GenerationManifest)
     with _console().status(f"parity: {args.engine}") as status:
-        if is_generation(read_manifest(args.engine)):
+        if generation:
             report = run_generation_parity(args.engine, backends,
                                            progress=lambda m: status.update(f"parity: {m}"))
+            print_generation_report(report)
         else:
             report = run_parity(args.engine, backends)
-    (print_generation_report if is_generation(read_manifest(args.engine)) else print_report)(report)
+            print_report(report)
     if args.json:
         write_json(report, args.json)
     return 0 if report.passed else 1
@@ -243,10 +144,13 @@ def cmd_parity(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import print_bench, run_bench, write_json
     console = _console()
-    batches = [int(b) for b in args.batch.split(",")]
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        raise InvalidArgumentError(f"--batch {args.batch!r}: expected comma-separated integers, e.g. 1,8") from None
     only = [b for part in args.backends for b in part.split(",")] if args.backends else None
-    from .exporters.manifest import is_generation, read_manifest
-    generation = is_generation(read_manifest(args.engine))
+    from .manifest import GenerationManifest, read_manifest
+    generation = isinstance(read_manifest(args.engine), GenerationManifest)
     with console.status("bench") as status:
         if generation:
             from .bench import run_generation_bench
@@ -273,65 +177,68 @@ def cmd_bench(args) -> int:
 
 
 def cmd_check_trt(args) -> int:
-    from .exporters.manifest import graph_dirs
-    from .exporters.tensorrt import check_engine, print_report
+    from .check_trt import check_engine, print_report
+    from .manifest import graph_manifests
     reports = {}
-    for graph, path in graph_dirs(args.engine):  # a generation engine: each of its graphs
-        with _console().status(f"TensorRT checks: {path}"):
-            reports[graph] = check_engine(path, args.ops_table)
-        print_report(reports[graph])
+    for graph in graph_manifests(args.engine):  # a generation engine: each of its graphs
+        with _console().status(f"TensorRT checks: {graph.path}"):
+            reports[graph.graph] = check_engine(graph.path, args.ops_table)
+        print_report(reports[graph.graph])
     if args.json:
-        data = (reports[""].to_json() if "" in reports
+        data = (next(iter(reports.values())).to_json() if len(reports) == 1
                 else {"pass": all(r.passed for r in reports.values()),
                       "graphs": {g: r.to_json() for g, r in reports.items()}})
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     return 0 if all(r.passed for r in reports.values()) else 1
 
 
-def cmd_inspect(args) -> int:
+def _inspect_graph(m, console) -> None:
     from rich.table import Table
-
-    from .exporters.manifest import graph_dirs, is_generation, read_manifest
-    console = _console()
-    m = read_manifest(args.engine)
-    if is_generation(m):
-        console.print(f"[bold]{m['name']}[/] — {m.get('description', '')}")
-        console.print(f"generation engine: graphs {', '.join(m['graphs'])}; KV cache (layers, 2, batch, "
-                      f"heads, seq, head_dim) with layers {m['cache']['layers']}, heads {m['cache']['heads']}, "
-                      f"head_dim {m['cache']['head_dim']}; vocabulary {m['vocab_size']}, "
-                      f"{m['max_positions']} positions")
-        console.print("generation defaults: " + ", ".join(f"{k}={v}" for k, v in m["generation"].items()))
-        for graph, path in graph_dirs(args.engine):
-            console.rule(graph)
-            cmd_inspect(argparse.Namespace(engine=path, json=False))
-        if args.json:
-            print(json.dumps(m, indent=2))
-        return 0
-    console.print(f"[bold]{m['name']}[/] — {m.get('description', '')}")
-    console.print(f"family {m['family']}, task {m['task']}, weights {m.get('weights')}, "
-                  f"format_version {m['format_version']}, built {m.get('created')} by kiln "
-                  f"{m.get('kiln_version')}")
-    console.print(f"source {m['source'].get('checkpoint')} (sha256 {m['source'].get('sha256', '')[:16]}…)")
-    dims = ", ".join(f"{k} {v['min']}..{v['max']} (opt {v['opt']})" for k, v in m["dims"].items())
+    dims = ", ".join(f"{k} {v.min}..{v.max} (opt {v.opt})" + (f" = {' + '.join(v.sum)}" if v.sum else "")
+                     for k, v in m.dims.items())
     console.print(f"dims: {dims}")
     table = Table(title="tensors")
-    for col in ("", "name", "dtype", "shape"):
+    for col in ("", "name", "dtype", "shape", "values"):
         table.add_column(col)
-    for kind in ("inputs", "outputs"):
-        for s in m[kind]:
-            table.add_row(kind[:-1], s["name"], s["dtype"], "[" + ", ".join(map(str, s["shape"])) + "]")
+    for kind, specs in (("input", m.inputs), ("output", m.outputs)):
+        for s in specs:
+            values = f"{s.values.min}..{s.values.max}" if s.values else ""
+            table.add_row(kind, s.name, s.dtype, "[" + ", ".join(map(str, s.shape)) + "]", values)
     console.print(table)
     table = Table(title="artifacts")
     for col in ("format", "file", "MB", "precision", "versions", "sha256"):
         table.add_column(col)
-    for a in m["artifacts"]:
-        table.add_row(a["format"], a["file"], f"{a['bytes'] / 1e6:.1f}", a.get("precision", ""),
-                      ", ".join(f"{k} {v}" for k, v in a.get("versions", {}).items()), a["sha256"][:16] + "…")
+    for a in m.artifacts:
+        table.add_row(a.format, a.file, f"{a.bytes / 1e6:.1f}", a.precision,
+                      ", ".join(f"{k} {v}" for k, v in a.versions.items()), a.sha256[:16] + "…")
     console.print(table)
-    if m.get("labels"):
-        console.print(f"labels: {', '.join(m['labels'])}")
+    if m.labels:
+        console.print(f"labels: {', '.join(m.labels)}")
+
+
+def cmd_inspect(args) -> int:
+    from rich.markup import escape
+
+    from .manifest import GenerationManifest, read_manifest
+    console = _console()
+    m = read_manifest(args.engine)
+    console.print(f"[bold]{escape(m.name)}[/] — {escape(m.description)}")
+    console.print(f"family {m.family}, task {m.task}, weights {m.weights}, format_version {m.format_version}, "
+                  f"built {m.created} by kiln {m.kiln_version}")
+    console.print(f"source {escape(m.source.checkpoint)} (sha256 {m.source.sha256[:16]}…)")
+    if isinstance(m, GenerationManifest):
+        c = m.cache
+        console.print(f"generation engine: graphs {', '.join(m.graphs)}; KV cache (layers, 2, batch, heads, seq, "
+                      f"head_dim) with layers {c.layers}, heads {c.heads}, head_dim {c.head_dim}; vocabulary "
+                      f"{m.vocab_size}, {m.max_positions} positions")
+        console.print("generation defaults: " + ", ".join(f"{k}={v}" for k, v in m.generation.items()))
+        for graph in m.graphs:
+            console.rule(graph)
+            _inspect_graph(m.graph(graph), console)
+    else:
+        _inspect_graph(m, console)
     if args.json:
-        print(json.dumps(m, indent=2))
+        print(json.dumps(m.to_json(), indent=2))
     return 0
 
 
@@ -351,14 +258,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engines", default="engines", help="engines directory (default: engines)")
     s.set_defaults(fn=cmd_list)
 
-    s = sub.add_parser("build", help="export a recipe into engines/<name>/",
-                       description="Export a recipe (export/<name>.toml or a path) into an engine "
-                       "directory: TorchScript (torch.jit.trace), ONNX (dynamic batch and sequence, "
-                       "opset 20) and AOTInductor (.pt2) artifacts plus manifest.json. The directory "
-                       "is written under a temporary name and renamed when complete.")
-    s.add_argument("recipe", help="recipe name (see `kiln list`) or path to a .toml")
-    s.add_argument("--checkpoint", help="Hugging Face checkpoint directory to use instead of the "
-                   "recipe's (a fine-tuned one gives the task head real weights)")
+    s = sub.add_parser("build", help="export a recipe or a checkpoint into engines/<name>/",
+                       description="Export a recipe (export/<name>.toml or a path), or a Hugging Face "
+                       "checkpoint directory alone, into an engine directory: TorchScript "
+                       "(torch.jit.trace), ONNX (dynamic dims, opset 20) and AOTInductor (.pt2) artifacts "
+                       "plus manifest.json. Without a recipe the family comes from config.json's "
+                       "model_type and the task from its architectures (or --task); dims start from the "
+                       "family's defaults. Every dim is clamped to the checkpoint's own limits (positions), "
+                       "and the clamp is printed. The directory is written under a temporary name and "
+                       "renamed when complete.")
+    s.add_argument("recipe", nargs="?", help="recipe name (see `kiln list`) or path to a .toml; optional "
+                   "with --checkpoint")
+    s.add_argument("--checkpoint", help="Hugging Face checkpoint directory: with a recipe, used instead of "
+                   "the recipe's (a fine-tuned one gives the task head real weights); alone, built as it is")
+    s.add_argument("--task", help="the task to build a checkpoint for, where its architectures do not say "
+                   "(e.g. summarization or translation for a BART checkpoint)")
+    s.add_argument("--dims", nargs="+", metavar="NAME=MIN:OPT:MAX",
+                   help="shape ranges to use instead of the defaults, e.g. sequence=2:128:384 batch=1:1:8")
     s.add_argument("--output", help="engine directory to write (default: engines/<recipe name>)")
     s.add_argument("--formats", nargs="+", help="subset of torchscript,onnx,aoti,tensorrt (default: the "
                    "recipe's; tensorrt needs the TensorRT Python module and a GPU, and is skipped with "
@@ -377,9 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("engine", help="engine directory (engines/<name>)")
     s.add_argument("inputs", nargs="*", help="texts (contexts for question-answering), image files or "
                    "WAV files, as the engine's task takes")
-    s.add_argument("--backend", default="auto", help="C++ runtime backend: auto, aoti, torchscript")
+    s.add_argument("--backend", default="auto", help="C++ runtime backend: auto (the best usable here), or "
+                   f"one of {', '.join(CPP_BACKENDS)} (usable here: see `kiln list`)")
+    s.add_argument("--precision", default="auto", help="which TensorRT plan to run: auto (fp32, else fp16, "
+                   "else bf16), fp32, fp16 or bf16; the CPU backends run fp32")
     s.add_argument("--question", help="the question (question-answering engines)")
-    s.add_argument("--top-k", type=int, help="labels to show (classification tasks); sampling from the k best tokens (generation)")
+    s.add_argument("--top-k", type=int, help="labels to show (classification tasks, >= 1); sampling from the k "
+                   "best tokens (generation)")
     s.add_argument("--threads", type=int, default=0, help="intra-op threads (0: leave as is)")
     s.add_argument("--json", action="store_true", help="print JSON instead of text")
     g = s.add_argument_group("generation (text-generation, summarization, translation engines; "
@@ -432,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "--fold-constants` succeeds and the folded graph still matches eager PyTorch in "
                        "ONNX Runtime. Exits 1 with the reason for any failure.")
     s.add_argument("engine", help="engine directory")
-    s.add_argument("--ops-table", help="TensorRT operator table (default: ../shared/tensorrt/onnx_ops.tsv, "
-                   "or $KILN_TRT_OPS)")
+    s.add_argument("--ops-table", help="TensorRT operator table (default: the one kiln ships, or "
+                   "$KILN_TRT_OPS)")
     s.add_argument("--json", help="write the verdict as JSON to this file")
     s.set_defaults(fn=cmd_check_trt)
 
@@ -459,9 +379,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.fn(args)
-    except KilnError as e:
+    except KilnError as e:  # usage errors exit 2 (as argparse's own), every other kiln error 1
         print(f"kiln: error [{e.code.name}]: {e}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(e, InvalidArgumentError) else 1
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def _build_if_needed(name: str, engines_dir: Path, console) -> Path:
     """Build a recipe unless engines/<name> is newer than the recipe and kiln's own code."""
     from .errors import KilnError
     from .exporters import build
-    from .exporters.manifest import read_manifest
+    from .manifest import read_manifest
     from .recipe import load_recipe
     out = engines_dir / name
     recipe = load_recipe(name)
@@ -124,7 +124,7 @@ def main(engines_dir: Path = Path("engines")) -> int:
                   f"{len(out[0]['tokens']) / (timings['total_ms'] / 1e3):.1f} tokens/s[/]")
     bart = pipeline(engines["bart-summarization"])
     summary = bart(samples.ARTICLE, max_new_tokens=60)[0]
-    console.print(f"  bart-summarization, {bart.manifest['generation'].get('num_beams')} beams "
+    console.print(f"  bart-summarization, {bart.manifest.generation.get('num_beams')} beams "
                   f"({bart.backend}), {len(bart.tokenizer.encode(samples.ARTICLE))}-token article -> "
                   f"{len(summary['tokens'])} tokens in {bart.last_result.timings['total_ms'] / 1e3:.1f} s: "
                   f"{summary['text'][:80]!r}...")

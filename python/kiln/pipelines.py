@@ -3,10 +3,15 @@
 
 Each pipeline is pre-processing (the engine's own tokenizer, image or audio processor), one
 `Engine.run`, and post-processing into the task's answer. `preprocess` is also what parity
-feeds every backend.
+feeds every backend. Each pipeline also says how `kiln run` shows its answers (`show`), so
+the CLI only looks the pipeline up by the engine's task.
 """
 from __future__ import annotations
 
+import json
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +19,9 @@ import numpy as np
 
 from . import samples
 from .errors import InputValueError, InvalidArgumentError
-from .exporters.manifest import read_manifest
+from .manifest import AnyManifest, GenerationManifest, Manifest, read_manifest
+
+Say = Callable[[str], None]
 
 
 def top_labels(logits: np.ndarray, labels: list[str], top_k: int | None) -> list[list[dict]]:
@@ -26,18 +33,27 @@ def top_labels(logits: np.ndarray, labels: list[str], top_k: int | None) -> list
 
 class Pipeline:
     task = ""
+    manifest: AnyManifest
 
     def __init__(self, engine_dir: str | Path, backend: str = "auto", num_threads: int = 0,
-                 load_engine: bool = True):
+                 load_engine: bool = True, precision: str = "auto"):
         self.dir = Path(engine_dir)
         self.manifest = read_manifest(self.dir)
-        self.engine = None
+        self.engine: Any = None
         if load_engine:
-            self._open(backend, num_threads)
+            self._open(backend, num_threads, precision)
 
-    def _open(self, backend: str, num_threads: int) -> None:
+    def _open(self, backend: str, num_threads: int, precision: str) -> None:
         from .runtime import Engine
-        self.engine = Engine(self.dir, backend=backend, num_threads=num_threads)
+        self.engine = Engine(self.dir, backend=backend, num_threads=num_threads, precision=precision)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def batch_max(self) -> int:
+        return self.manifest.dims["batch"].max
 
     @property
     def backend(self) -> str | None:
@@ -45,16 +61,7 @@ class Pipeline:
 
     @property
     def random_weights_note(self) -> str | None:
-        if self.manifest.get("weights", "real") == "real":
-            return None
-        if self.manifest.get("weights") == "random":
-            return (f"{self.manifest['name']} has random weights (every tensor seeded, real sizes): its "
-                    "answers show the path works, they carry no meaning. Build with "
-                    "`kiln build RECIPE --checkpoint HF_DIR` for real answers.")
-        keys = self.manifest.get("random_keys", [])
-        return (f"{self.manifest['name']} has a randomly initialised head ({len(keys)} tensors, "
-                "seeded): its answers show the path works, they carry no meaning. Build with "
-                "`kiln build RECIPE --checkpoint FINE_TUNED_DIR` for real answers.")
+        return self.manifest.random_weights_note
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.engine is None:
@@ -65,19 +72,76 @@ class Pipeline:
         feed, ctx = self.preprocess(*args, **kwargs)
         return self.postprocess(self.run(feed), ctx)
 
+    def _check_batch(self, count: int, what: str) -> None:
+        if count > self.batch_max:
+            raise InputValueError(f"{self.name}: {count} {what}, the engine takes at most {self.batch_max} per "
+                                  "call (dims.batch.max); split the batch")
+
     # subclasses: preprocess(...) -> (feed, ctx); postprocess(outputs, ctx) -> answer
+    def preprocess(self, *args, **kwargs) -> tuple[dict[str, np.ndarray], dict]:
+        raise NotImplementedError
+
+    def postprocess(self, outputs: dict[str, np.ndarray], ctx: dict, **kwargs) -> Any:
+        raise NotImplementedError
+
     def parity_samples(self) -> list:
         raise NotImplementedError
 
-    def random_feed(self, seed: int = 0) -> dict[str, np.ndarray]:
-        """Random valid inputs at the opt sizes (batch 3 where allowed), for parity."""
-        from . import registry
-        dims = self.manifest["dims"]
-        sizes = {name: r["opt"] for name, r in dims.items()}
-        if "batch" in dims:
-            sizes["batch"] = max(dims["batch"]["min"], min(3, dims["batch"]["max"]))
-        entry = registry.get(self.manifest["family"], self.manifest["task"])
-        return entry.make_example(self.manifest["config"], sizes, seed)
+    # --- `kiln run` -------------------------------------------------------------------------
+    def cli_answers(self, inputs: list[str], args: Any) -> list:
+        """The answers for the command line's inputs (options from the parsed arguments)."""
+        if not inputs:
+            raise InvalidArgumentError(f"{self.task} needs at least one input (as an argument or on standard input)")
+        return self(inputs)
+
+    def show(self, inputs: list[str], answers: list, say: Say) -> None:
+        """Print the answers for a person (inputs, labels and words are data, never markup)."""
+        from rich.markup import escape
+        for text, answer in zip(inputs, answers):
+            say(f"[bold]{escape(text)}[/]")
+            say(f"  {escape(str(answer))}")
+
+    def answers_json(self, inputs: list[str], answers: list) -> dict:
+        return {"results": answers}
+
+    def cli(self, inputs: list[str], args: Any, console: Any) -> int:
+        """`kiln run ENGINE INPUTS...`: the answers, shown or as JSON."""
+        t = time.perf_counter()
+        answers = self.cli_answers(inputs, args)
+        ms = (time.perf_counter() - t) * 1e3
+        if args.json:
+            print(json.dumps({"engine": self.name, "task": self.task, "backend": self.backend,
+                              "weights": self.manifest.weights, "inputs": inputs,
+                              **self.answers_json(inputs, answers)}))
+            return 0
+        if self.random_weights_note:
+            console.print(f"[yellow]note:[/] {self.random_weights_note}")
+        console.print(f"[dim]{self.name} · {self.task} · C++ runtime backend {self.backend} · {ms:.1f} ms[/]")
+        self.show(inputs, answers, lambda line: console.print(line, soft_wrap=True))  # no folding inside an answer
+        return 0
+
+
+def _show_labels(inputs: list[str], answers: list, say: Say) -> None:
+    from rich.markup import escape
+    for text, result in zip(inputs, answers):
+        say(f"[bold]{escape(text)}[/]")
+        for r in result:
+            say(f"  {escape(r['label']):<12} {r['score']:.4f}")
+
+
+class _Classification:
+    """`kiln run --top-k K` for the classification pipelines: the K best labels."""
+
+    def cli_answers(self, inputs: list[str], args: Any) -> list:
+        if not inputs:
+            raise InvalidArgumentError(f"{self.task} needs at least one input (as an argument or on standard input)")  # type: ignore[attr-defined]
+        if args.top_k is not None and args.top_k < 1:
+            raise InvalidArgumentError(f"--top-k {args.top_k}: expected a number of labels >= 1")
+        feed, ctx = self.preprocess(inputs)  # type: ignore[attr-defined]
+        return self.postprocess(self.run(feed), ctx, top_k=args.top_k or self.default_top_k)  # type: ignore[attr-defined]
+
+    def show(self, inputs: list[str], answers: list, say: Say) -> None:
+        _show_labels(inputs, answers, say)
 
 
 class TextPipeline(Pipeline):
@@ -85,26 +149,24 @@ class TextPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         from .processing.text import TextTokenizer
         self.tokenizer = TextTokenizer.from_dir(self.dir)
-        seq = self.manifest["dims"]["sequence"]
-        self.max_length = int(seq["max"])
-        self.min_length = int(seq["min"])
+        seq = self.manifest.dims["sequence"]
+        self.max_length = seq.max
+        self.min_length = seq.min
 
     def _texts(self, texts) -> list[str]:
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
         if not texts:
-            raise InputValueError(f"{self.manifest['name']}: no text given; expected one or more strings")
-        batch_max = self.manifest["dims"]["batch"]["max"]
-        if len(texts) > batch_max:
-            raise InputValueError(f"{self.manifest['name']}: {len(texts)} texts, the engine takes at "
-                                  f"most {batch_max} per call (dims.batch.max); split the batch")
+            raise InputValueError(f"{self.name}: no text given; expected one or more strings")
+        self._check_batch(len(texts), "texts")
         return texts
 
     def encode(self, texts, pairs=None, truncation: bool = False):
+        """The tokenised texts and the feed: the inputs this engine takes (a family without
+        token types, such as DistilBERT, gets none)."""
         enc = self.tokenizer.encode(texts, pairs, max_length=self.max_length, truncation=truncation)
-        return enc, {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask,
-                     "token_type_ids": enc.token_type_ids}
+        return enc, {name: enc.inputs()[name] for name in self.manifest.input_names}
 
     def preprocess(self, texts, truncation: bool = False):
         texts = self._texts(texts)
@@ -115,11 +177,12 @@ class TextPipeline(Pipeline):
         return [samples.SENTENCES[:4], samples.SENTENCES[4:5]]
 
 
-class TextClassificationPipeline(TextPipeline):
+class TextClassificationPipeline(_Classification, TextPipeline):
     task = "text-classification"
+    default_top_k = 1
 
     def postprocess(self, outputs, ctx, top_k: int | None = 1):
-        return top_labels(outputs["logits"], self.manifest["labels"], top_k)
+        return top_labels(outputs["logits"], self.manifest.labels, top_k)
 
 
 class TokenClassificationPipeline(TextPipeline):
@@ -131,10 +194,19 @@ class TokenClassificationPipeline(TextPipeline):
     def postprocess(self, outputs, ctx):
         from .processing.text import token_entities
         enc = ctx["encoding"]
-        labels = self.manifest["labels"]
+        labels = self.manifest.labels
         return [token_entities(outputs["logits"][i], labels, enc.offsets[i], text,
                                special_mask=enc.special_tokens_mask[i])
                 for i, text in enumerate(ctx["texts"])]
+
+    def show(self, inputs: list[str], answers: list, say: Say) -> None:
+        from rich.markup import escape
+        for text, result in zip(inputs, answers):
+            say(f"[bold]{escape(text)}[/]")
+            if not result:
+                say("  (no entities)")
+            for e in result:
+                say(f"  {escape(e['label']):<6} {escape(repr(e['word']))} \\[{e['start']}:{e['end']}] {e['score']:.3f}")
 
 
 class QuestionAnsweringPipeline(TextPipeline):
@@ -146,7 +218,7 @@ class QuestionAnsweringPipeline(TextPipeline):
             questions, contexts = [q for q, _ in pairs], [c for _, c in pairs]
         questions, contexts = self._texts(questions), self._texts(contexts)
         if len(questions) != len(contexts):
-            raise InputValueError(f"{self.manifest['name']}: {len(questions)} questions but "
+            raise InputValueError(f"{self.name}: {len(questions)} questions but "
                                   f"{len(contexts)} contexts; expected one context per question")
         enc, feed = self.encode(questions, contexts, truncation=truncation)
         return feed, {"questions": questions, "contexts": contexts, "encoding": enc}
@@ -161,6 +233,18 @@ class QuestionAnsweringPipeline(TextPipeline):
                              enc.offsets[i], ctx["contexts"][i], max_answer_len=max_answer_len)
                 for i in range(len(ctx["contexts"]))]
 
+    def cli_answers(self, inputs: list[str], args: Any) -> list:
+        if not args.question or not inputs:
+            raise InvalidArgumentError("question-answering needs --question QUESTION and one or more contexts")
+        return self([args.question] * len(inputs), inputs)
+
+    def show(self, inputs: list[str], answers: list, say: Say) -> None:
+        from rich.markup import escape
+        for text, result in zip(inputs, answers):
+            say(f"[bold]{escape(text)}[/]")
+            say(f"  answer: {escape(repr(result['answer']))} \\[{result['start']}:{result['end']}] "
+                f"score {result['score']:.4f}")
+
 
 class FeatureExtractionPipeline(TextPipeline):
     task = "feature-extraction"
@@ -170,10 +254,35 @@ class FeatureExtractionPipeline(TextPipeline):
 
     def similarity(self, query: str, documents: list[str]) -> list[tuple[float, str]]:
         """Documents ranked by cosine similarity to the query, best first."""
+        from .processing.text import cosine
         emb = self([query, *documents])
-        emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
-        scores = emb[1:] @ emb[0]
+        scores = cosine(emb[1:], emb[0])
         return sorted(zip(scores.tolist(), documents), key=lambda x: -x[0])
+
+    def answers_json(self, inputs: list[str], answers: Any) -> dict:
+        from .processing.text import cosine
+        emb = np.asarray(answers)
+        return {"embeddings": emb.tolist(), "cosine": np.atleast_2d(cosine(emb, emb)).tolist()}
+
+    def show(self, inputs: list[str], answers: Any, say: Say) -> None:
+        from rich.markup import escape
+        from rich.table import Table
+
+        from .processing.text import cosine
+        from .term import make_console
+        emb = np.asarray(answers)
+        for i, text in enumerate(inputs):
+            say(f"\\[{i}] {escape(repr(text))}: dim {emb.shape[1]}, norm {np.linalg.norm(emb[i]):.4f}, "
+                "first values [" + ", ".join(f"{v:+.4f}" for v in emb[i, :4]) + ", ...]")
+        if len(inputs) > 1:
+            sims = np.atleast_2d(cosine(emb, emb))
+            table = Table(title="cosine similarity")
+            table.add_column("")
+            for i in range(len(inputs)):
+                table.add_column(f"[{i}]")
+            for i in range(len(inputs)):
+                table.add_row(f"[{i}]", *[f"{sims[i, j]:.3f}" for j in range(len(inputs))])
+            make_console().print(table)
 
 
 class FillMaskPipeline(TextPipeline):
@@ -187,7 +296,7 @@ class FillMaskPipeline(TextPipeline):
         for i in range(len(ctx["texts"])):
             positions = np.flatnonzero(enc.input_ids[i] == mask_id)
             if positions.size == 0:
-                raise InputValueError(f"{self.manifest['name']}: text {i} has no "
+                raise InputValueError(f"{self.name}: text {i} has no "
                                       f"{self.tokenizer.mask_token} token to fill")
             row = []
             for p in positions:
@@ -198,19 +307,28 @@ class FillMaskPipeline(TextPipeline):
             results.append(row)
         return results
 
+    def show(self, inputs: list[str], answers: list, say: Say) -> None:
+        from rich.markup import escape
+        for text, masks in zip(inputs, answers):
+            say(f"[bold]{escape(text)}[/]")
+            for k, candidates in enumerate(masks):
+                best = ", ".join(f"{escape(repr(c['token']))} {c['score']:.3f}" for c in candidates)
+                say(f"  mask {k}: {best}")
 
-class ImageClassificationPipeline(Pipeline):
+
+class ImageClassificationPipeline(_Classification, Pipeline):
     """Images (paths, bytes, PIL images, HxWxC uint8 arrays) -> top-k [{"label", "score"}] each,
     pre-processed as the engine's preprocessor_config.json says (kiln.processing.image)."""
 
     task = "image-classification"
+    default_top_k = 5
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         from .processing.image import ImageProcessor
         self.processor = ImageProcessor.from_dir(self.dir)
-        spec = next(s for s in self.manifest["inputs"] if s["name"] == "pixel_values")
-        expected = tuple(spec["shape"][2:])
+        spec = next(s for s in self.manifest.inputs if s.name == "pixel_values")
+        expected = tuple(spec.shape[2:])
         if self.processor.output_size != expected:
             raise InvalidArgumentError(
                 f"{self.dir}: preprocessor_config.json makes {self.processor.output_size[0]}x"
@@ -219,14 +337,11 @@ class ImageClassificationPipeline(Pipeline):
     def preprocess(self, images):
         if not isinstance(images, (list, tuple)):
             images = [images]
-        batch_max = self.manifest["dims"]["batch"]["max"]
-        if len(images) > batch_max:
-            raise InputValueError(f"{self.manifest['name']}: {len(images)} images, the engine takes at "
-                                  f"most {batch_max} per call (dims.batch.max); split the batch")
+        self._check_batch(len(images), "images")
         return {"pixel_values": self.processor(images)}, {"count": len(images)}
 
     def postprocess(self, outputs, ctx, top_k: int | None = 5):
-        return top_labels(outputs["logits"], self.manifest["labels"], top_k)
+        return top_labels(outputs["logits"], self.manifest.labels, top_k)
 
     def parity_samples(self) -> list:
         photos = samples.photos()
@@ -242,17 +357,14 @@ class AudioPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         from .processing.audio import AudioProcessor
         self.processor = AudioProcessor.from_dir(self.dir)
-        samples_dim = self.manifest["dims"]["samples"]
-        self.min_samples, self.max_samples = int(samples_dim["min"]), int(samples_dim["max"])
+        samples_dim = self.manifest.dims["samples"]
+        self.min_samples, self.max_samples = samples_dim.min, samples_dim.max
 
     def preprocess(self, audio):
         if isinstance(audio, (str, Path, tuple)) or (isinstance(audio, np.ndarray) and audio.ndim == 1):
             audio = [audio]
         audio = list(audio)
-        batch_max = self.manifest["dims"]["batch"]["max"]
-        if len(audio) > batch_max:
-            raise InputValueError(f"{self.manifest['name']}: {len(audio)} audio inputs, the engine takes "
-                                  f"at most {batch_max} per call (dims.batch.max); split the batch")
+        self._check_batch(len(audio), "audio inputs")
         batch = self.processor(audio, min_samples=self.min_samples, max_samples=self.max_samples)
         return batch.feed(), {"lengths": batch.lengths}
 
@@ -273,17 +385,24 @@ class SpeechRecognitionPipeline(AudioPipeline):
 
     def postprocess(self, outputs, ctx) -> list[str]:
         from .processing.ctc import frame_lengths
-        config = self.manifest["config"]
+        config = self.manifest.config
         logits = outputs["logits"]
         frames = frame_lengths(ctx["lengths"], config["conv_kernel"], config["conv_stride"])
         return [self.decoder.decode(logits[i, :n]) for i, n in enumerate(frames)]
 
+    def show(self, inputs: list[str], answers: list, say: Say) -> None:
+        from rich.markup import escape
+        for name, text in zip(inputs, answers):
+            say(f"[bold]{escape(name)}[/]")
+            say(f"  transcript: {escape(repr(text))}")
 
-class AudioClassificationPipeline(AudioPipeline):
+
+class AudioClassificationPipeline(_Classification, AudioPipeline):
     task = "audio-classification"
+    default_top_k = 5
 
     def postprocess(self, outputs, ctx, top_k: int | None = 5):
-        return top_labels(outputs["logits"], self.manifest["labels"], top_k)
+        return top_labels(outputs["logits"], self.manifest.labels, top_k)
 
 
 class TextGenerationPipeline(Pipeline):
@@ -291,16 +410,18 @@ class TextGenerationPipeline(Pipeline):
     decoder graph, and encoder graph for BART). Streams text as tokens arrive."""
     task = "text-generation"
 
+    manifest: GenerationManifest
+
     def __init__(self, engine_dir: str | Path, backend: str = "auto", num_threads: int = 0,
-                 load_engine: bool = True):
+                 load_engine: bool = True, precision: str = "auto"):
         from .processing.bpe import BPETokenizer
-        self.generator = None
-        super().__init__(engine_dir, backend, num_threads, load_engine)
+        self.generator: Any = None
+        super().__init__(engine_dir, backend, num_threads, load_engine, precision)
         self.tokenizer = BPETokenizer.from_dir(self.dir)
 
-    def _open(self, backend: str, num_threads: int) -> None:
+    def _open(self, backend: str, num_threads: int, precision: str) -> None:
         from .runtime import Generator
-        self.generator = Generator(self.dir, backend=backend, num_threads=num_threads)
+        self.generator = Generator(self.dir, backend=backend, num_threads=num_threads, precision=precision)
 
     @property
     def backend(self) -> str | None:
@@ -338,6 +459,54 @@ class TextGenerationPipeline(Pipeline):
         self.last_result = result
         return out
 
+    def cli(self, inputs: list[str], args: Any, console: Any) -> int:
+        """Prompts one at a time, the text streamed as it is generated (beam search prints the
+        best beam when it is done)."""
+        from rich.markup import escape
+        if not inputs:
+            raise InvalidArgumentError(f"{self.task} needs at least one prompt (as an argument or on standard input)")
+        options = generation_options(args)
+        if self.random_weights_note and not args.json:
+            console.print(f"[yellow]note:[/] {self.random_weights_note}")
+        results = []
+        for text in inputs:
+            if not args.json:
+                console.print(f"[bold]{escape(text)}[/]")
+            streamed: list[str] = []
+
+            def on_text(row: int, piece: str) -> None:
+                streamed.append(piece)
+                if not args.json:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+            out = self([text], on_text=on_text, **options)[0]
+            timings = self.last_result.timings
+            ttft = timings["time_to_first_token_ms"]
+            rate = len(out["tokens"]) / max(timings["total_ms"] / 1e3, 1e-9)
+            if not args.json:
+                if not streamed:  # beam search: the best sequence comes at the end
+                    sys.stdout.write(out["text"])
+                sys.stdout.write("\n")
+                console.print(f"[dim]{self.name} · {self.task} · kiln::Generator on {self.backend} · "
+                              f"{len(out['tokens'])} tokens · first token {ttft:.0f} ms · {rate:.1f} tokens/s[/]")
+            results.append({"input": text, **out, "time_to_first_token_ms": ttft, "tokens_per_second": rate})
+        if args.json:
+            print(json.dumps({"engine": self.name, "task": self.task, "backend": self.backend,
+                              "weights": self.manifest.weights, "options": options, "results": results}))
+        return 0
+
+
+def generation_options(args: Any) -> dict:
+    """generate()'s options from `kiln run`'s arguments (unset ones keep the engine's defaults)."""
+    options = {"max_new_tokens": args.max_new_tokens, "min_new_tokens": args.min_new_tokens,
+               "num_beams": args.num_beams, "temperature": args.temperature,
+               "top_k": args.top_k, "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
+               "no_repeat_ngram_size": args.no_repeat_ngram_size, "length_penalty": args.length_penalty}
+    options = {k: v for k, v in options.items() if v is not None}
+    if args.do_sample:
+        options.update(do_sample=True, seed=args.seed)
+    return options
+
 
 class Text2TextGenerationPipeline(TextGenerationPipeline):
     task = "summarization"
@@ -357,10 +526,11 @@ PIPELINES: dict[str, type[Pipeline]] = {
 
 
 def pipeline(engine_dir: str | Path, backend: str = "auto", num_threads: int = 0,
-             load_engine: bool = True) -> Pipeline:
+             load_engine: bool = True, precision: str = "auto") -> Pipeline:
     """The task pipeline for an engine directory (the task is read from its manifest)."""
-    task = read_manifest(engine_dir)["task"]
+    task = read_manifest(engine_dir).task
     if task not in PIPELINES:
         raise InvalidArgumentError(f"{engine_dir}: no pipeline for task {task!r}; "
                                    f"known: {sorted(PIPELINES)}")
-    return PIPELINES[task](engine_dir, backend=backend, num_threads=num_threads, load_engine=load_engine)
+    return PIPELINES[task](engine_dir, backend=backend, num_threads=num_threads, load_engine=load_engine,
+                           precision=precision)

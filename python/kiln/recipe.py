@@ -1,14 +1,26 @@
-"""Export recipes: export/<name>.toml, one per deployable."""
+"""Export recipes: export/<name>.toml, one per deployable, or a checkpoint directory alone.
+
+A recipe names the deployable (family, task), the checkpoint, and what differs from the
+deployable's defaults: dims, tolerances, task options, labels for a random head, generation
+settings. `Recipe.for_checkpoint(dir)` is the recipe of a Hugging Face checkpoint built as it is
+(`kiln build --checkpoint DIR`): the family from config.json's model_type, the task from its
+architectures, every dim at the deployable's defaults.
+"""
+
 from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import registry
+from .deploy import Deployable
 from .errors import InvalidArgumentError
+from .manifest import DimRange, Tolerance, Tolerances
 
 FORMATS = ("torchscript", "onnx", "aoti", "tensorrt")  # tensorrt: built from the onnx artifact
+DEFAULT_FORMATS = ["torchscript", "onnx", "aoti"]
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "export"
 
 
@@ -23,20 +35,75 @@ class Recipe:
     random_weights: bool = False  # checkpoint is a config-only dir: every weight drawn from `seed`
     seed: int = 0
     labels: list[str] | None = None
-    formats: list[str] = field(default_factory=lambda: ["torchscript", "onnx", "aoti"])
-    dims: dict[str, registry.DimRange] = field(default_factory=dict)
-    task_options: dict = field(default_factory=dict)
-    # generation deployables: generation_config.json settings the engine defaults to
-    # (overrides the checkpoint's), and the BPE vocabulary to ship when the checkpoint has
-    # none: a directory under $KILN_CACHE/tokenizers ("gpt2", "bart"; fetched by make setup)
-    generation: dict = field(default_factory=dict)
+    formats: list[str] = field(default_factory=lambda: list(DEFAULT_FORMATS))
+    dims: dict[str, DimRange] = field(default_factory=dict)
+    task_options: dict[str, Any] = field(default_factory=dict)
+    # generation deployables: generation_config.json settings the engine defaults to (over the
+    # checkpoint's)
+    generation: dict[str, Any] = field(default_factory=dict)
+    # the tokenizer to ship when the checkpoint has none: a directory fetched by make setup into
+    # $KILN_CACHE/tokenizers (a BPE vocabulary; generation families name theirs) or the name of a
+    # fetched checkpoint whose tokenizer files to use ("all-MiniLM-L6-v2": BERT's uncased WordPiece)
     tokenizer: str | None = None
-    tolerances: dict[str, dict[str, registry.Tolerance]] = field(default_factory=dict)
+    tolerances: Tolerances = field(default_factory=dict)  # precision -> output -> tolerance, over the graphs'
     path: Path | None = None
 
     @property
-    def entry(self) -> registry.TaskEntry:
+    def deployable(self) -> Deployable:
         return registry.get(self.family, self.task)
+
+    def __post_init__(self) -> None:
+        d = self.deployable
+        self.dims = {**d.dims, **self.dims}
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown:
+            raise InvalidArgumentError(f"recipe {self.name}: unknown format(s) {unknown}; expected some of {list(FORMATS)}")
+        bad = [k for k in self.task_options if k not in d.options]
+        if bad:
+            raise InvalidArgumentError(
+                f"recipe {self.name}: task option(s) {bad} are not among {list(d.options)} for {d.name}"
+            )
+
+    def with_dims(self, overrides: dict[str, DimRange]) -> Recipe:
+        """The recipe with some dims replaced (`kiln build --dims`)."""
+        unknown = sorted(set(overrides) - set(self.dims))
+        if unknown:
+            raise InvalidArgumentError(
+                f"--dims {unknown}: not dims of {self.deployable.name}; its dims are {', '.join(self.dims)}"
+            )
+        self.dims = {**self.dims, **{n: DimRange(r.min, r.opt, r.max, self.dims[n].sum) for n, r in overrides.items()}}
+        return self
+
+    def graph_tolerances(self, graph_tolerances: Tolerances, outputs: list[str]) -> Tolerances:
+        """A graph's tolerance table with the recipe's entries for its outputs laid over it."""
+        table = {p: dict(outs) for p, outs in graph_tolerances.items()}
+        for precision, outs in self.tolerances.items():
+            for out, tol in outs.items():
+                if out in outputs:
+                    table.setdefault(precision, {})[out] = tol
+        return table
+
+    @classmethod
+    def for_checkpoint(cls, checkpoint: str | Path, task: str | None = None) -> Recipe:
+        """A checkpoint directory built as it is: the deployable from its config.json."""
+        from .checkpoint import read_config_dict
+
+        path = Path(checkpoint)
+        d = registry.for_checkpoint(read_config_dict(path), task)
+        return cls(name=f"{path.resolve().name}-{d.task}", family=d.family, task=d.task, checkpoint=str(path),
+                   description=f"{d.name} from the checkpoint {path}")
+
+
+def parse_dims(specs: list[str]) -> dict[str, DimRange]:
+    """`--dims sequence=1:128:384 batch=1:1:8` -> {name: DimRange}."""
+    out = {}
+    for spec in specs:
+        name, _, value = spec.partition("=")
+        parts = value.split(":")
+        if not name or len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+            raise InvalidArgumentError(f"--dims {spec!r}: expected NAME=MIN:OPT:MAX with integers, e.g. sequence=2:128:384")
+        out[name] = DimRange(*(int(p) for p in parts))
+    return out
 
 
 def find_recipe(ref: str | Path) -> Path:
@@ -55,36 +122,34 @@ def load_recipe(ref: str | Path) -> Recipe:
     path = find_recipe(ref)
     try:
         data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise InvalidArgumentError(f"recipe {path}: not valid TOML ({e})") from None
     missing = [k for k in ("name", "family", "task", "checkpoint") if k not in data]
     if missing:
         raise InvalidArgumentError(f"recipe {path}: missing key(s) {', '.join(missing)}")
-    entry = registry.get(data["family"], data["task"])
-    dims = dict(entry.dims)
+    d = registry.get(data["family"], data["task"])
+    dims = {}
     for name, rng in data.pop("dims", {}).items():
-        if name not in dims:
-            raise InvalidArgumentError(f"recipe {path}: [dims] {name!r} is not a dim of "
-                                       f"{entry.family}/{entry.task}; expected one of {sorted(dims)}")
-        dims[name] = registry.DimRange(rng["min"], rng["opt"], rng["max"])
-    tolerances = {p: dict(t) for p, t in entry.tolerances.items()}
+        if name not in d.dims:
+            raise InvalidArgumentError(
+                f"recipe {path}: [dims] {name!r} is not a dim of {d.name}; expected one of {sorted(d.dims)}"
+            )
+        try:
+            lo, opt, hi = int(rng["min"]), int(rng["opt"]), int(rng["max"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidArgumentError(f"recipe {path}: [dims.{name}] needs integer min, opt and max ({e})") from None
+        dims[name] = DimRange(lo, opt, hi, d.dims[name].sum)
+    tolerances: Tolerances = {}
     for precision, outs in data.pop("tolerances", {}).items():
         for out, tol in outs.items():
-            tolerances.setdefault(precision, {})[out] = registry.Tolerance(
-                tol["atol"], tol["rtol"], tol.get("why", "set by the recipe"))
-    formats = data.pop("formats", ["torchscript", "onnx", "aoti"])
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        raise InvalidArgumentError(f"recipe {path}: unknown format(s) {unknown}; expected {list(FORMATS)}")
-    for key in data.get("task_options", {}):
-        if key not in entry.model_options:
-            raise InvalidArgumentError(f"recipe {path}: task option {key!r} is not one of "
-                                       f"{list(entry.model_options)} for {entry.family}/{entry.task}")
-    known = {f for f in Recipe.__dataclass_fields__} - {"dims", "tolerances", "formats", "path"}
+            tolerances.setdefault(precision, {})[out] = Tolerance(
+                float(tol["atol"]), float(tol["rtol"]), tol.get("why", "set by the recipe")
+            )
+    known = set(Recipe.__dataclass_fields__) - {"dims", "tolerances", "path"}
     extra = sorted(set(data) - known)
     if extra:
         raise InvalidArgumentError(f"recipe {path}: unknown key(s) {extra}")
-    return Recipe(**data, dims=dims, tolerances=tolerances, formats=formats, path=path)
+    return Recipe(**data, dims=dims, tolerances=tolerances, path=path)
 
 
 def all_recipes() -> list[Path]:

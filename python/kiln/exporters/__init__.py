@@ -1,59 +1,74 @@
 """`kiln build`: a recipe and a checkpoint -> engines/<name>/ with manifest and artifacts.
 
-The directory is written under a temporary name beside its destination and renamed when
-complete, so a failed build never leaves a directory that looks valid.
+A deployable of one graph becomes an engine directory; a generation deployable becomes a
+directory of graph subdirectories (each an engine directory) under a generation manifest. The
+directory is written under a temporary name beside its destination and renamed when complete,
+so a failed build never leaves a directory that looks valid.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import torch
 
 from .. import __version__
+from ..deploy import Deployable, Graph
 from ..errors import InvalidArgumentError, KilnError
+from ..manifest import ARTIFACT_FILES, AnyManifest, Artifact, DimRange, GenerationManifest, Manifest, Source
 from ..paths import resolve_checkpoint
 from ..recipe import FORMATS, Recipe
-from .manifest import ARTIFACT_FILES, FORMAT_VERSION, artifact_entry, write_manifest
 
 ENGINES_DIR = Path("engines")
-PROCESSING_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                    "vocab.txt", "preprocessor_config.json", "vocab.json", "merges.txt",
-                    "generation_config.json")
+PROCESSING_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "preprocessor_config.json",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+)
+Progress = Callable[[str], None]
 
 
 @dataclass
 class BuildResult:
     path: Path
-    manifest: dict
+    manifest: AnyManifest
     seconds: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    clamped: dict[str, str] = field(default_factory=dict)  # dim -> what was lowered to the model's limit
 
 
-def load_recipe_model(recipe: Recipe, checkpoint: str | Path | None = None):
-    """The eager kiln model a recipe describes, its checkpoint dir and which weights are random."""
-    from ..checkpoint import load_model
+def load_recipe_model(recipe: Recipe, checkpoint: str | Path | None = None) -> tuple[Any, Path]:
+    """The eager kiln model a recipe describes and its checkpoint dir; `model.random_weights`
+    says whether every weight was drawn from the seed."""
+    from ..checkpoint import load_model, random_checkpoint
 
-    entry = recipe.entry
-    ref = checkpoint or recipe.checkpoint
+    d = recipe.deployable
+    ref: str | Path = checkpoint or recipe.checkpoint
     if checkpoint is None and recipe.path is not None and (recipe.path.parent / recipe.checkpoint).is_dir():
         ref = recipe.path.parent / recipe.checkpoint  # a config committed beside the recipe
     ckpt = resolve_checkpoint(ref)
-    random_weights = bool(getattr(recipe, "random_weights", False)) and checkpoint is None
+    random_weights = recipe.random_weights and checkpoint is None
     if random_weights:  # a config-only directory: every weight initialised from the seed
-        from ..checkpoint import random_checkpoint
-        ckpt = random_checkpoint(entry.model_cls(), ckpt, seed=recipe.seed)
+        ckpt = random_checkpoint(d.model, ckpt, seed=recipe.seed)
     overrides = {}
-    if recipe.labels and entry.has_labels and checkpoint is None:
+    if recipe.labels and d.labels and checkpoint is None:
         # the recipe's labels name its own random head; a checkpoint given with --checkpoint
         # brings its labels in its config.json (id2label)
         overrides["id2label"] = {str(i): label for i, label in enumerate(recipe.labels)}
-    model = load_model(entry.model_cls(), ckpt, random_head=recipe.random_head, seed=recipe.seed,
+    model = load_model(d.model, ckpt, random_head=recipe.random_head, seed=recipe.seed,
                        config_overrides=overrides, **recipe.task_options)
     model.random_weights = random_weights
     model.eval()
@@ -61,67 +76,74 @@ def load_recipe_model(recipe: Recipe, checkpoint: str | Path | None = None):
 
 
 class FlatOutputs(torch.nn.Module):
-    """The model with its outputs as a plain tuple, in the registry's output order.
+    """One graph of a model: the model method it exports, outputs as a plain tuple.
 
     export: NamedTuple outputs would need pytree registration for AOTInductor packaging and
     come back as tuples from TorchScript anyway; every artifact gets the same flat signature.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, method: str = "forward"):
         super().__init__()
         self.model = model
+        self.method = method
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(*args)
+        out = getattr(self.model, self.method)(*args)
         return (out,) if isinstance(out, torch.Tensor) else tuple(out)
 
 
-def dynamic_shapes(recipe: Recipe, config=None, entry=None) -> tuple[dict, ...]:
-    """torch.export dynamic shapes for the recipe's symbolic dims, one per positional input in
-    registry order (one Dim object per name, so inputs sharing a dim are tied together),
-    nested once for FlatOutputs.forward(*args). `entry`: a graph of the recipe's entry."""
-    entry = entry or recipe.entry
-    dims = {name: torch.export.Dim.AUTO if name in entry.derived_dims else torch.export.Dim(name, min=r.min, max=r.max)
-            for name, r in recipe.dims.items()}
-    return (tuple({axis: dims[d] for axis, d in enumerate(spec.shape) if isinstance(d, str)}
-                  for spec in entry.input_specs(config)),)
+def graph_module(graph: Graph, model: torch.nn.Module) -> torch.nn.Module:
+    """The module exported for one graph of a deployable."""
+    return FlatOutputs(model, graph.method).eval()
 
 
-def example_inputs(recipe: Recipe, config, batch: int = 2, seed: int = 0, entry=None) -> dict[str, torch.Tensor]:
-    """Valid random inputs inside the recipe's ranges, for tracing and export: batch 2 and
-    every other dim at min(max(min, 16), max) (torch.export specialises example dims of 1)."""
-    sizes = {name: min(max(r.min, 16), r.max) for name, r in recipe.dims.items()}
-    if "batch" in sizes:
-        sizes["batch"] = min(max(batch, recipe.dims["batch"].min), recipe.dims["batch"].max)
-    feed = (entry or recipe.entry).make_example(config.to_dict(), sizes, seed)
-    return {name: torch.from_numpy(value) for name, value in feed.items()}
+def dynamic_shapes(graph: Graph, config: Any, dims: dict[str, DimRange]) -> tuple[dict, ...]:
+    """torch.export dynamic shapes for the graph's symbolic dims, one per positional input (one
+    Dim object per name, so inputs sharing a dim are tied together), nested once for
+    FlatOutputs.forward(*args). A derived dim (total = past + new) is Dim.AUTO: torch.export
+    derives it from the graph instead of checking an independent range."""
+    objs = {
+        name: torch.export.Dim.AUTO if r.sum else torch.export.Dim(name, min=r.min, max=r.max)
+        for name, r in dims.items()
+    }
+    return (tuple({axis: objs[d] for axis, d in enumerate(spec.shape) if isinstance(d, str)}
+                  for spec in graph.input_specs(config)),)
 
 
-def graph_module(entry, model: torch.nn.Module) -> torch.nn.Module:
-    """The module exported for one registry entry: the model itself, or its graph wrapper."""
-    return FlatOutputs(entry.wrapper_cls()(model) if entry.wrapper else model).eval()
+def example_sizes(dims: dict[str, DimRange], batch: int = 2) -> dict[str, int]:
+    """Export sizes inside the ranges: batch 2 (an example batch of 1 would specialise the dim)
+    and every other dim at min(max(min, 16), max); a derived dim is the sum of its terms."""
+    sizes = {name: min(max(r.min, 16), r.max) for name, r in dims.items() if not r.sum}
+    if "batch" in dims:
+        sizes["batch"] = min(max(batch, dims["batch"].min), dims["batch"].max)
+    for name, r in dims.items():
+        if r.sum:
+            sizes[name] = sum(sizes[t] for t in r.sum)
+    return sizes
 
 
-def _check_dims_against_model(recipe: Recipe, config) -> None:
-    for name, limit in recipe.entry.dim_limits(config).items():
-        if recipe.dims[name].max > limit:
-            raise InvalidArgumentError(
-                f"recipe {recipe.name}: dim {name!r} max {recipe.dims[name].max} exceeds the "
-                f"model's limit {limit}; lower [dims] {name}.max in {recipe.path}")
+def clamp_dims(d: Deployable, dims: dict[str, DimRange], config: Any) -> tuple[dict[str, DimRange], dict[str, str]]:
+    """The dims with each max lowered to the model's own limit (positions, ...), and what changed."""
+    out, clamped = dict(dims), {}
+    for name, limit in d.limits(config).items():
+        if name in out and out[name].max > limit:
+            clamped[name] = f"{name} max {out[name].max} -> {limit} (the checkpoint's limit)"
+            out[name] = out[name].clamp(limit)
+    return out, clamped
 
 
-def _export_graph(entry, module: torch.nn.Module, recipe: Recipe, config, out: Path, formats: list[str],
-                  precisions: list[str], version_compatible: bool, previous: Path | None,
-                  progress: Callable[[str], None]) -> tuple[list[dict], dict[str, str], dict[str, float]]:
-    """Every requested format of one graph into `out`: (artifact entries, skipped, seconds)."""
-    example = example_inputs(recipe, config, entry=entry)
-    input_specs = entry.input_specs(config)
-    args = tuple(example[s.name] for s in input_specs)
+def _export_graph(graph: Graph, module: torch.nn.Module, config: Any, dims: dict[str, DimRange], out: Path,
+                  formats: list[str], precisions: list[str], version_compatible: bool, previous: Path | None,
+                  progress: Progress) -> tuple[list[Artifact], dict[str, str], dict[str, float]]:
+    """Every requested format of one graph into `out`: (artifacts, skipped, seconds)."""
+    example = graph.make_example(config, example_sizes(dims))
+    input_specs = graph.input_specs(config)
+    args = tuple(torch.from_numpy(example[s.name]) for s in input_specs)
     input_names = [s.name for s in input_specs]
-    output_names = [s.name for s in entry.outputs(config)]
-    shapes = dynamic_shapes(recipe, config, entry)
-    label = f"{entry.graph} " if entry.graph else ""
-    artifacts: list[dict] = []
+    output_names = [s.name for s in graph.output_specs(config)]
+    shapes = dynamic_shapes(graph, config, dims)
+    label = f"{graph.name} " if graph.name != "model" else ""
+    artifacts: list[Artifact] = []
     skipped: dict[str, str] = {}
     seconds: dict[str, float] = {}
     versions = {"torch": torch.__version__}
@@ -132,25 +154,28 @@ def _export_graph(entry, module: torch.nn.Module, recipe: Recipe, config, out: P
         file = ARTIFACT_FILES.get(fmt, "")
         if fmt == "torchscript":
             from .torchscript import export_torchscript
+
             export_torchscript(module, args, out / file)
-            artifacts.append(artifact_entry(out, fmt, file, precision="fp32", device="cpu", versions=versions))
+            artifacts.append(Artifact.of(out, fmt, file, device="cpu", versions=versions))
         elif fmt == "onnx":
             import onnx
 
             from .onnx import OPSET, export_onnx
+
             export_onnx(module, args, out / file, input_names, output_names, shapes)
-            artifacts.append(artifact_entry(out, fmt, file, precision="fp32", opset=OPSET,
-                                            versions={**versions, "onnx": onnx.__version__}))
+            artifacts.append(Artifact.of(out, fmt, file, opset=OPSET, versions={**versions, "onnx": onnx.__version__}))
         elif fmt == "aoti":
             from .aoti import export_aoti
+
             export_aoti(module, args, out / file, shapes)
-            artifacts.append(artifact_entry(out, fmt, file, precision="fp32", device="cpu", versions=versions))
+            artifacts.append(Artifact.of(out, fmt, file, device="cpu", versions=versions))
         elif fmt == "tensorrt":
             from .tensorrt import build_tensorrt
-            used = {d for spec in input_specs for d in spec.shape if isinstance(d, str)}
-            dims = {n: r.to_json() for n, r in recipe.dims.items() if n in used}
-            plans, why = build_tensorrt(out, ARTIFACT_FILES["onnx"], [s.to_json() for s in input_specs], dims,
-                                        precisions, version_compatible, previous, progress)
+
+            used = set(graph.used_dims(config))
+            plans, why = build_tensorrt(out, ARTIFACT_FILES["onnx"], list(input_specs),
+                                        {n: r for n, r in dims.items() if n in used}, precisions,
+                                        version_compatible, previous, progress)
             if why:
                 skipped[fmt] = why
                 progress(f"  tensorrt: skipped: {why}")
@@ -163,35 +188,40 @@ def _export_graph(entry, module: torch.nn.Module, recipe: Recipe, config, out: P
     return artifacts, skipped, seconds
 
 
-def _copy_processing(recipe: Recipe, ckpt: Path, out: Path) -> dict:
-    """Tokenizer / preprocessor files from the checkpoint (else the recipe's named BPE vocabulary)."""
-    processing: dict = {}
+def _copy_processing(d: Deployable, recipe: Recipe, ckpt: Path, out: Path) -> dict:
+    """Tokenizer / preprocessor files from the checkpoint; where it has no tokenizer, those of the
+    recipe's `tokenizer` (or the family's BPE vocabulary): a directory fetched by `make setup`
+    into $KILN_CACHE/tokenizers, or a fetched checkpoint's ($KILN_CACHE/checkpoints)."""
+    processing: dict[str, Any] = {}
     sources = [ckpt]
-    if recipe.tokenizer:
+    named = recipe.tokenizer or (d.generation.tokenizer if d.generation else None)
+    if named and not any((ckpt / f).is_file() for f in ("tokenizer.json", "vocab.json", "vocab.txt")):
         from ..paths import cache_dir
-        named = cache_dir() / "tokenizers" / recipe.tokenizer
-        if not (named / "tokenizer.json").is_file():
-            raise InvalidArgumentError(f"recipe {recipe.name}: tokenizer {recipe.tokenizer!r} is not in "
-                                       f"{named.parent}; run `make setup` to fetch it")
-        if not any((ckpt / f).is_file() for f in ("tokenizer.json", "vocab.json")):
-            sources.append(named)  # the checkpoint brings no vocabulary of its own
+
+        found = next((c / named for c in (cache_dir() / "tokenizers", cache_dir() / "checkpoints")
+                      if (c / named / "tokenizer.json").is_file()), None)
+        if found is None:
+            raise InvalidArgumentError(
+                f"{recipe.name}: the checkpoint has no tokenizer and {named!r} is neither in "
+                f"{cache_dir() / 'tokenizers'} nor in {cache_dir() / 'checkpoints'}; run `make setup` to fetch it"
+            )
+        sources.append(found)  # the checkpoint brings no vocabulary of its own
     for name in PROCESSING_FILES:
-        src = next((d / name for d in sources if (d / name).is_file()), None)
+        src = next((s / name for s in sources if (s / name).is_file()), None)
         if src is not None:
             shutil.copy2(src, out / name)
             processing.setdefault("files", []).append(name)
-    if "tokenizer.json" in processing.get("files", []) or "vocab.txt" in processing.get("files", []):
-        processing["tokenizer"] = "tokenizer.json" if (out / "tokenizer.json").is_file() else "vocab.txt"
+    files = processing.get("files", [])
+    if "tokenizer.json" in files or "vocab.txt" in files:
+        processing["tokenizer"] = "tokenizer.json" if "tokenizer.json" in files else "vocab.txt"
     return processing
 
 
-def _generation_config(recipe: Recipe, model, ckpt: Path) -> dict:
+def _generation_settings(d: Deployable, recipe: Recipe, config: Any, ckpt: Path) -> dict:
     """The generation defaults: the config's special tokens, the checkpoint's
     generation_config.json, then the recipe's [generation] table."""
-    import json
-
-    info = recipe.entry.generation(model.config)
-    settings = dict(info["generation"])
+    assert d.generation is not None
+    settings = dict(d.generation.defaults(config))
     file = ckpt / "generation_config.json"
     if file.is_file():
         settings.update({k: v for k, v in json.loads(file.read_text()).items()
@@ -200,111 +230,115 @@ def _generation_config(recipe: Recipe, model, ckpt: Path) -> dict:
     return settings
 
 
-def build(recipe: Recipe, *, checkpoint: str | Path | None = None, output: str | Path | None = None,
-          formats: list[str] | None = None, precisions: list[str] | None = None,
-          version_compatible: bool = False,
-          progress: Callable[[str], None] = lambda msg: None) -> BuildResult:
-    """Export the recipe's model to every format into engines/<name>/.
+def _check_precisions(formats: list[str], precisions: list[str]) -> None:
+    from ..gpu import PRECISIONS
 
-    A generation deployable (entry.graphs) gets one subdirectory per graph (decoder, and
-    encoder for BART), each an ordinary engine directory, and a top-level manifest of kind
-    "generation" with the cache layout, the generation defaults and the tokenizer."""
-    from ..checkpoint import checkpoint_hash
-
-    formats = list(formats or recipe.formats)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise InvalidArgumentError(f"--formats {unknown}: expected some of {list(FORMATS)}")
-    precisions = list(precisions or ["fp32"])
-    from .tensorrt import PRECISIONS
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:
         raise InvalidArgumentError(f"--precision {bad}: expected some of {list(PRECISIONS)}")
+
+
+def build(recipe: Recipe, *, checkpoint: str | Path | None = None, output: str | Path | None = None,
+          formats: list[str] | None = None, precisions: list[str] | None = None,
+          version_compatible: bool = False, progress: Progress = lambda msg: None) -> BuildResult:
+    """Export the recipe's deployable to every format into engines/<name>/ (or `output`)."""
+    from ..checkpoint import checkpoint_hash
+
+    formats = list(formats or recipe.formats)
+    precisions = list(precisions or ["fp32"])
+    _check_precisions(formats, precisions)
     if "tensorrt" in formats and "onnx" not in formats:
         formats.append("onnx")  # TensorRT engines are built from the ONNX graph
-    entry = recipe.entry
+    d = recipe.deployable
     output = Path(output) if output else ENGINES_DIR / recipe.name
     t0 = time.perf_counter()
-    progress(f"loading {entry.family}/{entry.task} from {checkpoint or recipe.checkpoint}")
+    progress(f"loading {d.name} from {checkpoint or recipe.checkpoint}")
     model, ckpt = load_recipe_model(recipe, checkpoint)
     config = model.config
-    _check_dims_against_model(recipe, config)
+    dims, clamped = clamp_dims(d, recipe.dims, config)
+    for line in clamped.values():
+        progress(f"dims: {line}")
     random_keys = sorted(getattr(model, "random_keys", []))
     seconds = {"load": time.perf_counter() - t0}
+    common: dict[str, Any] = dict(
+        name=recipe.name, family=d.family, task=d.task, config=config.to_dict(), description=recipe.description,
+        task_options=dict(recipe.task_options),
+        weights="random" if model.random_weights else "random-head" if random_keys else "real",
+        random_keys=random_keys,
+        source=Source(str(ckpt.resolve()), checkpoint_hash(ckpt), str(recipe.path) if recipe.path else None,
+                      recipe.random_head, recipe.seed),
+        kiln_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
 
     output.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_leftovers(output)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
-        common = {
-            "format_version": FORMAT_VERSION,
-            "name": recipe.name,
-            "description": recipe.description,
-            "family": entry.family,
-            "task": entry.task,
-            "config": config.to_dict(),
-            "task_options": dict(recipe.task_options),
-            "weights": ("random" if getattr(model, "random_weights", False)
-                        else "random-head" if random_keys else "real"),
-            "random_keys": random_keys,
-            # what parity needs to rebuild the eager reference: the same checkpoint and seeded head
-            "source": {"checkpoint": str(ckpt.resolve()), "sha256": checkpoint_hash(ckpt),
-                       "recipe": str(recipe.path) if recipe.path else None,
-                       "random_head": recipe.random_head, "seed": recipe.seed},
-            "kiln_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
         skipped: dict[str, str] = {}
-        graphs = entry.graphs or (entry,)
-        for g in graphs:
-            out = tmp / g.graph if g.graph else tmp
-            previous = (output / g.graph if g.graph else output) if output.exists() else None
-            artifacts, why, secs = _export_graph(g, graph_module(g, model), recipe, config, out, formats,
-                                                 precisions, version_compatible, previous, progress)
+        generation = d.generation is not None
+        manifest: AnyManifest
+        for g in d.graphs:
+            out = tmp / g.name if generation else tmp
+            previous = (output / g.name if generation else output) if output.exists() else None
+            artifacts, why, secs = _export_graph(g, graph_module(g, model), config, dims, out, formats, precisions,
+                                                 version_compatible, previous, progress)
             skipped.update(why)
-            for fmt, sec in secs.items():
-                seconds[f"{g.graph}:{fmt}" if g.graph else fmt] = sec
-            used = {d for spec in (*g.input_specs(config), *g.outputs(config)) for d in spec.shape
-                    if isinstance(d, str)}
-            labels = None
-            if g.has_labels:
-                labels = [config.id2label[i] for i in range(len(config.id2label))]
-            manifest = {
+            seconds.update({f"{g.name}:{fmt}" if generation else fmt: s for fmt, s in secs.items()})
+            outputs = list(g.output_specs(config))
+            processing = {} if generation else _copy_processing(d, recipe, ckpt, out)
+            if "sequence" in dims and not generation:
+                processing["max_length"] = dims["sequence"].max
+            used = g.used_dims(config)
+            manifest = Manifest(
+                **{**common, "name": f"{recipe.name}/{g.name}" if generation else recipe.name},
+                dims={n: dims[n] for n in used if n in dims},
+                processing=processing,
+                inputs=list(g.input_specs(config)),
+                outputs=outputs,
+                artifacts=artifacts,
+                labels=[config.id2label[i] for i in range(len(config.id2label))] if d.labels else None,
+                tolerances=recipe.graph_tolerances(g.tolerances, [s.name for s in outputs]),
+                graph=g.name,
+            )
+            manifest.write(out)
+        if d.generation is not None:
+            gen = d.generation
+            manifest = GenerationManifest(
                 **common,
-                **({"name": f"{recipe.name}/{g.graph}", "graph": g.graph} if g.graph else {}),
-                "dims": {name: r.to_json() for name, r in recipe.dims.items() if name in used},
-                "inputs": [s.to_json() for s in g.input_specs(config)],
-                "outputs": [s.to_json() for s in g.outputs(config)],
-                "artifacts": artifacts,
-                "labels": labels,
-                "processing": {} if g.graph else _copy_processing(recipe, ckpt, out),
-                "tolerances": {p: {o: {"atol": t.atol, "rtol": t.rtol, "why": t.why} for o, t in outs.items()}
-                               for p, outs in (g.tolerances if g.graph else recipe.tolerances).items()},
-            }
-            if not g.graph and "sequence" in recipe.dims:
-                manifest["processing"]["max_length"] = recipe.dims["sequence"].max
-            write_manifest(out, manifest)
-        if entry.graphs:
-            info = entry.generation(config)
-            manifest = {
-                **common,
-                "kind": "generation",
-                "graphs": {g.graph: g.graph for g in entry.graphs},
-                "dims": {name: r.to_json() for name, r in recipe.dims.items()},
-                "cache": info["cache"],
-                "vocab_size": info["vocab_size"],
-                "max_positions": info["max_positions"],
-                "encoder_decoder": info["encoder_decoder"],
-                "generation": _generation_config(recipe, model, ckpt),
-                "processing": _copy_processing(recipe, ckpt, tmp),
-            }
-            write_manifest(tmp, manifest)
+                dims=dims,
+                processing=_copy_processing(d, recipe, ckpt, tmp),
+                graphs={g.name: g.name for g in d.graphs},
+                cache=gen.cache(config),
+                vocab_size=gen.vocab_size(config),
+                max_positions=gen.max_positions(config),
+                encoder_decoder=gen.encoder_decoder,
+                generation=_generation_settings(d, recipe, config, ckpt),
+            )
+            manifest.write(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private; an engine dir is meant to be shared
         _replace_dir(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    manifest.path = output
     seconds["total"] = time.perf_counter() - t0
-    return BuildResult(output, manifest, seconds, skipped)
+    return BuildResult(output, manifest, seconds, skipped, clamped)
+
+
+def _sweep_leftovers(output: Path) -> None:
+    """Remove what an interrupted build of the same engine left beside it: temporary build
+    directories, and an old build set aside during a rename (restored when the engine is missing)."""
+    for tmp in output.parent.glob(f".{output.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    olds = sorted(output.parent.glob(f".{output.name}.old-*"))
+    if olds and not output.exists():
+        olds.pop().rename(output)  # killed between the two renames: the old engine is still valid
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _replace_dir(src: Path, dest: Path) -> None:

@@ -5,9 +5,9 @@ Attribute names are the Hugging Face state-dict names (`model.shared`, `model.en
 `model.decoder.layers.0.encoder_attn`, `lm_head` tied to `model.shared`, the `final_logits_bias`
 buffer). Learned positions are offset by 2, as fairseq's BART laid them out.
 
-Generation runs two graphs: the encoder, which also projects its output through every decoder
-layer's cross-attention keys and values once per input (BartEncoderGraph), and the decoder,
-which takes the self-attention cache and those cross keys/values (BartDecoderGraph). Caches are
+Generation runs two graphs: the encoder (`encode`), which also projects its output through
+every decoder layer's cross-attention keys and values once per input, and the decoder
+(`decode`), which takes the self-attention cache and those cross keys/values. Caches are
 one tensor each, (layers, 2 [keys, values], batch, heads, seq, head_dim). mBART's pre-LN
 variant is not implemented (model_type "mbart" is refused by the config).
 """
@@ -16,9 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..deploy import hf_cache_tensor, seq2seq
+from ..manifest import Cache
 
 from .base import HFConfig, KilnModel
 from .layers import (activation, additive_padding_mask, causal_cache_mask, check_activation, merge_heads,
@@ -241,37 +245,64 @@ class BartForConditionalGeneration(KilnModel):
                 tensor.copy_(torch.empty(tensor.shape).normal_(0.0, self.config.init_std, generator=generator))
 
 
-class BartEncoderGraph(nn.Module):
-    """input_ids, attention_mask (B, S) -> cross_key_values (L, 2, B, nh, S, hs), once per input."""
-
-    input_names = ("input_ids", "attention_mask")
-    output_names = ("cross_key_values",)
-
-    def __init__(self, model: BartForConditionalGeneration):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask):
-        return self.model.encode(input_ids, attention_mask)
+# --- deployables ----------------------------------------------------------------------------
 
 
-class BartDecoderGraph(nn.Module):
-    """One decoder step (or the prefill of the start tokens) over the self-attention cache."""
-
-    input_names = ("input_ids", "attention_mask", "position_ids", "encoder_attention_mask", "past_key_values",
-                   "cross_key_values")
-    output_names = ("logits", "present_key_values")
-
-    def __init__(self, model: BartForConditionalGeneration):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, position_ids, encoder_attention_mask, past_key_values,
-                cross_key_values):
-        return self.model.decode(input_ids, attention_mask, position_ids, encoder_attention_mask,
-                                 past_key_values, cross_key_values)
+def _cache(c: BartConfig) -> Cache:
+    return Cache(c.decoder_layers, c.decoder_attention_heads, c.d_model // c.decoder_attention_heads)
 
 
-MODEL_CLASSES = {cls.__name__: cls for cls in (BartForConditionalGeneration,)}
+_GENERATION_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
+                    "forced_bos_token_id", "forced_eos_token_id")
 
-__all__ = ["BartConfig", "BartForConditionalGeneration", "BartEncoderGraph", "BartDecoderGraph", "MODEL_CLASSES"]
+
+def _defaults(c: BartConfig) -> dict:
+    return {k: getattr(c, k) for k in _GENERATION_KEYS if getattr(c, k, None) is not None}
+
+
+def _source(config: BartConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two source rows, the second right-padded."""
+    ids = rng.integers(3, config.vocab_size, (2, 11), dtype=np.int64)
+    mask = np.ones((2, 11), np.int64)
+    mask[1, 7:] = 0
+    return ids, mask
+
+
+def _run_hf(hf_model, ids: np.ndarray, mask: np.ndarray, decoder_ids: np.ndarray):
+    import torch
+
+    return hf_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                    decoder_input_ids=torch.from_numpy(decoder_ids), use_cache=True)
+
+
+def _encoder_case(hf_model, config: BartConfig, rng: np.random.Generator) -> tuple[dict, dict]:
+    """transformers' cross-attention keys and values for a padded source batch."""
+    ids, mask = _source(config, rng)
+    out = _run_hf(hf_model, ids, mask, np.full((2, 1), config.decoder_start_token_id, np.int64))
+    return {"input_ids": ids, "attention_mask": mask}, {
+        "cross_key_values": hf_cache_tensor(out.past_key_values.cross_attention_cache)}
+
+
+def _decoder_case(hf_model, config: BartConfig, rng: np.random.Generator) -> tuple[dict, dict]:
+    """The decoder's prefill over transformers' cross keys/values, and transformers' logits and cache."""
+    ids, mask = _source(config, rng)
+    new = 5
+    decoder_ids = rng.integers(3, config.vocab_size, (2, new), dtype=np.int64)
+    out = _run_hf(hf_model, ids, mask, decoder_ids)
+    layers, heads, head_dim = config.decoder_layers, config.decoder_attention_heads, _cache(config).head_dim
+    feed = {"input_ids": decoder_ids, "attention_mask": np.ones((2, new), np.int64),
+            "position_ids": np.broadcast_to(np.arange(new), (2, new)).copy(), "encoder_attention_mask": mask,
+            "past_key_values": np.zeros((layers, 2, 2, heads, 0, head_dim), np.float32),
+            "cross_key_values": hf_cache_tensor(out.past_key_values.cross_attention_cache).detach().numpy()}
+    return feed, {"logits": out.logits,
+                  "present_key_values": hf_cache_tensor(out.past_key_values.self_attention_cache)}
+
+
+_TINY = dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+             encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=128, bos_token_id=0,
+             pad_token_id=1, eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=0, forced_eos_token_id=2)
+
+DEPLOYABLES = tuple(
+    seq2seq(BartForConditionalGeneration, task, cache=_cache, positions=lambda c: c.max_position_embeddings,
+            defaults=_defaults, tokenizer="bart", encoder_case=_encoder_case, decoder_case=_decoder_case, tiny=_TINY)
+    for task in ("summarization", "translation"))

@@ -23,7 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..deploy import (TaskCheck, argmax_check, cosine_check, pooled_embeddings, qa_span_check, text_encoder,
+                      tolerances)
 from ..errors import InvalidArgumentError
+from ..manifest import TensorSpec
 from .base import HFConfig, KilnModel
 from .layers import activation, additive_padding_mask, check_activation, masked_max, masked_mean
 
@@ -416,11 +419,6 @@ class BertForFeatureExtraction(_BertBase):
         return emb  # (B, H)
 
 
-MODEL_CLASSES = {cls.__name__: cls for cls in (
-    BertModel, BertForSequenceClassification, BertForTokenClassification,
-    BertForQuestionAnswering, BertForMaskedLM, BertForFeatureExtraction)}
-
-
 def init_like_hf(name: str, tensor: torch.Tensor, module: nn.Module, config: BertConfig,
                  generator: torch.Generator) -> None:
     """HF BERT's initialisation of one parameter, drawn from `generator` (in place):
@@ -437,6 +435,29 @@ def init_like_hf(name: str, tensor: torch.Tensor, module: nn.Module, config: Ber
                 tensor[module.padding_idx].zero_()
 
 
-__all__ = ["BertConfig", "BertOutput", "QAOutput", "BertModel", "BertForSequenceClassification",
-           "BertForTokenClassification", "BertForQuestionAnswering", "BertForMaskedLM",
-           "BertForFeatureExtraction", "MODEL_CLASSES", "POOLINGS", "init_like_hf"]
+# --- deployables ----------------------------------------------------------------------------
+# Tiny sizes for the registry-driven tests (the text fixture sets vocab_size to its tokenizer's).
+_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+             max_position_embeddings=128, type_vocab_size=2)
+
+DEPLOYABLES = (
+    text_encoder(BertForSequenceClassification, "text-classification",
+                 lambda c: (TensorSpec("logits", "float32", ("batch", c.num_labels)),),
+                 TaskCheck("same label", argmax_check("logits")), labels=True, tiny=_TINY),
+    text_encoder(BertForTokenClassification, "token-classification",
+                 lambda c: (TensorSpec("logits", "float32", ("batch", "sequence", c.num_labels)),),
+                 TaskCheck("same entity tags", argmax_check("logits")), labels=True, tiny=_TINY),
+    text_encoder(BertForQuestionAnswering, "question-answering",
+                 lambda c: (TensorSpec("start_logits", "float32", ("batch", "sequence")),
+                            TensorSpec("end_logits", "float32", ("batch", "sequence"))),
+                 TaskCheck("same answer span", qa_span_check), tiny=_TINY),
+    text_encoder(BertForFeatureExtraction, "feature-extraction",
+                 lambda c: (TensorSpec("embeddings", "float32", ("batch", c.hidden_size)),),
+                 TaskCheck("embedding cosine >= 0.9999", cosine_check("embeddings")),
+                 tol=tolerances("embeddings", atol=1e-5), reference=pooled_embeddings,
+                 options=("pooling", "normalize"), tiny=_TINY),
+    text_encoder(BertForMaskedLM, "fill-mask",
+                 lambda c: (TensorSpec("logits", "float32", ("batch", "sequence", c.vocab_size)),),
+                 TaskCheck("same predicted tokens", argmax_check("logits")),
+                 tol=tolerances("logits", atol=1e-3), tiny=_TINY),
+)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
+from ..deploy import image_classification
 from .base import HFConfig, KilnModel
 from .layers import activation, check_activation
 
@@ -181,9 +182,6 @@ class ConvNextForImageClassification(_ConvNextBase):
         return self.classifier(self.convnext(pixel_values))  # (B, L)
 
 
-MODEL_CLASSES = {cls.__name__: cls for cls in (ConvNextModel, ConvNextForImageClassification)}
-
-
 def init_like_hf(name: str, tensor: torch.Tensor, module: nn.Module, config: ConvNextConfig,
                  generator: torch.Generator) -> None:
     """HF ConvNeXT's initialisation of one parameter, drawn from `generator` (in place): biases
@@ -201,5 +199,9 @@ def init_like_hf(name: str, tensor: torch.Tensor, module: nn.Module, config: Con
                          .normal_(0.0, config.initializer_range, generator=generator))
 
 
-__all__ = ["ConvNextConfig", "ConvNextModel", "ConvNextForImageClassification", "MODEL_CLASSES",
-           "init_like_hf"]
+# --- deployables ----------------------------------------------------------------------------
+
+DEPLOYABLES = (
+    image_classification(ConvNextForImageClassification,
+                         tiny=dict(hidden_sizes=[8, 16, 24], depths=[1, 2, 1], num_stages=3, image_size=32)),
+)

@@ -14,9 +14,13 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..deploy import causal_lm, hf_cache_tensor
+from ..manifest import Cache
 
 from .base import HFConfig, KilnModel
 from .layers import activation, causal_cache_mask, check_activation, merge_heads, split_heads
@@ -179,20 +183,33 @@ class GPT2LMHeadModel(KilnModel):
                 tensor.copy_(torch.empty(tensor.shape).normal_(0.0, std, generator=generator))
 
 
-class GPT2DecoderGraph(nn.Module):
-    """The generation graph: one graph for prefill (past 0) and decode (new 1)."""
-
-    input_names = ("input_ids", "attention_mask", "position_ids", "past_key_values")
-    output_names = ("logits", "present_key_values")
-
-    def __init__(self, model: GPT2LMHeadModel):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, position_ids, past_key_values):
-        return self.model(input_ids, attention_mask, position_ids, past_key_values)
+# --- deployables ----------------------------------------------------------------------------
 
 
-MODEL_CLASSES = {cls.__name__: cls for cls in (GPT2LMHeadModel,)}
+def _cache(c: GPT2Config) -> Cache:
+    return Cache(c.n_layer, c.n_head, c.head_dim)
 
-__all__ = ["GPT2Config", "GPT2LMHeadModel", "GPT2DecoderGraph", "MODEL_CLASSES"]
+
+def _defaults(c: GPT2Config) -> dict:
+    return {"bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id}
+
+
+def _decoder_case(hf_model, config: GPT2Config, rng: np.random.Generator) -> tuple[dict, dict]:
+    """A prefill (past 0) of two prompts and transformers' logits and cache for them."""
+    import torch
+
+    batch, new = 2, 7
+    feed = {"input_ids": rng.integers(0, config.vocab_size, (batch, new), dtype=np.int64),
+            "attention_mask": np.ones((batch, new), np.int64),
+            "position_ids": np.broadcast_to(np.arange(new), (batch, new)).copy(),
+            "past_key_values": np.zeros((config.n_layer, 2, batch, config.n_head, 0, config.head_dim), np.float32)}
+    args = {k: torch.from_numpy(feed[k]) for k in ("input_ids", "attention_mask", "position_ids")}
+    out = hf_model(**args, use_cache=True)
+    return feed, {"logits": out.logits, "present_key_values": hf_cache_tensor(out.past_key_values)}
+
+
+DEPLOYABLES = (
+    causal_lm(GPT2LMHeadModel, cache=_cache, positions=lambda c: c.n_positions, defaults=_defaults,
+              tokenizer="gpt2", reference_case=_decoder_case,
+              tiny=dict(n_positions=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=50256, eos_token_id=50256)),
+)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidArgumentError
+from ..deploy import image_classification
 from .base import HFConfig, KilnModel
 from .layers import activation, check_activation
 
@@ -228,9 +229,6 @@ class ViTForImageClassification(_ViTBase):
         return self.classifier(hidden[:, 0])  # (B, L)
 
 
-MODEL_CLASSES = {cls.__name__: cls for cls in (ViTModel, ViTForImageClassification)}
-
-
 def init_like_hf(name: str, tensor: torch.Tensor, module: nn.Module, std: float,
                  generator: torch.Generator) -> None:
     """HF ViT's initialisation of one parameter, drawn from `generator` (in place): biases
@@ -249,4 +247,10 @@ def init_like_hf(name: str, tensor: torch.Tensor, module: nn.Module, std: float,
             tensor.copy_(torch.empty(tensor.shape, dtype=torch.float32).normal_(0.0, std, generator=generator))
 
 
-__all__ = ["ViTConfig", "ViTModel", "ViTForImageClassification", "MODEL_CLASSES", "init_like_hf"]
+# --- deployables ----------------------------------------------------------------------------
+
+DEPLOYABLES = (
+    image_classification(ViTForImageClassification,
+                         tiny=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                                   image_size=32, patch_size=8)),
+)

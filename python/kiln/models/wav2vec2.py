@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidArgumentError
+from ..deploy import TaskCheck, argmax_check, audio_model, ctc_transcript_check
+from ..manifest import TensorSpec
 from .base import HFConfig, KilnModel
 from .layers import activation, additive_padding_mask, check_activation, masked_mean
 
@@ -457,8 +459,20 @@ class Wav2Vec2ForSequenceClassification(_Wav2Vec2Base):
         return self.classifier(pooled)  # (B, L)
 
 
-MODEL_CLASSES = {cls.__name__: cls for cls in (
-    Wav2Vec2Model, Wav2Vec2ForCTC, Wav2Vec2ForSequenceClassification)}
+# --- deployables ----------------------------------------------------------------------------
+# Tiny sizes for the registry-driven tests: the standard 7-conv stack (so 1 s of audio is 49
+# frames, as at real size), narrow, in the pre-LN "lv60" layout whose processor returns an
+# attention mask. The audio fixture sets vocab_size to its character vocabulary's.
+_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+             conv_dim=[16] * 7, conv_stride=[5, 2, 2, 2, 2, 2, 2], conv_kernel=[10, 3, 3, 3, 3, 2, 2],
+             feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
+             num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, classifier_proj_size=8)
 
-__all__ = ["Wav2Vec2Config", "Wav2Vec2Output", "Wav2Vec2Model", "Wav2Vec2ForCTC", "Wav2Vec2ForSequenceClassification",
-           "MODEL_CLASSES", "feature_lengths", "init_like_hf"]
+DEPLOYABLES = (
+    audio_model(Wav2Vec2ForCTC, "automatic-speech-recognition",
+                lambda c: (TensorSpec("logits", "float32", ("batch", "frames", c.vocab_size)),),
+                TaskCheck("same transcript", ctc_transcript_check()), tiny=_TINY),
+    audio_model(Wav2Vec2ForSequenceClassification, "audio-classification",
+                lambda c: (TensorSpec("logits", "float32", ("batch", c.num_labels)),),
+                TaskCheck("same top-1 label", argmax_check("logits")), labels=True, tiny=_TINY),
+)

@@ -6,8 +6,8 @@
     batch.attention_mask # (B, S) int64: 1 on real samples (all ones when the feature extractor
                          # says return_attention_mask=false, as transformers feeds "base" models)
 
-Decoding is a small RIFF/WAVE reader on numpy: PCM 8/16/24/32-bit, IEEE float 32/64-bit,
-WAVE_FORMAT_EXTENSIBLE with either, any number of channels. Stereo (or more) becomes mono by
+Decoding is scipy.io.wavfile's: PCM 8/16/24/32-bit, IEEE float 32/64-bit, WAVE_FORMAT_EXTENSIBLE
+with either, any number of channels. Stereo (or more) becomes mono by
 averaging the channels, as librosa's and torchaudio's `to_mono` do. Audio at another rate is
 resampled with scipy.signal.resample_poly (polyphase FIR, Kaiser window) unless the processor
 was made with resample=False, in which case another rate is an error.
@@ -34,80 +34,49 @@ from ..errors import InputValueError, InvalidArgumentError
 from . import PREPROCESSOR_FILE, read_preprocessor_config
 
 
-_PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
+MAX_RATE = 768_000  # Hz: the highest rate real audio interfaces record at; a header beyond is broken
 
 
 def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """A WAV file -> (float32 samples (frames, channels) in [-1, 1], sample rate).
 
+    Decoded by scipy.io.wavfile (PCM 8/16/24/32/64-bit, IEEE float 32/64-bit, WAVE_FORMAT_EXTENSIBLE,
+    RIFF or big-endian RIFX); what is read is at most the file's size, and the rate is checked here
+    and the duration before any resampling allocates.
     Raises InputValueError naming the file for anything unreadable, truncated or unsupported.
     """
+    import warnings
+
+    from scipy.io import wavfile
+
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", wavfile.WavFileWarning)  # a malformed chunk is an error here
+            rate, data = wavfile.read(path)
+    except FileNotFoundError:
+        raise InputValueError(f"audio file {path}: no such file") from None
     except OSError as e:
         raise InputValueError(f"audio file {path}: cannot be read ({e.strerror or e})") from None
-    if len(data) < 12 or data[:4] not in (b"RIFF", b"RIFX") or data[8:12] != b"WAVE":
-        raise InputValueError(f"audio file {path}: not a WAV file (no RIFF/WAVE header); "
-                              "expected a .wav file (PCM or float); convert other formats first, "
-                              "e.g. `sox in.mp3 out.wav`")
-    if data[:4] == b"RIFX":
-        raise InputValueError(f"audio file {path}: big-endian WAV (RIFX) is not supported; "
-                              "convert it with `sox in.wav -L out.wav`")
-    fmt = None
-    samples = None
-    pos = 12
-    while pos + 8 <= len(data):
-        cid, size = data[pos:pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
-        body = data[pos + 8:pos + 8 + size]
-        if cid == b"fmt ":
-            if len(body) < 16:
-                raise InputValueError(f"audio file {path}: truncated 'fmt ' chunk ({len(body)} bytes)")
-            tag, channels, rate, _, align, bits = struct.unpack_from("<HHIIHH", body)
-            if tag == _EXTENSIBLE and len(body) >= 26:
-                tag = struct.unpack_from("<H", body, 24)[0]  # the sub-format GUID's first two bytes
-            fmt = (tag, channels, rate, align, bits)
-        elif cid == b"data":
-            if fmt is None:
-                raise InputValueError(f"audio file {path}: 'data' chunk before the 'fmt ' chunk")
-            if len(body) < size:  # writers that stream set size 0xFFFFFFFF; a short body is a cut file
-                if size not in (0, 0xFFFFFFFF):
-                    raise InputValueError(
-                        f"audio file {path}: truncated: the data chunk declares {size} bytes, "
-                        f"the file holds {len(body)}")
-            samples = body
-            break
-        pos += 8 + size + (size & 1)  # chunks are padded to even sizes
-    if fmt is None:
-        raise InputValueError(f"audio file {path}: no 'fmt ' chunk; not a valid WAV file")
-    if samples is None:
-        raise InputValueError(f"audio file {path}: no 'data' chunk (truncated file?)")
-    tag, channels, rate, align, bits = fmt
-    if channels < 1 or rate < 1:
-        raise InputValueError(f"audio file {path}: {channels} channels at {rate} Hz; not valid")
-    width = bits // 8
-    if bits % 8 or align != width * channels:
-        raise InputValueError(f"audio file {path}: {bits}-bit samples with block align {align} "
-                              f"for {channels} channel(s) are not supported")
-    usable = len(samples) - len(samples) % align
-    raw = np.frombuffer(samples, dtype=np.uint8, count=usable)
-    if tag == _PCM and width == 1:
-        x = (raw.astype(np.float32) - 128.0) / 128.0  # 8-bit WAV is unsigned
-    elif tag == _PCM and width in (2, 4):
-        x = raw.view(f"<i{width}").astype(np.float32) / float(2 ** (bits - 1))
-    elif tag == _PCM and width == 3:
-        b = raw.reshape(-1, 3).astype(np.int32)
-        v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
-        v = np.where(v >= 1 << 23, v - (1 << 24), v)  # sign-extend 24-bit
-        x = v.astype(np.float32) / float(1 << 23)
-    elif tag == _FLOAT and width in (4, 8):
-        x = raw.view(f"<f{width}").astype(np.float32)
+    except (ValueError, ArithmeticError, IndexError, EOFError, struct.error, wavfile.WavFileWarning) as e:
+        # scipy's reader raises these for malformed headers (0 bits per sample divides by zero)
+        raise InputValueError(f"audio file {path}: not a WAV file kiln can read ({e}); expected a .wav file "
+                              "(PCM 8/16/24/32-bit or float); convert other formats first, e.g. "
+                              "`sox in.mp3 -b 16 out.wav`") from None
+    if not 1 <= rate <= MAX_RATE:
+        raise InputValueError(f"audio file {path}: its header says {rate} Hz; expected 1..{MAX_RATE} Hz "
+                              "(a broken or crafted header)")
+    data = data.reshape(len(data), -1)  # (frames, channels)
+    if data.dtype == np.uint8:
+        x = (data.astype(np.float32) - 128.0) / 128.0  # 8-bit WAV is unsigned
+    elif np.issubdtype(data.dtype, np.signedinteger):  # 24-bit arrives left-justified in int32
+        x = (data.astype(np.float64) / float(2 ** (8 * data.dtype.itemsize - 1))).astype(np.float32)
+    elif np.issubdtype(data.dtype, np.floating):
+        x = data.astype(np.float32)
     else:
-        kind = {_PCM: "PCM", _FLOAT: "float"}.get(tag, f"format tag {tag:#06x}")
-        raise InputValueError(f"audio file {path}: {kind} with {bits}-bit samples is not supported; "
-                              "expected PCM 8/16/24/32-bit or float 32/64-bit (convert with "
-                              "`sox in.wav -b 16 out.wav`)")
-    return x.reshape(-1, channels), int(rate)
+        raise InputValueError(f"audio file {path}: samples of type {data.dtype} are not supported; expected "
+                              "PCM or float (convert with `sox in.wav -b 16 out.wav`)")
+    return x, int(rate)
 
 
 def to_mono(x: np.ndarray) -> np.ndarray:
@@ -166,10 +135,11 @@ class AudioProcessor:
                                      "settings (sampling_rate, do_normalize, return_attention_mask)")
         return cls.from_dict(d, **kwargs)
 
-    def load(self, source, index: int = 0) -> np.ndarray:
+    def load(self, source, index: int = 0, max_samples: int | None = None) -> np.ndarray:
         """One utterance -> mono float32 at the model's rate.
 
-        source: a WAV path; a 1-D array already at the model's rate; or (array, rate)."""
+        source: a WAV path; a 1-D array already at the model's rate; or (array, rate).
+        max_samples: the longest accepted, checked before resampling allocates anything."""
         what = f"audio {index}"
         if isinstance(source, (str, os.PathLike)):
             what = f"audio {index} ({source})"
@@ -188,6 +158,14 @@ class AudioProcessor:
             raise InputValueError(f"{what}: empty audio (0 samples); expected some sound")
         if not np.isfinite(x).all():
             raise InputValueError(f"{what}: contains NaN or infinite samples")
+        if rate < 1:
+            raise InputValueError(f"{what}: sample rate {rate} Hz; expected a positive rate")
+        at_model_rate = x.size * self.sampling_rate // rate
+        if max_samples is not None and at_model_rate > max_samples:
+            raise InputValueError(
+                f"{what}: {x.size / rate:.2f} s ({at_model_rate} samples at {self.sampling_rate} Hz), the engine "
+                f"takes at most {max_samples} ({max_samples / self.sampling_rate:.2f} s); split the audio or "
+                "rebuild the engine with a larger samples range")
         if rate != self.sampling_rate:
             if not self.resample:
                 raise InputValueError(f"{what}: sampled at {rate} Hz, the model takes "
@@ -208,14 +186,9 @@ class AudioProcessor:
             raise InputValueError("no audio given; expected one or more WAV paths or arrays")
         waves = []
         for i, src in enumerate(sources):
-            x = self.load(src, i)
-            if max_samples is not None and x.size > max_samples:
-                name = f" ({src})" if isinstance(src, (str, os.PathLike)) else ""
-                raise InputValueError(
-                    f"audio {i}{name}: {x.size} samples ({x.size / self.sampling_rate:.2f} s at "
-                    f"{self.sampling_rate} Hz), the engine takes at most {max_samples} "
-                    f"({max_samples / self.sampling_rate:.2f} s); split the audio or rebuild the "
-                    "engine with a larger samples range")
+            x = self.load(src, i, max_samples)
+            if max_samples is not None and x.size > max_samples:  # a resampled length rounded up
+                x = x[:max_samples]
             waves.append(x)
         lengths = [w.size for w in waves]
         width = max(max(lengths), min_samples)

@@ -138,6 +138,11 @@ class BPETokenizer:
         """Token ids of one text: GPT-2 without special tokens, BART as <s> ... </s>."""
         if not isinstance(text, str):
             raise InputValueError(f"{name}: expected a string, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # lone surrogates: bytes that were not UTF-8 (argv, files)
+            raise InputValueError(f"{name}: not valid UTF-8 text ({e.reason} at character {e.start}); give the "
+                                  "prompt as UTF-8") from None
         if not text.strip():
             raise InputValueError(f"{name}: the text is empty; give at least one word to start from")
         return list(self._tok.encode(text).ids)

@@ -179,6 +179,11 @@ def _describe(image, index: int) -> str:
     return f"image {index}"
 
 
+# the largest image decoded (a 7680x4320 frame is 33 megapixels): the header is checked before the
+# pixels are decoded, so a decompression bomb (a tiny file declaring a huge image) allocates nothing
+MAX_PIXELS = 64_000_000
+
+
 def load_image(image, index: int = 0):
     """A path, encoded bytes, a PIL image or an HxW / HxWxC uint8 array -> an RGB PIL image
     (transparency composited onto white, as transformers does)."""
@@ -189,8 +194,13 @@ def load_image(image, index: int = 0):
             raise InputValueError(f"{what}: no such file; expected a JPEG or PNG image file")
         source = image if isinstance(image, (str, os.PathLike)) else io.BytesIO(bytes(image))
         try:
-            img = Image.open(source)
+            img = Image.open(source)  # reads the header only
+            if img.width * img.height > MAX_PIXELS:
+                raise InputValueError(f"{what}: {img.width}x{img.height} pixels, more than kiln decodes "
+                                      f"({MAX_PIXELS // 1_000_000} megapixels); resize it first")
             img.load()  # decode now: a truncated file fails here, not later
+        except Image.DecompressionBombError as e:
+            raise InputValueError(f"{what}: refused as a decompression bomb ({e})") from None
         except UnidentifiedImageError:
             raise InputValueError(f"{what}: not a readable image (unknown or unsupported format); "
                                   "expected a JPEG or PNG file") from None

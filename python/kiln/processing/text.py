@@ -330,6 +330,8 @@ def classify(logits: np.ndarray, labels: Sequence[str], top_k: int | None = 1,
     if logits.ndim != 1:
         raise InvalidArgumentError(f"classify: logits of shape {logits.shape}; expected [L] or [B, L]")
     labels = _check_labels(logits.shape[0], labels, "classify")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise InvalidArgumentError(f"top_k={top_k!r}: expected a number of labels >= 1, or None for all of them")
     if function == "softmax":
         scores = softmax(logits)
     elif function == "sigmoid":

@@ -1,0 +1,659 @@
+"""How a family declares what it deploys: graphs, dims, tolerances, checks, references.
+
+Each model file (kiln/models/<family>.py) ends with `DEPLOYABLES = (...)`, built with the
+modality bases below (`text_encoder`, `image_classification`, `audio_model`, `causal_lm`,
+`seq2seq`), which carry what a modality shares; `kiln.registry` only collects them.
+
+    Deployable  one task of one family: its kiln model class (whose `config_class` and
+                `hf_architecture` name the config and the transformers reference class), its
+                dims with ranges, the model's limits on them, and one or more named graphs
+    Graph       what one exported graph takes and returns (specs from the config object),
+                valid example inputs, tolerances per precision with their reasons, the
+                task-level check, and how transformers computes the same outputs (tests, bench)
+
+Nothing here imports torch: a reference function receives the transformers model and tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+from .manifest import Cache, DimRange, TensorSpec, Tolerance, Tolerances, ValueRange
+from .metrics import cosine_rows
+
+Feed = dict[str, np.ndarray]
+Check = Callable[[Feed, Feed, Feed], tuple[bool, str]]  # (reference, test, inputs) -> (ok, detail)
+
+
+@dataclass(frozen=True)
+class TaskCheck:
+    """The answer-level comparison of a backend against eager fp32 (same label, span, tokens)."""
+
+    name: str
+    check: Check
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One exported graph of a deployable."""
+
+    inputs: Callable[[Any], Sequence[TensorSpec]]  # config -> input specs, in graph order
+    outputs: Callable[[Any], Sequence[TensorSpec]]  # config -> output specs, in graph order
+    # (config, {dim: size}, rng) -> valid random inputs of those sizes: traced, exported, fed
+    # by parity (beside real samples) and by the benchmark
+    example: Callable[[Any, Mapping[str, int], np.random.Generator], Feed]
+    tolerances: Tolerances
+    check: TaskCheck
+    name: str = "model"
+    method: str = "forward"  # the model method this graph exports
+    # transformers' outputs for a feed (tests, bench): (hf_model, {name: torch tensor}, task
+    # options) -> {output name: tensor}; None where no transformers call computes this graph
+    reference: Callable[[Any, dict, Mapping[str, Any]], dict] | None = None
+    # sizes (beside the defaults) at which `reference` applies to the graph's own example
+    reference_sizes: Mapping[str, int] = field(default_factory=dict)
+    # where the graph's own example cannot feed transformers (a decoder fed precomputed
+    # cross-attention keys): (hf_model, config, rng) -> (feed, expected outputs)
+    reference_case: Callable[[Any, Any, np.random.Generator], tuple[Feed, dict]] | None = None
+
+    def input_specs(self, config: Any) -> tuple[TensorSpec, ...]:
+        return tuple(self.inputs(config))
+
+    def output_specs(self, config: Any) -> tuple[TensorSpec, ...]:
+        return tuple(self.outputs(config))
+
+    def make_example(self, config: Any, sizes: Mapping[str, int], seed: int = 0) -> Feed:
+        return self.example(config, sizes, np.random.default_rng(seed))
+
+    def used_dims(self, config: Any) -> list[str]:
+        """The dims its specs name, in order of first use."""
+        seen: dict[str, None] = {}
+        for spec in (*self.input_specs(config), *self.output_specs(config)):
+            for d in spec.symbols:
+                seen.setdefault(d, None)
+        return list(seen)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a generation deployable adds: the cache and the loop's settings."""
+
+    cache: Callable[[Any], Cache]
+    vocab_size: Callable[[Any], int]
+    max_positions: Callable[[Any], int]
+    encoder_decoder: bool
+    defaults: Callable[[Any], dict]  # generation settings the config carries (special tokens)
+    tokenizer: str  # the BPE vocabulary fetched at set-up ($KILN_CACHE/tokenizers/<name>)
+
+
+@dataclass(frozen=True)
+class Deployable:
+    """One task of one family, deployable as an engine directory."""
+
+    model: type  # the kiln model class (models/<family>.py)
+    task: str
+    modality: str  # text | image | audio | generation: pre-processing and test assets
+    dims: Mapping[str, DimRange]
+    graphs: tuple[Graph, ...]
+    limits: Callable[[Any], dict[str, int]] = lambda config: {}  # dim -> the model's own maximum
+    options: tuple[str, ...] = ()  # recipe [task_options] passed to the model constructor
+    labels: bool = False  # the config's id2label are the answer's labels
+    generation: Generation | None = None
+    tiny: Mapping[str, Any] = field(default_factory=dict)  # a tiny config (config.json keys) for tests
+
+    def __post_init__(self) -> None:
+        names = [g.name for g in self.graphs]
+        if not self.graphs or len(set(names)) != len(names):
+            raise InvalidArgumentError(f"{self.key}: graphs {names}: expected one or more, uniquely named")
+        if self.generation is None and len(self.graphs) != 1:
+            raise InvalidArgumentError(f"{self.key}: an engine has one graph; several need a generation loop")
+
+    @property
+    def family(self) -> str:
+        return self.model.config_class.model_type
+
+    @property
+    def config_class(self) -> type:
+        return self.model.config_class
+
+    @property
+    def reference_class(self) -> str:
+        """The transformers class a checkpoint of this deployable is (and its reference)."""
+        return self.model.hf_architecture
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.model.config_class.model_type, self.task)
+
+    @property
+    def kind(self) -> str:
+        """"engine" (one graph, kiln::Engine) or "generation" (graphs under kiln::Generator)."""
+        return "engine" if self.generation is None else "generation"
+
+    @property
+    def name(self) -> str:
+        return f"{self.family}/{self.task}"
+
+    def graph(self, name: str) -> Graph:
+        for g in self.graphs:
+            if g.name == name:
+                return g
+        raise InvalidArgumentError(f"{self.name}: no graph {name!r}; graphs: {[g.name for g in self.graphs]}")
+
+
+# --- task-level checks --------------------------------------------------------------------
+# A backend is held to the reference's answer wherever the reference is decisive: where its
+# top-2 margin is below `margin`, either answer is right and the position is reported, not held.
+
+
+def argmax_check(output: str, margin: float = 1e-3) -> Check:
+    def check(ref: Feed, test: Feed, inputs: Feed) -> tuple[bool, str]:
+        r, t = ref[output], test[output]
+        top2 = np.sort(r, axis=-1)[..., -2:]
+        decisive = (top2[..., 1] - top2[..., 0]) > margin
+        if r.ndim == 3 and "attention_mask" in inputs:  # token level: only real tokens count
+            decisive &= inputs["attention_mask"].astype(bool)
+        mismatched = int(((r.argmax(-1) != t.argmax(-1)) & decisive).sum())
+        return mismatched == 0, (
+            f"{int(decisive.sum())} decisive positions, {mismatched} differ ({int((~decisive).sum())} near-ties skipped)"
+        )
+
+    return check
+
+
+def qa_span_check(ref: Feed, test: Feed, inputs: Feed) -> tuple[bool, str]:
+    from .processing.text import best_span_indices
+
+    mask = inputs["attention_mask"]
+    bad = 0
+    for b in range(mask.shape[0]):
+        rs = best_span_indices(ref["start_logits"][b], ref["end_logits"][b], mask[b])
+        ts = best_span_indices(test["start_logits"][b], test["end_logits"][b], mask[b])
+        bad += rs != ts
+    return bad == 0, f"{mask.shape[0]} spans, {bad} differ"
+
+
+def cosine_check(output: str, minimum: float = 0.9999) -> Check:
+    def check(ref: Feed, test: Feed, inputs: Feed) -> tuple[bool, str]:
+        worst = float(cosine_rows(ref[output], test[output]).min())
+        return worst >= minimum, f"min cosine {worst:.6f} (>= {minimum})"
+
+    return check
+
+
+def ctc_runs(ids: np.ndarray) -> list[tuple[int, ...]]:
+    """Greedy CTC paths with repeats collapsed, per row: the transcript as token ids, blank
+    included (vocabulary-free; equal runs give equal text for any vocab and blank id)."""
+    out = []
+    for row in ids:
+        keep = np.ones(row.shape, bool)
+        keep[1:] = row[1:] != row[:-1]
+        out.append(tuple(row[keep].tolist()))
+    return out
+
+
+def ctc_transcript_check(margin: float = 1e-3) -> Check:
+    def check(ref: Feed, test: Feed, inputs: Feed) -> tuple[bool, str]:
+        r, t = ref["logits"], test["logits"]
+        ra, ta = r.argmax(-1), t.argmax(-1)
+        top2 = np.sort(r, axis=-1)[..., -2:]
+        tie = (top2[..., 1] - top2[..., 0]) <= margin
+        rr, tr = ctc_runs(ra), ctc_runs(ta)
+        # a differing transcript counts unless every frame behind it is a near-tie
+        bad = sum(1 for b in range(r.shape[0]) if rr[b] != tr[b] and ((ra[b] != ta[b]) & ~tie[b]).any())
+        return bad == 0, f"{r.shape[0]} transcripts, {bad} differ ({int(tie.sum())} near-tie frames not held)"
+
+    return check
+
+
+def next_token_check(margin: float = 1e-3) -> Check:
+    """The greedy next token at every real new position equals the reference's."""
+
+    def check(ref: Feed, test: Feed, inputs: Feed) -> tuple[bool, str]:
+        r, t = ref["logits"], test["logits"]
+        real = inputs["attention_mask"][:, -r.shape[1] :].astype(bool)
+        top2 = np.sort(r, axis=-1)[..., -2:]
+        decisive = ((top2[..., 1] - top2[..., 0]) > margin) & real
+        mismatched = int(((r.argmax(-1) != t.argmax(-1)) & decisive).sum())
+        return mismatched == 0, (
+            f"{int(decisive.sum())} decisive next tokens, {mismatched} differ"
+            f" ({int((real & ~decisive).sum())} near-ties skipped)"
+        )
+
+    return check
+
+
+# --- tolerances -----------------------------------------------------------------------------
+
+FP32_WHY = (
+    "fp32 reordering of reductions between eager, TorchScript, Inductor and ORT kernels; "
+    "measured max abs on MiniLM is ~1e-6"
+)
+# TensorRT's reduced precisions (no TensorRT here to measure them: these follow the formats'
+# resolution and are for the GPU suite to confirm). An element passes within atol OR rtol.
+FP16_WHY = (
+    "fp16 keeps 11 significant bits (relative step 4.9e-4); six layers of matmuls and LayerNorms "
+    "accumulate about 10 steps on logits of magnitude ~1-10"
+)
+BF16_WHY = (
+    "bf16 keeps 8 significant bits (relative step 3.9e-3), 8x coarser than fp16; the same accumulation "
+    "gives about 10 steps"
+)
+
+
+def tolerances(*outputs: str, atol: float = 1e-4, rtol: float = 1e-3, why: str = FP32_WHY) -> Tolerances:
+    """fp32 tolerances as given (with the reason); fp16 and bf16 (TensorRT plans) scaled from them."""
+    return {
+        "fp32": {o: Tolerance(atol, rtol, why) for o in outputs},
+        "fp16": {o: Tolerance(max(atol * 100, 5e-3), 5e-3, FP16_WHY) for o in outputs},
+        "bf16": {o: Tolerance(max(atol * 800, 4e-2), 4e-2, BF16_WHY) for o in outputs},
+    }
+
+
+def merge(*tables: Tolerances) -> Tolerances:
+    out: Tolerances = {}
+    for table in tables:
+        for precision, outs in table.items():
+            out.setdefault(precision, {}).update(outs)
+    return out
+
+
+# --- references: transformers' outputs for a feed ----------------------------------------------
+
+
+def outputs_by_name(hf_model: Any, feed: dict, options: Mapping[str, Any]) -> dict:
+    """The transformers model called on the feed; its output fields named like kiln's outputs."""
+    out = hf_model(**feed)
+    return {name: getattr(out, name) for name in ("logits", "start_logits", "end_logits") if hasattr(out, name)}
+
+
+def pooled_embeddings(hf_model: Any, feed: dict, options: Mapping[str, Any]) -> dict:
+    """Sentence embeddings as sentence-transformers computes them over a transformers encoder:
+    the token states pooled over the attention mask ("mean", "cls" or "max"), L2-normalised."""
+    import torch
+
+    hidden = hf_model(**feed).last_hidden_state  # (B, T, H)
+    mask = feed["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    pooling = options.get("pooling", "mean")
+    if pooling == "cls":
+        emb = hidden[:, 0]
+    elif pooling == "max":
+        emb = hidden.masked_fill(mask == 0, -1e9).amax(1)
+    else:
+        emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    if options.get("normalize", True):
+        emb = torch.nn.functional.normalize(emb, dim=-1)
+    return {"embeddings": emb}
+
+
+def hf_cache_tensor(cache: Any) -> Any:
+    """A transformers cache (DynamicCache: layers of keys / values (B, H, T, D)) as kiln's
+    one cache tensor (layers, 2, B, H, T, D)."""
+    import torch
+
+    return torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])
+
+
+# --- text encoders (BERT, DistilBERT, ...) ----------------------------------------------------
+
+# export: sequence min is 2 ([CLS] [SEP] is the shortest tokenised text); a min of 1 lets
+# torch.export specialise the dim
+TEXT_DIMS = {"batch": DimRange(1, 1, 32), "sequence": DimRange(2, 128, 512)}
+
+
+def text_encoder(
+    model: type,
+    task: str,
+    outputs: Callable[[Any], Sequence[TensorSpec]],
+    check: TaskCheck,
+    *,
+    tol: Tolerances | None = None,
+    token_types: bool = True,
+    reference: Callable[[Any, dict, Mapping[str, Any]], dict] = outputs_by_name,
+    options: tuple[str, ...] = (),
+    labels: bool = False,
+    tiny: Mapping[str, Any],
+) -> Deployable:
+    """A text encoder's task: input_ids, attention_mask (and token_type_ids) over (batch, sequence).
+
+    Reads config.vocab_size, config.max_position_embeddings and (token_types) config.type_vocab_size.
+    """
+
+    def inputs(c: Any) -> tuple[TensorSpec, ...]:
+        specs = [
+            TensorSpec("input_ids", "int64", ("batch", "sequence"), ValueRange(0, c.vocab_size - 1)),
+            TensorSpec("attention_mask", "int64", ("batch", "sequence"), ValueRange(0, 1)),
+        ]
+        if token_types:
+            specs.append(
+                TensorSpec("token_type_ids", "int64", ("batch", "sequence"), ValueRange(0, c.type_vocab_size - 1))
+            )
+        return tuple(specs)
+
+    def example(c: Any, sizes: Mapping[str, int], rng: np.random.Generator) -> Feed:
+        batch, seq = sizes["batch"], sizes["sequence"]
+        mask = np.ones((batch, seq), np.int64)
+        if batch > 1:
+            mask[-1, max(2, seq * 3 // 4) :] = 0  # a padded row, so masking is in every trace and check
+        feed = {"input_ids": rng.integers(0, c.vocab_size, (batch, seq), dtype=np.int64), "attention_mask": mask}
+        if token_types:
+            types = np.zeros((batch, seq), np.int64)
+            types[:, seq // 2 :] = min(1, c.type_vocab_size - 1)
+            feed["token_type_ids"] = types
+        return feed
+
+    # output names do not depend on the config: the defaults name them
+    tol = tol or tolerances(*(s.name for s in outputs(model.config_class())))
+    graph = Graph(inputs, outputs, example, tol, check, reference=reference)
+    return Deployable(
+        model,
+        task,
+        "text",
+        dict(TEXT_DIMS),
+        (graph,),
+        limits=lambda c: {"sequence": c.max_position_embeddings},
+        options=options,
+        labels=labels,
+        tiny=tiny,
+    )
+
+
+# --- images -------------------------------------------------------------------------------------
+
+IMAGE_DIMS = {"batch": DimRange(1, 1, 32)}
+IMAGE_FP32_WHY = (
+    "fp32 reordering of the conv / attention / LayerNorm reductions between eager, TorchScript, Inductor "
+    "and ORT kernels; measured max abs on tiny random ViT and ConvNeXT engines is ~1e-6"
+)
+
+
+def image_classification(model: type, *, tiny: Mapping[str, Any]) -> Deployable:
+    """pixel_values (batch, channels, H, W) at the config's fixed image size -> logits.
+
+    Reads config.image_hw and config.num_channels.
+    """
+
+    def inputs(c: Any) -> tuple[TensorSpec, ...]:
+        h, w = c.image_hw
+        return (TensorSpec("pixel_values", "float32", ("batch", c.num_channels, h, w)),)
+
+    def example(c: Any, sizes: Mapping[str, int], rng: np.random.Generator) -> Feed:
+        h, w = c.image_hw
+        # normalised pixels span about [-2.2, 2.7] (ImageNet mean/std) or [-1, 1] (0.5/0.5)
+        pixels = rng.uniform(-1.5, 1.5, (sizes["batch"], c.num_channels, h, w))
+        return {"pixel_values": pixels.astype(np.float32)}
+
+    graph = Graph(
+        inputs,
+        lambda c: (TensorSpec("logits", "float32", ("batch", c.num_labels)),),
+        example,
+        tolerances("logits", why=IMAGE_FP32_WHY),
+        TaskCheck("same top-1 label", argmax_check("logits")),
+        reference=outputs_by_name,
+    )
+    return Deployable(model, "image-classification", "image", dict(IMAGE_DIMS), (graph,), labels=True, tiny=tiny)
+
+
+# --- audio --------------------------------------------------------------------------------------
+# input_values: the waveform at the model's rate (16 kHz), normalised by the processor;
+# attention_mask: 1 on real samples. Outputs per encoder frame carry a dim ("frames") derived
+# from "samples" by the model, which appears only in outputs: the C++ runtime leaves it free.
+
+# export: 1 s .. 30 s at 16 kHz. torch.export accepts samples down to 720 (two frames of the
+# standard 7-conv encoder; one frame would specialise the dim); shorter audio is padded up to
+# min by the pipeline, with the attention mask marking the padding.
+AUDIO_DIMS = {"batch": DimRange(1, 1, 8), "samples": DimRange(16000, 80000, 480000)}
+AUDIO_FP32_WHY = (
+    "fp32 reordering of the conv-stack / GroupNorm-over-time / attention reductions between eager, "
+    "TorchScript, Inductor and ORT kernels"
+)
+
+
+def audio_model(
+    model: type,
+    task: str,
+    outputs: Callable[[Any], Sequence[TensorSpec]],
+    check: TaskCheck,
+    *,
+    labels: bool = False,
+    tiny: Mapping[str, Any],
+) -> Deployable:
+    def example(c: Any, sizes: Mapping[str, int], rng: np.random.Generator) -> Feed:
+        batch, samples = sizes["batch"], sizes["samples"]
+        values = rng.standard_normal((batch, samples)).astype(np.float32)  # ~unit variance, as normalised audio
+        mask = np.ones((batch, samples), np.int64)
+        if batch > 1:  # a padded row, so the frame mask is in every trace and check
+            mask[-1, samples * 3 // 4 :] = 0
+            values[-1, samples * 3 // 4 :] = 0.0
+        return {"input_values": values, "attention_mask": mask}
+
+    inputs = (
+        TensorSpec("input_values", "float32", ("batch", "samples")),
+        TensorSpec("attention_mask", "int64", ("batch", "samples"), ValueRange(0, 1)),
+    )
+    graph = Graph(
+        lambda c: inputs,
+        outputs,
+        example,
+        tolerances("logits", why=AUDIO_FP32_WHY),
+        check,
+        reference=outputs_by_name,
+    )
+    return Deployable(model, task, "audio", dict(AUDIO_DIMS), (graph,), labels=labels, tiny=tiny)
+
+
+# --- text generation (decoder-only, encoder-decoder) --------------------------------------------
+# One KV-cache tensor per graph input/output, (layers, 2 [keys, values], batch, heads, seq,
+# head_dim): one tensor to feed back, and one gather along axis 2 reorders every layer's cache
+# for beam search. One decoder graph serves prefill (past = 0, a zero-size cache) and decode
+# (new = 1): the weights ship once per format, and torch.export, ONNX Runtime and TensorRT all
+# take empty dims. attention_mask covers past + new ("total"): a dim derived by the graph
+# (torch.export: Dim.AUTO) and checked by the runtime. The generation loop is C++ (kiln::Generator).
+
+GEN_FP32_WHY = (
+    "fp32 reordering of attention / LayerNorm / vocabulary-projection reductions between eager, "
+    "TorchScript, Inductor and ORT; logits sum over the hidden size"
+)
+CACHE_FP32_WHY = "keys and values are single projections of LayerNorm outputs: fp32 rounding only"
+
+
+def generation_tolerances(*caches: str) -> Tolerances:
+    return merge(
+        tolerances("logits", atol=1e-3, rtol=1e-3, why=GEN_FP32_WHY),
+        tolerances(*caches, atol=1e-4, rtol=1e-3, why=CACHE_FP32_WHY),
+    )
+
+
+def cache_spec(name: str, cache: Cache, seq: str) -> TensorSpec:
+    return TensorSpec(name, "float32", (cache.layers, 2, "batch", cache.heads, seq, cache.head_dim))
+
+
+def random_cache(rng: np.random.Generator, cache: Cache, batch: int, seq: int) -> np.ndarray:
+    shape = (cache.layers, 2, batch, cache.heads, seq, cache.head_dim)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def left_padded_mask(batch: int, total: int) -> np.ndarray:
+    mask = np.ones((batch, total), np.int64)
+    if batch > 1:
+        mask[-1, : total // 3] = 0  # a left-padded row, so masking is in every trace and check
+    return mask
+
+
+def decoder_outputs(cache: Callable[[Any], Cache]) -> Callable[[Any], tuple[TensorSpec, ...]]:
+    return lambda c: (
+        TensorSpec("logits", "float32", ("batch", "new", c.vocab_size)),
+        cache_spec("present_key_values", cache(c), "total"),
+    )
+
+
+def cache_dims(batch: int) -> dict[str, DimRange]:
+    # export: past min 0 is the prefill; new max = total max so a whole prompt prefills at once
+    return {
+        "batch": DimRange(1, 1, batch),
+        "new": DimRange(1, 1, 1024),
+        "past": DimRange(0, 64, 1023),
+        "total": DimRange(1, 65, 1024, sum=("past", "new")),  # opt = past opt + new opt
+    }
+
+
+def positions_limits(positions: int) -> dict[str, int]:
+    """A decoder's dims under a model with `positions` positions (past + new <= positions)."""
+    return {"total": positions, "new": positions, "past": positions - 1}
+
+
+def causal_lm(
+    model: type,
+    *,
+    cache: Callable[[Any], Cache],
+    positions: Callable[[Any], int],
+    defaults: Callable[[Any], dict],
+    tokenizer: str,
+    reference_case: Callable[[Any, Any, np.random.Generator], tuple[Feed, dict]],
+    tiny: Mapping[str, Any],
+) -> Deployable:
+    """A decoder-only language model: one decoder graph (input_ids, attention_mask (batch,
+    past + new), position_ids, past_key_values) -> (logits, present_key_values)."""
+
+    def inputs(c: Any) -> tuple[TensorSpec, ...]:
+        n = positions(c)
+        return (
+            TensorSpec("input_ids", "int64", ("batch", "new"), ValueRange(0, c.vocab_size - 1)),
+            TensorSpec("attention_mask", "int64", ("batch", "total"), ValueRange(0, 1)),
+            TensorSpec("position_ids", "int64", ("batch", "new"), ValueRange(0, n - 1)),
+            cache_spec("past_key_values", cache(c), "past"),
+        )
+
+    def example(c: Any, sizes: Mapping[str, int], rng: np.random.Generator) -> Feed:
+        batch, new, past = sizes["batch"], sizes["new"], sizes["past"]
+        mask = left_padded_mask(batch, past + new)
+        positions_ = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)[:, past:]
+        return {
+            "input_ids": rng.integers(0, c.vocab_size, (batch, new), dtype=np.int64),
+            "attention_mask": mask,
+            "position_ids": positions_.astype(np.int64),
+            "past_key_values": random_cache(rng, cache(c), batch, past),
+        }
+
+    decoder = Graph(
+        inputs,
+        decoder_outputs(cache),
+        example,
+        generation_tolerances("present_key_values"),
+        TaskCheck("same next token", next_token_check()),
+        name="decoder",
+        reference_case=reference_case,
+    )
+    generation = Generation(
+        cache,
+        lambda c: c.vocab_size,
+        positions,
+        encoder_decoder=False,
+        defaults=defaults,
+        tokenizer=tokenizer,
+    )
+    return Deployable(
+        model,
+        "text-generation",
+        "generation",
+        cache_dims(batch=8),
+        (decoder,),
+        limits=lambda c: positions_limits(positions(c)),
+        generation=generation,
+        tiny=tiny,
+    )
+
+
+def seq2seq(
+    model: type,
+    task: str,
+    *,
+    cache: Callable[[Any], Cache],
+    positions: Callable[[Any], int],
+    defaults: Callable[[Any], dict],
+    tokenizer: str,
+    encoder_case: Callable[[Any, Any, np.random.Generator], tuple[Feed, dict]],
+    decoder_case: Callable[[Any, Any, np.random.Generator], tuple[Feed, dict]],
+    tiny: Mapping[str, Any],
+) -> Deployable:
+    """An encoder-decoder: the encoder graph (input_ids, attention_mask (batch, source)) ->
+    cross_key_values, projected once per input through every decoder layer; the decoder graph as
+    a causal LM's plus encoder_attention_mask and cross_key_values. The model exposes
+    `encode` and `decode` methods, the graphs' forwards."""
+
+    def enc_example(c: Any, sizes: Mapping[str, int], rng: np.random.Generator) -> Feed:
+        batch, source = sizes["batch"], sizes["source"]
+        mask = np.ones((batch, source), np.int64)
+        if batch > 1:
+            mask[-1, source * 2 // 3 :] = 0  # a padded row (the encoder pads on the right)
+        return {"input_ids": rng.integers(0, c.vocab_size, (batch, source), dtype=np.int64), "attention_mask": mask}
+
+    def dec_inputs(c: Any) -> tuple[TensorSpec, ...]:
+        return (
+            TensorSpec("input_ids", "int64", ("batch", "new"), ValueRange(0, c.vocab_size - 1)),
+            TensorSpec("attention_mask", "int64", ("batch", "total"), ValueRange(0, 1)),
+            TensorSpec("position_ids", "int64", ("batch", "new"), ValueRange(0, positions(c) - 1)),
+            TensorSpec("encoder_attention_mask", "int64", ("batch", "source"), ValueRange(0, 1)),
+            cache_spec("past_key_values", cache(c), "past"),
+            cache_spec("cross_key_values", cache(c), "source"),
+        )
+
+    def dec_example(c: Any, sizes: Mapping[str, int], rng: np.random.Generator) -> Feed:
+        batch, new, past, source = sizes["batch"], sizes["new"], sizes["past"], sizes["source"]
+        enc = enc_example(c, sizes, rng)
+        return {
+            "input_ids": rng.integers(0, c.vocab_size, (batch, new), dtype=np.int64),
+            "attention_mask": np.ones((batch, past + new), np.int64),  # the decoder never pads
+            "position_ids": np.broadcast_to(np.arange(past, past + new), (batch, new)).copy(),
+            "encoder_attention_mask": enc["attention_mask"],
+            "past_key_values": random_cache(rng, cache(c), batch, past),
+            "cross_key_values": random_cache(rng, cache(c), batch, source),
+        }
+
+    encoder = Graph(
+        lambda c: (
+            TensorSpec("input_ids", "int64", ("batch", "source"), ValueRange(0, c.vocab_size - 1)),
+            TensorSpec("attention_mask", "int64", ("batch", "source"), ValueRange(0, 1)),
+        ),
+        lambda c: (cache_spec("cross_key_values", cache(c), "source"),),
+        enc_example,
+        generation_tolerances("cross_key_values"),
+        TaskCheck("cross-attention key/value cosine >= 0.9999", cosine_check("cross_key_values")),
+        name="encoder",
+        method="encode",
+        reference_case=encoder_case,
+    )
+    decoder = Graph(
+        dec_inputs,
+        decoder_outputs(cache),
+        dec_example,
+        generation_tolerances("present_key_values"),
+        TaskCheck("same next token", next_token_check()),
+        name="decoder",
+        method="decode",
+        reference_case=decoder_case,
+    )
+    # export: source min 2 (<s> </s>); batch max 16 = 4 inputs x 4 beams
+    dims = {**cache_dims(batch=16), "source": DimRange(2, 512, 1024)}
+    generation = Generation(
+        cache,
+        lambda c: c.vocab_size,
+        positions,
+        encoder_decoder=True,
+        defaults=defaults,
+        tokenizer=tokenizer,
+    )
+    return Deployable(
+        model,
+        task,
+        "generation",
+        dims,
+        (encoder, decoder),
+        limits=lambda c: {**positions_limits(positions(c)), "source": positions(c)},
+        generation=generation,
+        tiny=tiny,
+    )

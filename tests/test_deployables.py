@@ -1,0 +1,256 @@
+"""Every registered deployable, end to end, with no test written for it by hand.
+
+For each (family, task) the registry collects: a tiny transformers model of its reference
+class, saved with save_pretrained (the format of a user's checkpoint); kiln loads it strictly
+and its eager outputs equal transformers' graph by graph; `kiln build --checkpoint` builds
+every CPU format; parity passes on every backend, answers included; the pipeline's answers
+equal transformers' pipeline's (or, for generation, transformers' generate's tokens); and
+every graph is ready for TensorRT's ONNX parser. A new family gets all of this by declaring
+its deployables.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import LABELS, all_deployables, deployable_id, make_checkpoint
+
+from kiln import samples
+from kiln.checkpoint import load_model
+from kiln.exporters import example_sizes, graph_module
+from kiln.manifest import GenerationManifest, graph_manifests, read_manifest
+
+DEPLOYABLES = all_deployables()
+ids = [deployable_id(d) for d in DEPLOYABLES]
+EVERY_BACKEND = {"torchscript-python", "aoti-python", "onnxruntime", "kiln-torchscript", "kiln-aoti"}
+
+
+def _torch(feed: dict) -> dict:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feed.items()}
+
+
+@pytest.mark.parametrize("d", DEPLOYABLES, ids=ids)
+@torch.no_grad()
+def test_loads_strictly_and_computes_what_transformers_does(d, tmp_path):
+    ckpt, hf = make_checkpoint(d, tmp_path / "ckpt")
+    model = load_model(d.model, ckpt)
+    assert model.random_keys == [], "every weight comes from the checkpoint"
+    config = model.config
+    rng = np.random.default_rng(0)
+    for graph in d.graphs:
+        if graph.reference_case is not None:
+            feed, expected = graph.reference_case(hf, config, rng)
+        else:
+            sizes = {**example_sizes(dict(d.dims)), **graph.reference_sizes}
+            feed = graph.make_example(config, sizes)
+            expected = graph.reference(hf, _torch(feed), {})
+        module = graph_module(graph, model)
+        names = [s.name for s in graph.output_specs(config)]
+        ours = dict(zip(names, module(*[_torch(feed)[s.name] for s in graph.input_specs(config)])))
+        assert set(expected) <= set(ours) and expected, (graph.name, sorted(expected))
+        for name, ref in expected.items():
+            ref = ref.detach().float().numpy()
+            tol = graph.tolerances["fp32"][name]
+            got = ours[name].numpy()
+            assert got.shape == ref.shape, (graph.name, name, got.shape, ref.shape)
+            err = np.abs(got - ref)
+            assert np.all(err <= tol.atol + tol.rtol * np.abs(ref)), (graph.name, name, float(err.max()))
+            assert np.abs(ref).max() > 1e-2, f"{graph.name} {name}: the reference is trivial"
+
+
+@pytest.mark.parametrize("d", DEPLOYABLES, ids=ids)
+def test_builds_every_format_and_every_backend_matches_eager(d, deployable_engine):
+    engine, ckpt, _ = deployable_engine(d)
+    m = read_manifest(engine)
+    assert (m.family, m.task, m.weights, m.random_keys) == (d.family, d.task, "real", [])
+    assert m.kind == d.kind
+    for g in graph_manifests(engine):
+        assert {a.format for a in g.artifacts} == {"torchscript", "onnx", "aoti"}
+        for a in g.artifacts:
+            g.artifact_path(a)  # inside the engine, the size and sha256 the manifest records
+        assert all(s.values is not None for s in g.inputs if s.dtype == "int64"), "index inputs are bounded"
+        if d.labels:
+            assert g.labels == LABELS[d.task]  # from the checkpoint's id2label
+    if isinstance(m, GenerationManifest):
+        from kiln.parity import run_generation_parity
+
+        report = run_generation_parity(engine)
+        for graph, r in report.graphs.items():
+            assert EVERY_BACKEND <= set(r.backends), (graph, sorted(r.backends))
+        for case, rows in report.tokens.items():
+            assert {"kiln-torchscript", "kiln-aoti", "onnxruntime"} <= set(rows), case
+            if "sampling" not in case:
+                assert "transformers-generate" in rows, case
+        failed = {c: {b: v for b, v in rows.items() if not v[0]} for c, rows in report.tokens.items()}
+        assert report.passed, (failed, {g: {n: b.error or b.task_detail for n, b in r.backends.items()
+                                            if not b.passed} for g, r in report.graphs.items()})
+    else:
+        from kiln.parity import run_parity
+
+        report = run_parity(engine)
+        assert set(report.backends) == EVERY_BACKEND
+        assert "kiln-tensorrt" in report.skipped and "tensorrt-python" in report.skipped
+        for name, b in report.backends.items():
+            assert b.error is None, b.error
+            assert b.task_match, (name, b.task_detail)
+            for out, o in b.outputs.items():
+                assert o["pass"] and o["cosine"] >= 0.9999, (name, out, o)
+        assert report.passed and report.iterations >= 3
+
+
+# --- answers: the pipeline through the C++ runtime vs transformers' own ------------------------
+
+
+def _hf_pipeline(task: str, ckpt):
+    import transformers
+
+    return transformers.pipeline(task, model=str(ckpt), device="cpu")
+
+
+def _classification(pipe, ckpt, inputs):
+    feed, ctx = pipe.preprocess(inputs)
+    ours = pipe.postprocess(pipe.run(feed), ctx, top_k=None)
+    theirs = _hf_pipeline(pipe.task, ckpt)(inputs, top_k=len(pipe.manifest.labels))
+    for o, t in zip(ours, theirs):
+        assert [x["label"] for x in o] == [x["label"] for x in t]
+        np.testing.assert_allclose([x["score"] for x in o], [x["score"] for x in t], atol=1e-5)
+
+
+def _text_classification(pipe, ckpt, hf):
+    _classification(pipe, ckpt, samples.SENTENCES)
+
+
+def _token_classification(pipe, ckpt, hf):
+    ours = pipe(samples.ENTITY_SENTENCES)
+    theirs = _hf_pipeline("token-classification", ckpt)(samples.ENTITY_SENTENCES, aggregation_strategy="simple")
+    assert sum(len(o) for o in ours) > 0, "the tiny model tags something"
+    for o, t in zip(ours, theirs):
+        assert [(e["label"], e["start"], e["end"]) for e in o] == [(e["entity_group"], e["start"], e["end"]) for e in t]
+        np.testing.assert_allclose([e["score"] for e in o], [e["score"] for e in t], atol=1e-4)
+
+
+def _question_answering(pipe, ckpt, hf):
+    """kiln's answer equals a brute-force search over transformers' logits, inside the context."""
+    import transformers
+
+    answers = pipe([q for q, _ in samples.QA_PAIRS], [c for _, c in samples.QA_PAIRS])
+    tok = transformers.AutoTokenizer.from_pretrained(str(ckpt))
+    for (q, c), ans in zip(samples.QA_PAIRS, answers):
+        enc = tok(q, c, return_offsets_mapping=True, return_tensors="pt")
+        offsets = enc.pop("offset_mapping")[0].tolist()
+        with torch.no_grad():
+            out = hf(**{k: v for k, v in enc.items() if k in pipe.manifest.input_names})
+        ctx = [i for i, s in enumerate(enc.sequence_ids(0)) if s == 1]
+        ps = torch.softmax(out.start_logits[0, ctx], -1)
+        pe = torch.softmax(out.end_logits[0, ctx], -1)
+        best = max(((ps[i] * pe[j]).item(), i, j) for i in range(len(ctx)) for j in range(i, min(len(ctx), i + 30)))
+        start, end = offsets[ctx[best[1]]][0], offsets[ctx[best[2]]][1]
+        assert (ans["start"], ans["end"]) == (start, end)
+        assert ans["answer"] == c[start:end] and ans["answer"] in c
+        assert ans["score"] == pytest.approx(best[0], abs=1e-5)
+
+
+def _fill_mask(pipe, ckpt, hf):
+    text = f"The capital of France is {pipe.tokenizer.mask_token}."
+    ours = pipe([text])[0][0]
+    theirs = _hf_pipeline("fill-mask", ckpt)(text, top_k=5)
+    assert [o["token_id"] for o in ours] == [t["token"] for t in theirs]
+    np.testing.assert_allclose([o["score"] for o in ours], [t["score"] for t in theirs], atol=1e-5)
+
+
+def _feature_extraction(pipe, ckpt, hf):
+    """The embeddings are what sentence-transformers computes with transformers."""
+    import transformers
+
+    texts = [samples.SEARCH_QUERY, *samples.SEARCH_DOCUMENTS]
+    enc = transformers.AutoTokenizer.from_pretrained(str(ckpt))(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = hf(**{k: v for k, v in enc.items() if k in pipe.manifest.input_names}).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    ref = torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+    assert np.abs(pipe(texts) - ref).max() <= 1e-5
+
+
+def _image_classification(pipe, ckpt, hf):
+    from PIL import Image
+
+    photos = [Image.fromarray(p) for p in samples.photos()]
+    _classification(pipe, ckpt, photos)
+
+
+def _speech_recognition(pipe, ckpt, hf):
+    import transformers
+
+    speech = samples.speech_files()
+    ours = pipe(speech)
+    fe = transformers.Wav2Vec2FeatureExtractor.from_pretrained(ckpt)
+    tok = transformers.AutoTokenizer.from_pretrained(ckpt)
+    theirs = []
+    for w in (pipe.processor.load(f) for f in speech):  # one utterance at a time, as HF's pipeline
+        feats = fe(w, sampling_rate=16000, return_tensors="pt")
+        with torch.no_grad():
+            theirs.append(tok.decode(hf(**feats).logits.argmax(-1)[0]))
+    assert ours == theirs
+    assert any(t for t in ours), "the tiny model says something"
+
+
+def _audio_classification(pipe, ckpt, hf):
+    """One utterance at a time (as transformers' pipeline runs them), from the same 16 kHz waves."""
+    hf_pipe = _hf_pipeline("audio-classification", ckpt)
+    for wave in (pipe.processor.load(f) for f in samples.speech_files()):
+        feed, ctx = pipe.preprocess([wave])
+        ours = pipe.postprocess(pipe.run(feed), ctx, top_k=None)[0]
+        theirs = hf_pipe({"raw": wave, "sampling_rate": 16000}, top_k=len(pipe.manifest.labels))
+        assert [x["label"] for x in ours] == [x["label"] for x in theirs]
+        np.testing.assert_allclose([x["score"] for x in ours], [x["score"] for x in theirs], atol=1e-5)
+
+
+def _generation(pipe, ckpt, hf):
+    """The pipeline's text is the decoded tokens of transformers' generate, streamed piece by piece."""
+    from kiln.parity import transformers_generate
+
+    pieces: list[str] = []
+    out = pipe(samples.PROMPTS[2], on_text=lambda row, piece: pieces.append(piece), max_new_tokens=20)
+    assert "".join(pieces) == out[0]["text"] or not pieces  # beam search streams at the end
+    ref = transformers_generate(pipe.manifest)([pipe.tokenizer.encode(samples.PROMPTS[2])], {"max_new_tokens": 20})
+    assert out[0]["tokens"] == ref[0]
+
+
+ANSWERS = {
+    "text-classification": _text_classification,
+    "token-classification": _token_classification,
+    "question-answering": _question_answering,
+    "fill-mask": _fill_mask,
+    "feature-extraction": _feature_extraction,
+    "image-classification": _image_classification,
+    "automatic-speech-recognition": _speech_recognition,
+    "audio-classification": _audio_classification,
+    "text-generation": _generation,
+    "summarization": _generation,
+    "translation": _generation,
+}
+
+
+@pytest.mark.parametrize("d", DEPLOYABLES, ids=ids)
+def test_answers_equal_transformers(d, deployable_engine):
+    from kiln.pipelines import pipeline
+
+    engine, ckpt, hf = deployable_engine(d)
+    assert d.task in ANSWERS, f"no answer check for the task {d.task}: add one to ANSWERS"
+    pipe = pipeline(engine)
+    assert pipe.backend == "aoti"
+    ANSWERS[d.task](pipe, ckpt, hf)
+
+
+@pytest.mark.parametrize("d", DEPLOYABLES, ids=ids)
+def test_every_graph_is_tensorrt_ready(d, deployable_engine):
+    from kiln.check_trt import check_engine
+
+    engine, _, _ = deployable_engine(d)
+    for g in graph_manifests(engine):
+        report = check_engine(g.path)
+        assert report.passed, (g.graph, [f for f in report.findings if not f.ok])
+        checks = {f.check for f in report.findings}
+        assert checks == {"opset", "domains", "operators", "types", "float64", "fold-constants", "folded-parity"}
