@@ -352,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "--fold-constants` succeeds and the folded graph still matches eager PyTorch in "
                        "ONNX Runtime. Exits 1 with the reason for any failure.")
     s.add_argument("engine", help="engine directory")
-    s.add_argument("--ops-table", help="TensorRT operator table (default: the one kiln ships, or "
-                   "$KILN_TRT_OPS)")
+    s.add_argument("--ops-table", help="TensorRT operator table (default: $KILN_TRT_OPS, else the one that "
+                   "ships with kiln, kiln/data/tensorrt_onnx_ops.tsv: onnx-tensorrt release/10.1-GA)")
     s.add_argument("--json", help="write the verdict as JSON to this file")
     s.set_defaults(fn=cmd_check_trt)
 
