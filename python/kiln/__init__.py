@@ -3,6 +3,7 @@
 Importing `kiln` is cheap: torch, tokenizers and the C++ extension load only when a
 submodule that needs them is imported (`kiln.models.bert`, `kiln.checkpoint`, ...).
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

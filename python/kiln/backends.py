@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CheckpointError, KilnError
-from .manifest import Manifest
+from .errors import BackendUnavailableError, CheckpointError, KilnError
+from .manifest import Artifact, Manifest
 
 Infer = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -42,7 +42,7 @@ CPP_BACKENDS = ("tensorrt", "aoti", "torchscript")
 class Runner:
     name: str
     kind: str  # reference | baseline | python | cpp | gpu
-    open: Callable[[], Infer]
+    open: Callable[[], Any]  # -> Infer (a graph's runners), or what the caller runs (generation bench)
     unavailable: str | None = None  # why it cannot run here
     precision: str = "fp32"  # which tolerance table holds it
 
@@ -73,8 +73,12 @@ def eager_model(manifest: Manifest) -> Any:
     if manifest.labels:
         overrides["id2label"] = {str(i): label for i, label in enumerate(manifest.labels)}
     model = load_model(
-        d.model, ckpt, random_head=manifest.source.random_head, seed=manifest.source.seed,
-        config_overrides=overrides, **manifest.task_options,
+        d.model,
+        ckpt,
+        random_head=manifest.source.random_head,
+        seed=manifest.source.seed,
+        config_overrides=overrides,
+        **manifest.task_options,
     )
     return graph_module(d.graph(manifest.graph), model)
 
@@ -171,11 +175,10 @@ def runners(manifest: Manifest, threads: int | None = None) -> list[Runner]:
     runner's intra-op threads (None leaves each at its default)."""
     from . import registry
 
-    def artifact(fmt: str) -> tuple[Path | None, str | None]:
-        art = manifest.artifact(fmt)
-        if art is None:
-            return None, f"no {fmt} artifact in the engine (kiln build RECIPE --formats {fmt})"
-        return manifest.path / art.file if manifest.path else None, None  # opened after artifact_path's checks
+    def missing(fmt: str) -> str | None:
+        if manifest.artifact(fmt) is None:
+            return f"no {fmt} artifact in the engine (kiln build RECIPE --formats {fmt})"
+        return None
 
     def checked(fmt: str, precision: str | None = None) -> Path:
         art = manifest.artifact(fmt, precision)
@@ -205,43 +208,71 @@ def runners(manifest: Manifest, threads: int | None = None) -> list[Runner]:
         runner = torch._inductor.aoti_load_package(str(checked("aoti")))
         return torch_infer(runner, manifest)
 
-    out.append(Runner("torchscript-python", "python", torchscript, artifact("torchscript")[1]))
-    out.append(Runner("aoti-python", "python", aoti, artifact("aoti")[1]))
-    out.append(Runner("onnxruntime", "python", lambda: onnxruntime_infer(checked("onnx"), manifest, threads),
-                      artifact("onnx")[1]))
+    out.append(Runner("torchscript-python", "python", torchscript, missing("torchscript")))
+    out.append(Runner("aoti-python", "python", aoti, missing("aoti")))
+    out.append(
+        Runner("onnxruntime", "python", lambda: onnxruntime_infer(checked("onnx"), manifest, threads), missing("onnx"))
+    )
 
     cpp, cpp_error = cpp_backends()
     plans = manifest.artifacts_of("tensorrt")
     for backend in CPP_BACKENDS:
         why = cpp_error or (
-            None if backend in cpp else
-            f"the C++ runtime has no usable {backend} backend on this machine (usable: {', '.join(cpp) or 'none'})"
+            None
+            if backend in cpp
+            else f"the C++ runtime has no usable {backend} backend on this machine (usable: {', '.join(cpp) or 'none'})"
         )
         if backend != "tensorrt" or not plans:
-            why = why or artifact(backend)[1]
+            why = why or missing(backend)
             out.append(Runner(f"kiln-{backend}", "cpp", _cpp_opener(manifest, backend, "auto", threads), why))
             continue
         for art in plans:  # the C++ runtime runs each plan (EngineOptions::precision)
-            out.append(Runner(f"kiln-tensorrt-{art.precision}", "cpp",
-                              _cpp_opener(manifest, "tensorrt", art.precision, threads), why, art.precision))
+            out.append(
+                Runner(
+                    f"kiln-tensorrt-{art.precision}",
+                    "cpp",
+                    _cpp_opener(manifest, "tensorrt", art.precision, threads),
+                    why,
+                    art.precision,
+                )
+            )
 
     from .gpu import tensorrt_unavailable
 
     for art in plans:
-        out.append(Runner(f"tensorrt-python-{art.precision}", "gpu",
-                          lambda art=art: tensorrt_infer(manifest.artifact_path(art), art.profiles or [{}]),
-                          tensorrt_unavailable(), art.precision))
+        out.append(
+            Runner(
+                f"tensorrt-python-{art.precision}",
+                "gpu",
+                _trt_opener(manifest, art),
+                tensorrt_unavailable(),
+                art.precision,
+            )
+        )
     if not plans:
-        out.append(Runner("tensorrt-python", "gpu", lambda: {},  # type: ignore[arg-type,return-value]
-                          "no TensorRT plan in the engine (kiln build RECIPE --formats tensorrt, on a GPU host)"))
+        why = "no TensorRT plan in the engine (kiln build RECIPE --formats tensorrt, on a GPU host)"
+        out.append(Runner("tensorrt-python", "gpu", _never(why), why))
     return out
+
+
+def _never(why: str) -> Callable[[], Infer]:
+    """The opener of a runner that cannot run here (never called: `unavailable` says why)."""
+
+    def make() -> Infer:
+        raise BackendUnavailableError(why)
+
+    return make
+
+
+def _trt_opener(manifest: Manifest, art: Artifact) -> Callable[[], Infer]:
+    return lambda: tensorrt_infer(manifest.artifact_path(art), art.profiles or [{}])
 
 
 def _cpp_opener(manifest: Manifest, backend: str, precision: str, threads: int | None) -> Callable[[], Infer]:
     def make() -> Infer:
         from .runtime import Engine
 
-        return Engine(manifest.path, backend=backend, precision=precision, num_threads=threads or 0).run  # type: ignore[arg-type]
+        return Engine(manifest.dir, backend=backend, precision=precision, num_threads=threads or 0).run
 
     return make
 
@@ -259,8 +290,9 @@ def select(all_runners: list[Runner], only: list[str] | None) -> list[Runner]:
     return [r for r in all_runners if r.name in only or r.kind == "reference"]
 
 
-def open_all(selected: list[Runner], progress: Callable[[str], None] = lambda m: None
-             ) -> tuple[dict[str, Infer], dict[str, str], dict[str, str]]:
+def open_all(
+    selected: list[Runner], progress: Callable[[str], None] = lambda m: None
+) -> tuple[dict[str, Infer], dict[str, str], dict[str, str]]:
     """Open each available runner: ({name: infer}, {name: why skipped}, {name: error while loading}).
     One failing to load is reported and must not sink the others; the reference's failure raises."""
     opened: dict[str, Infer] = {}

@@ -6,16 +6,18 @@ each one that cannot run here listed with the reason. All at the same thread cou
 inputs, taking turns block by block in one process so the machine's noise hits them alike.
 Generation engines: the whole generate() call, transformers' and kiln::Generator's.
 """
+
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 
 import numpy as np
 
@@ -71,8 +73,9 @@ def _check_shape(manifest: Manifest, batch: int, seq: int | None) -> None:
             raise InvalidArgumentError(f"{flag} {value}: outside the engine's {name} range [{r.min}, {r.max}]")
 
 
-def _measure_interleaved(fns: dict[str, Callable], feed: dict, warmup: int, iters: int,
-                         budget_s: float, blocks: int = 5) -> dict[str, list[float]]:
+def _measure_interleaved(
+    fns: dict[str, Callable], feed: dict, warmup: int, iters: int, budget_s: float, blocks: int = 5
+) -> dict[str, list[float]]:
     """Each backend timed in `blocks` blocks of iters/blocks calls, the backends taking turns
     block by block: the machine's noise (a shared 2-core box) lands on every backend alike
     instead of on whichever ran during a burst. Turns are blocks, not single calls, because
@@ -96,18 +99,28 @@ def _measure_interleaved(fns: dict[str, Callable], feed: dict, warmup: int, iter
     return times
 
 
-def _load(all_runners: list[Runner], only: list[str] | None,
-          progress: Callable[[str], None]) -> tuple[dict[str, Callable], dict[str, str]]:
+def _load(
+    all_runners: list[Runner], only: list[str] | None, progress: Callable[[str], None]
+) -> tuple[dict[str, Callable], dict[str, str]]:
     """Open the selected runners; one that cannot run here or fails to load is skipped with its
     reason (the report lists every one) and must not sink the others."""
     opened, skipped, errors = open_all(select(all_runners, only), progress)
     return opened, {**skipped, **errors}
 
 
-def run_bench(engine_dir: str | Path, batches: list[int], seq: int | None, threads: int = 2,
-              iters: int = 50, warmup: int = 5, budget_s: float = 8.0, only: list[str] | None = None,
-              progress: Callable[[str], None] = lambda m: None) -> dict:
+def run_bench(
+    engine_dir: str | Path,
+    batches: list[int],
+    seq: int | None,
+    threads: int = 2,
+    iters: int = 50,
+    warmup: int = 5,
+    budget_s: float = 8.0,
+    only: list[str] | None = None,
+    progress: Callable[[str], None] = lambda m: None,
+) -> dict:
     import torch
+
     manifest = read_graph_manifest(engine_dir)
     for b in batches:
         _check_shape(manifest, b, seq)
@@ -124,19 +137,39 @@ def run_bench(engine_dir: str | Path, batches: list[int], seq: int | None, threa
         for name, secs in measured.items():
             times = np.array(secs) * 1e3
             p50 = float(np.percentile(times, 50))
-            rows.append(BenchRow(name, batch, seq, p50, float(np.percentile(times, 90)),
-                                 float(np.percentile(times, 99)), float(times.mean()),
-                                 batch / (p50 / 1e3), len(times)))
-    return {"engine": manifest.name, "task": manifest.task, "threads": threads, "machine": machine(),
-            "rows": [r.to_json() for r in rows], "skipped": skipped}
+            rows.append(
+                BenchRow(
+                    name,
+                    batch,
+                    seq,
+                    p50,
+                    float(np.percentile(times, 90)),
+                    float(np.percentile(times, 99)),
+                    float(times.mean()),
+                    batch / (p50 / 1e3),
+                    len(times),
+                )
+            )
+    return {
+        "engine": manifest.name,
+        "task": manifest.task,
+        "threads": threads,
+        "machine": machine(),
+        "rows": [r.to_json() for r in rows],
+        "skipped": skipped,
+    }
 
 
 def machine() -> dict:
     """What a figure means only beside: the CPU, its cores, the software."""
     import torch
 
-    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__}
+    return {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 def _cpu_name() -> str:
@@ -158,7 +191,7 @@ def summary(result: dict) -> list[str]:
         cpp = {k: v for k, v in by.items() if k.startswith("kiln-")}
         if not cpp:
             continue
-        best = min(cpp, key=cpp.get)
+        best = min(cpp, key=lambda k: cpp[k])
         parts = [f"batch {batch}: best C++ backend {best} {cpp[best]:.2f} ms"]
         if "transformers" in by:
             parts.append(f"{by['transformers'] / cpp[best]:.2f}x transformers eager's speed")
@@ -178,8 +211,16 @@ _COLUMNS = ("backend", "batch", "length", "p50 ms", "p90 ms", "p99 ms", "samples
 
 
 def _cells(r: dict, digits: int = 2) -> list[str]:
-    return [r["backend"], str(r["batch"]), str(r["seq"] or "-"), f"{r['p50_ms']:.{digits}f}",
-            f"{r['p90_ms']:.{digits}f}", f"{r['p99_ms']:.{digits}f}", f"{r['throughput']:.1f}", str(r["iters"])]
+    return [
+        r["backend"],
+        str(r["batch"]),
+        str(r["seq"] or "-"),
+        f"{r['p50_ms']:.{digits}f}",
+        f"{r['p90_ms']:.{digits}f}",
+        f"{r['p99_ms']:.{digits}f}",
+        f"{r['throughput']:.1f}",
+        str(r["iters"]),
+    ]
 
 
 def _print_table(result: dict, columns, cells, lines: list[str], console=None) -> None:
@@ -187,9 +228,11 @@ def _print_table(result: dict, columns, cells, lines: list[str], console=None) -
     from rich.table import Table
 
     from .term import make_console
+
     console = console or make_console()
-    table = Table(title=f"bench: {result['engine']} ({result['task']}), {result['threads']} threads, "
-                        f"{result['machine']['cpu']}")
+    table = Table(
+        title=f"bench: {result['engine']} ({result['task']}), {result['threads']} threads, {result['machine']['cpu']}"
+    )
     for col in columns:
         table.add_column(col, justify="right" if col != "backend" else "left")
     for r in result["rows"]:
@@ -221,6 +264,7 @@ def write_json(result: dict, path: str | Path) -> None:
 
 
 # --- generation engines (GPT-2, BART): the whole generate() call, one run per backend --------
+
 
 @dataclass
 class GenerationRow:
@@ -282,8 +326,9 @@ def _kiln_generate(engine_dir: Path, backend: str, threads: int) -> Generate:
 
     def run(prompts: list[list[int]], new_tokens: int, beams: int) -> tuple[float, float, float]:
         t = time.perf_counter()
-        r = gen.generate(prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=beams,
-                         do_sample=False)
+        r = gen.generate(
+            prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=beams, do_sample=False
+        )
         total = time.perf_counter() - t
         steps = list(r.timings["step_ms"][1:]) or [0.0]
         return total, float(r.timings["time_to_first_token_ms"]), float(np.median(steps))
@@ -291,10 +336,16 @@ def _kiln_generate(engine_dir: Path, backend: str, threads: int) -> Generate:
     return run
 
 
-def run_generation_bench(engine_dir: str | Path, batches: list[int], prompt: int | None = None,
-                         new_tokens: int = 64, beams: int | None = None, threads: int = 2,
-                         only: list[str] | None = None,
-                         progress: Callable[[str], None] = lambda m: None) -> dict:
+def run_generation_bench(
+    engine_dir: str | Path,
+    batches: list[int],
+    prompt: int | None = None,
+    new_tokens: int = 64,
+    beams: int | None = None,
+    threads: int = 2,
+    only: list[str] | None = None,
+    progress: Callable[[str], None] = lambda m: None,
+) -> dict:
     """generate() timed on transformers and kiln::Generator on every C++ backend with an
     artifact: one warm-up call (4 tokens) and one measured call each, per batch size."""
     import torch
@@ -315,11 +366,11 @@ def run_generation_bench(engine_dir: str | Path, batches: list[int], prompt: int
         import transformers  # noqa: F401
     except ImportError:
         hf_why = "transformers is not installed (pip install kiln[test])"
-    candidates = [Runner("transformers-generate", "baseline", lambda: _transformers_generate(manifest), hf_why)]  # type: ignore[arg-type,return-value]
+    candidates = [Runner("transformers-generate", "baseline", lambda: _transformers_generate(manifest), hf_why)]
     for b in CPP_BACKENDS:
         why = cpp_error or (None if b in cpp else f"the C++ runtime has no usable {b} backend on this machine")
         why = why or (None if b in have else f"no {b} artifact in the engine")
-        candidates.append(Runner(f"kiln-{b}", "cpp", lambda b=b: _kiln_generate(engine_dir, b, threads), why))  # type: ignore[misc]
+        candidates.append(Runner(f"kiln-{b}", "cpp", functools.partial(_kiln_generate, engine_dir, b, threads), why))
     fns, skipped = _load(candidates, only, progress)
     rows = []
     for name, fn in fns.items():
@@ -329,10 +380,20 @@ def run_generation_bench(engine_dir: str | Path, batches: list[int], prompt: int
             gc.collect()
             fn(prompts, 4, beams)  # warm-up: first-call allocations and lazy initialisation
             total, ttft, per_token = fn(prompts, new_tokens, beams)
-            rows.append(GenerationRow(name, batch, prompt, new_tokens, beams, total,
-                                      batch * new_tokens / total, ttft, per_token))
-    return {"engine": manifest.name, "task": manifest.task, "threads": threads, "kind": "generation",
-            "machine": machine(), "rows": [r.to_json() for r in rows], "skipped": skipped}
+            rows.append(
+                GenerationRow(
+                    name, batch, prompt, new_tokens, beams, total, batch * new_tokens / total, ttft, per_token
+                )
+            )
+    return {
+        "engine": manifest.name,
+        "task": manifest.task,
+        "threads": threads,
+        "kind": "generation",
+        "machine": machine(),
+        "rows": [r.to_json() for r in rows],
+        "skipped": skipped,
+    }
 
 
 def generation_summary(result: dict) -> list[str]:
@@ -343,7 +404,7 @@ def generation_summary(result: dict) -> list[str]:
         cpp = {k: v for k, v in by.items() if k.startswith("kiln-")}
         if not cpp:
             continue
-        best = max(cpp, key=cpp.get)
+        best = max(cpp, key=lambda k: cpp[k])
         line = f"batch {batch}: best kiln backend {best} {cpp[best]:.1f} tokens/s"
         if "transformers-generate" in by:
             speedup = cpp[best] / by["transformers-generate"]
@@ -352,13 +413,21 @@ def generation_summary(result: dict) -> list[str]:
     return lines
 
 
-_GEN_COLUMNS = ("backend", "batch", "prompt", "new", "beams", "total s", "tokens/s", "first token ms",
-                "per token ms")
+_GEN_COLUMNS = ("backend", "batch", "prompt", "new", "beams", "total s", "tokens/s", "first token ms", "per token ms")
 
 
 def _gen_cells(r: dict) -> list[str]:
-    return [r["backend"], str(r["batch"]), str(r["prompt"]), str(r["new_tokens"]), str(r["beams"]),
-            f"{r['total_s']:.2f}", f"{r['tokens_per_s']:.1f}", f"{r['ttft_ms']:.0f}", f"{r['per_token_ms']:.1f}"]
+    return [
+        r["backend"],
+        str(r["batch"]),
+        str(r["prompt"]),
+        str(r["new_tokens"]),
+        str(r["beams"]),
+        f"{r['total_s']:.2f}",
+        f"{r['tokens_per_s']:.1f}",
+        f"{r['ttft_ms']:.0f}",
+        f"{r['per_token_ms']:.1f}",
+    ]
 
 
 def print_generation_bench(result: dict, console=None) -> None:

@@ -10,6 +10,7 @@ the "bert." prefix of head checkpoints, head keys, tied keys, ignored keys, lega
 Every missing key, unexpected key and shape mismatch is collected and reported together
 in one CheckpointError; nothing is dropped by a blanket filter.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, InvalidArgumentError
+from .models.base import HFConfig, KilnModel
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -33,12 +35,15 @@ TORCH_INDEX = "pytorch_model.bin.index.json"
 
 # --- reading ----------------------------------------------------------------------------------
 
+
 def read_config_dict(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint's config.json as a dict."""
     file = Path(path) / CONFIG_FILE
     if not file.is_file():
-        raise CheckpointError(f"checkpoint {path}: no {CONFIG_FILE}; expected a Hugging Face "
-                              f"checkpoint directory ({CONFIG_FILE} + {SAFETENSORS_FILE} or {TORCH_FILE})")
+        raise CheckpointError(
+            f"checkpoint {path}: no {CONFIG_FILE}; expected a Hugging Face "
+            f"checkpoint directory ({CONFIG_FILE} + {SAFETENSORS_FILE} or {TORCH_FILE})"
+        )
     try:
         data = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -48,8 +53,9 @@ def read_config_dict(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def config_from_dir(path: str | os.PathLike, config_cls: type | None = None, *,
-                    overrides: dict[str, Any] | None = None):
+def config_from_dir(
+    path: str | os.PathLike, config_cls: type[HFConfig] | None = None, *, overrides: dict[str, Any] | None = None
+) -> Any:
     """The kiln config of a checkpoint directory.
 
     config_cls: the family's config class; by default chosen from config.json's model_type.
@@ -59,12 +65,14 @@ def config_from_dir(path: str | os.PathLike, config_cls: type | None = None, *,
     data.update(overrides or {})
     if config_cls is None:
         from .registry import families
+
         model_type = data.get("model_type")
         config_cls = families().get(model_type) if isinstance(model_type, str) else None
         if config_cls is None:
             raise CheckpointError(
                 f"checkpoint {path}: model_type {model_type!r} in {CONFIG_FILE} is not a kiln family; "
-                f"expected one of {sorted(families())}")
+                f"expected one of {sorted(families())}"
+            )
     try:
         return config_cls.from_dict(data)
     except (InvalidArgumentError, TypeError, ValueError) as e:
@@ -87,14 +95,16 @@ def weight_files(path: str | os.PathLike) -> list[Path]:
             if absent:
                 raise CheckpointError(f"checkpoint {path / index}: shard file(s) {absent} are missing")
             return shards
-    raise CheckpointError(f"checkpoint {path}: no weights; expected {SAFETENSORS_FILE} or {TORCH_FILE} "
-                          "(or a sharded index of either)")
+    raise CheckpointError(
+        f"checkpoint {path}: no weights; expected {SAFETENSORS_FILE} or {TORCH_FILE} (or a sharded index of either)"
+    )
 
 
 def _read_weight_file(file: Path) -> dict[str, torch.Tensor]:
     try:
         if file.name.endswith(".safetensors"):
             from safetensors.torch import load_file
+
             return load_file(str(file))
         state = torch.load(str(file), map_location="cpu", weights_only=True)
     except Exception as e:  # safetensors, pickle and zip each raise their own error types
@@ -124,12 +134,14 @@ def checkpoint_hash(path: str | os.PathLike) -> str:
 
 # --- loading ----------------------------------------------------------------------------------
 
+
 def _shape(t: torch.Tensor | torch.Size) -> str:
     return str(list(t.shape if isinstance(t, torch.Tensor) else t))
 
 
-def _to_model_names(state: dict[str, torch.Tensor], model: nn.Module,
-                    model_keys: set[str]) -> dict[str, tuple[str, torch.Tensor]]:
+def _to_model_names(
+    state: dict[str, torch.Tensor], model: nn.Module, model_keys: set[str]
+) -> dict[str, tuple[str, torch.Tensor]]:
     """Checkpoint names -> model names ({model_name: (checkpoint_name, tensor)})."""
     prefix = f"{model.base_model_prefix}." if getattr(model, "base_model_prefix", "") else ""
     model_has_prefix = bool(prefix) and any(k.startswith(prefix) for k in model_keys)
@@ -144,17 +156,22 @@ def _to_model_names(state: dict[str, torch.Tensor], model: nn.Module,
         if model_has_prefix and not ckpt_has_prefix:  # a base checkpoint into a task model
             name = prefix + name
         elif ckpt_has_prefix and not model_has_prefix and name.startswith(prefix):
-            name = name[len(prefix):]  # a task checkpoint's body into the base model
+            name = name[len(prefix) :]  # a task checkpoint's body into the base model
         if name in out:
-            raise CheckpointError(f"checkpoint keys {out[name][0]!r} and {ckpt_name!r} both map to "
-                                  f"{name!r}")
+            raise CheckpointError(f"checkpoint keys {out[name][0]!r} and {ckpt_name!r} both map to {name!r}")
         out[name] = (ckpt_name, tensor)
     return out
 
 
-def load_model(model_cls: type[nn.Module], path: str | os.PathLike, *, random_head: bool = False,
-               seed: int = 0, config_overrides: dict[str, Any] | None = None,
-               **model_kwargs: Any) -> nn.Module:
+def load_model(
+    model_cls: type[KilnModel],
+    path: str | os.PathLike,
+    *,
+    random_head: bool = False,
+    seed: int = 0,
+    config_overrides: dict[str, Any] | None = None,
+    **model_kwargs: Any,
+) -> KilnModel:
     """A kiln model with the weights of a Hugging Face checkpoint directory, in eval mode.
 
     Accepts a base checkpoint (BertModel: keys without "bert.") and a task checkpoint (keys
@@ -175,8 +192,9 @@ def load_model(model_cls: type[nn.Module], path: str | os.PathLike, *, random_he
     try:
         model = model_cls(config, **model_kwargs)
     except InvalidArgumentError as e:
-        raise CheckpointError(f"checkpoint {path}: {model_cls.__name__} cannot be built from "
-                              f"{CONFIG_FILE}: {e}") from None
+        raise CheckpointError(
+            f"checkpoint {path}: {model_cls.__name__} cannot be built from {CONFIG_FILE}: {e}"
+        ) from None
     state = {}
     for file in files:
         state.update(_read_weight_file(file))
@@ -195,16 +213,16 @@ def load_model(model_cls: type[nn.Module], path: str | os.PathLike, *, random_he
     for k in missing:
         if k in random_keys:
             continue
-        hint = ("; it is a task-head key: pass random_head=True to initialise the head randomly"
-                if k in head else "")
+        hint = "; it is a task-head key: pass random_head=True to initialise the head randomly" if k in head else ""
         problems.append(f"missing key {k!r} (model shape {_shape(expected[k])}){hint}")
     ignored = []
     for name, (ckpt_name, tensor) in sorted(given.items()):
         shown = repr(name) if name == ckpt_name else f"{name!r} (checkpoint key {ckpt_name!r})"
         if name in expected:
             if tensor.shape != expected[name]:
-                problems.append(f"shape mismatch for {shown}: checkpoint {_shape(tensor)}, "
-                                f"model {_shape(expected[name])}")
+                problems.append(
+                    f"shape mismatch for {shown}: checkpoint {_shape(tensor)}, model {_shape(expected[name])}"
+                )
         elif name in ignorable or name in tied:
             # a tied key stored anyway (older checkpoints save every name of a shared tensor):
             # the model reads it from the key it is tied to
@@ -214,7 +232,8 @@ def load_model(model_cls: type[nn.Module], path: str | os.PathLike, *, random_he
     if problems:
         raise CheckpointError(
             f"checkpoint {where} does not fit {model_cls.__name__} ({len(problems)} problem"
-            f"{'s' if len(problems) > 1 else ''}):\n  " + "\n  ".join(problems))
+            f"{'s' if len(problems) > 1 else ''}):\n  " + "\n  ".join(problems)
+        )
 
     with torch.no_grad():
         for name, (_, tensor) in given.items():
@@ -232,7 +251,8 @@ def load_model(model_cls: type[nn.Module], path: str | os.PathLike, *, random_he
 
 # --- saving -----------------------------------------------------------------------------------
 
-def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
+
+def save_model(model: KilnModel, path: str | os.PathLike) -> Path:
     """Write a kiln model as a Hugging Face checkpoint directory: config.json + model.safetensors.
 
     Tied duplicates are left out (transformers re-ties them on load); a model whose HF
@@ -251,7 +271,7 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
         if name in tied:
             continue
         if arch == "BertModel" and name.startswith(prefix):  # base-model checkpoints carry no prefix
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
         tensors[name] = tensor.detach().to("cpu").contiguous()
     config = model.config.to_dict()
     config["architectures"] = [arch]
@@ -274,8 +294,14 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
 
 # --- random weights at real sizes ---------------------------------------------------------------
 
-def random_checkpoint(model_cls: type[nn.Module], config_dir: str | os.PathLike, *, seed: int = 0,
-                      out_dir: str | os.PathLike | None = None) -> Path:
+
+def random_checkpoint(
+    model_cls: type[KilnModel],
+    config_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    out_dir: str | os.PathLike | None = None,
+) -> Path:
     """A checkpoint directory with every weight initialised as transformers would, from a
     generator seeded with `seed`, for a config-only directory (config.json, and processing
     files such as preprocessor_config.json, but no weights): real sizes, random values.
@@ -291,15 +317,19 @@ def random_checkpoint(model_cls: type[nn.Module], config_dir: str | os.PathLike,
     config_dir = Path(config_dir)
     config = config_from_dir(config_dir, model_cls.config_class)
     digest = hashlib.sha256((config_dir / CONFIG_FILE).read_bytes()).hexdigest()[:12]
-    out = Path(out_dir) if out_dir else (cache_dir() / "checkpoints" / "random"
-                                         / f"{config_dir.name}-{digest}-seed{int(seed)}")
+    out = (
+        Path(out_dir)
+        if out_dir
+        else (cache_dir() / "checkpoints" / "random" / f"{config_dir.name}-{digest}-seed{int(seed)}")
+    )
     if (out / CONFIG_FILE).is_file() and (out / SAFETENSORS_FILE).is_file():
         return out  # save_model writes config.json last: its presence marks a complete directory
     try:
         model = model_cls(config)
     except InvalidArgumentError as e:
-        raise CheckpointError(f"config {config_dir / CONFIG_FILE}: {model_cls.__name__} cannot be "
-                              f"built from it: {e}") from None
+        raise CheckpointError(
+            f"config {config_dir / CONFIG_FILE}: {model_cls.__name__} cannot be built from it: {e}"
+        ) from None
     tied = set(getattr(model, "tied_keys", {}))
     state = model.state_dict()
     generator = torch.Generator().manual_seed(int(seed))

@@ -1,4 +1,5 @@
 """The `kiln` command."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,7 @@ examples:
 
 def _console():
     from .term import make_console
+
     return make_console()
 
 
@@ -40,6 +42,7 @@ def cmd_list(args) -> int:
     from rich.table import Table
 
     from .recipe import all_recipes, load_recipe
+
     console = _console()
     table = Table(title="recipes (export/)")
     for col in ("recipe", "family / task", "checkpoint", "head", "built"):
@@ -47,18 +50,26 @@ def cmd_list(args) -> int:
     for path in all_recipes():
         r = load_recipe(path)
         built = (Path(args.engines) / r.name / "manifest.json").is_file()
-        table.add_row(r.name, f"{r.family} / {r.task}", r.checkpoint,
-                      "random unless --checkpoint" if r.random_head else "from checkpoint",
-                      "[green]yes[/]" if built else "no")
+        table.add_row(
+            r.name,
+            f"{r.family} / {r.task}",
+            r.checkpoint,
+            "random unless --checkpoint" if r.random_head else "from checkpoint",
+            "[green]yes[/]" if built else "no",
+        )
     console.print(table)
     from . import registry
+
     tasks: dict[str, list[str]] = {}
     for family, task in registry.deployables():
         tasks.setdefault(family, []).append(task)
-    console.print("families (kiln build --checkpoint DIR builds any of them): "
-                  + "; ".join(f"{f}: {', '.join(t)}" for f, t in tasks.items()))
+    console.print(
+        "families (kiln build --checkpoint DIR builds any of them): "
+        + "; ".join(f"{f}: {', '.join(t)}" for f, t in tasks.items())
+    )
     try:
         from .runtime import available_backends
+
         console.print(f"C++ runtime backends usable here: {', '.join(available_backends())}")
     except ImportError as e:
         console.print(f"[yellow]C++ runtime not built ({e}); run `make setup`[/]")
@@ -68,12 +79,15 @@ def cmd_list(args) -> int:
 def cmd_build(args) -> int:
     from .exporters import build
     from .recipe import Recipe, load_recipe, parse_dims
+
     console = _console()
     if args.recipe:
         recipe = load_recipe(args.recipe)
         if args.task and args.task != recipe.task:
-            raise InvalidArgumentError(f"--task {args.task}: the recipe {recipe.name} builds {recipe.task}; "
-                                       "drop --task, or build the checkpoint alone (kiln build --checkpoint DIR --task ...)")
+            raise InvalidArgumentError(
+                f"--task {args.task}: the recipe {recipe.name} builds {recipe.task}; "
+                "drop --task, or build the checkpoint alone (kiln build --checkpoint DIR --task ...)"
+            )
     elif args.checkpoint:
         recipe = Recipe.for_checkpoint(args.checkpoint, args.task)
     else:
@@ -83,15 +97,27 @@ def cmd_build(args) -> int:
     formats = [f for part in args.formats for f in part.split(",")] if args.formats else None
     precisions = [p for part in args.precision for p in part.split(",")] if args.precision else None
     with console.status(f"building {recipe.name}") as status:
+
         def progress(msg: str) -> None:
             status.update(f"{recipe.name}: {msg}")
             console.log(msg)
-        result = build(recipe, checkpoint=args.checkpoint if args.recipe else None, output=args.output,
-                       formats=formats, precisions=precisions, version_compatible=args.version_compatible,
-                       progress=progress)
+
+        result = build(
+            recipe,
+            checkpoint=args.checkpoint if args.recipe else None,
+            output=args.output,
+            formats=formats,
+            precisions=precisions,
+            version_compatible=args.version_compatible,
+            progress=progress,
+        )
     from .manifest import graph_manifests
-    files = [str(Path(g.path).relative_to(result.path) / a.file) if g.path != result.path else a.file
-             for g in graph_manifests(result.path) for a in g.artifacts]
+
+    files = [
+        str(g.dir.relative_to(result.path) / a.file) if g.dir != result.path else a.file
+        for g in graph_manifests(result.path)
+        for a in g.artifacts
+    ]
     console.print(f"[green]built[/] {result.path} in {result.seconds['total']:.1f} s: " + ", ".join(files))
     for line in result.clamped.values():
         console.print(f"[yellow]dims clamped:[/] {line}")
@@ -99,12 +125,16 @@ def cmd_build(args) -> int:
         console.print(f"[yellow]skipped {fmt}:[/] {why}")
     m = result.manifest
     if m.weights == "random":
-        console.print(f"[yellow]note:[/] every weight is random (seed {recipe.seed}, real sizes): answers "
-                      "will be meaningless; pass --checkpoint HF_DIR for real ones")
+        console.print(
+            f"[yellow]note:[/] every weight is random (seed {recipe.seed}, real sizes): answers "
+            "will be meaningless; pass --checkpoint HF_DIR for real ones"
+        )
     elif m.weights != "real":
-        console.print(f"[yellow]note:[/] the {recipe.task} head is randomly initialised (seed "
-                      f"{recipe.seed}): answers will be meaningless; pass --checkpoint with a "
-                      "fine-tuned checkpoint for real ones")
+        console.print(
+            f"[yellow]note:[/] the {recipe.task} head is randomly initialised (seed "
+            f"{recipe.seed}): answers will be meaningless; pass --checkpoint with a "
+            "fine-tuned checkpoint for real ones"
+        )
     return 0
 
 
@@ -117,6 +147,7 @@ def _read_inputs(args) -> list[str]:
 
 def cmd_run(args) -> int:
     from .pipelines import pipeline
+
     if args.threads < 0:
         raise InvalidArgumentError(f"--threads {args.threads}: expected 0 (leave as is) or a positive count")
     pipe = pipeline(args.engine, backend=args.backend, num_threads=args.threads, precision=args.precision)
@@ -125,13 +156,22 @@ def cmd_run(args) -> int:
 
 def cmd_parity(args) -> int:
     from .manifest import GenerationManifest, read_manifest
-    from .parity import print_generation_report, print_report, run_generation_parity, run_parity, write_json
+    from .parity import (
+        GenerationParityReport,
+        ParityReport,
+        print_generation_report,
+        print_report,
+        run_generation_parity,
+        run_parity,
+        write_json,
+    )
+
     backends = [b for part in args.backends for b in part.split(",")] if args.backends else None
     generation = isinstance(read_manifest(args.engine), GenerationManifest)
+    report: ParityReport | GenerationParityReport
     with _console().status(f"parity: {args.engine}") as status:
         if generation:
-            report = run_generation_parity(args.engine, backends,
-                                           progress=lambda m: status.update(f"parity: {m}"))
+            report = run_generation_parity(args.engine, backends, progress=lambda m: status.update(f"parity: {m}"))
             print_generation_report(report)
         else:
             report = run_parity(args.engine, backends)
@@ -143,6 +183,7 @@ def cmd_parity(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import print_bench, run_bench, write_json
+
     console = _console()
     try:
         batches = [int(b) for b in args.batch.split(",")]
@@ -150,18 +191,35 @@ def cmd_bench(args) -> int:
         raise InvalidArgumentError(f"--batch {args.batch!r}: expected comma-separated integers, e.g. 1,8") from None
     only = [b for part in args.backends for b in part.split(",")] if args.backends else None
     from .manifest import GenerationManifest, read_manifest
+
     generation = isinstance(read_manifest(args.engine), GenerationManifest)
     with console.status("bench") as status:
         if generation:
             from .bench import run_generation_bench
-            result = run_generation_bench(args.engine, batches, args.seq, args.new_tokens, args.beams,
-                                          threads=args.threads, only=only,
-                                          progress=lambda m: status.update(f"bench: {m}"))
+
+            result = run_generation_bench(
+                args.engine,
+                batches,
+                args.seq,
+                args.new_tokens,
+                args.beams,
+                threads=args.threads,
+                only=only,
+                progress=lambda m: status.update(f"bench: {m}"),
+            )
         else:
-            result = run_bench(args.engine, batches, args.seq, threads=args.threads, iters=args.iters,
-                               only=only, progress=lambda m: status.update(f"bench: {m}"))
+            result = run_bench(
+                args.engine,
+                batches,
+                args.seq,
+                threads=args.threads,
+                iters=args.iters,
+                only=only,
+                progress=lambda m: status.update(f"bench: {m}"),
+            )
     if generation:
         from .bench import generation_markdown, print_generation_bench
+
         print_generation_bench(result, console)
         if args.markdown:
             print(generation_markdown(result))
@@ -169,6 +227,7 @@ def cmd_bench(args) -> int:
         print_bench(result, console)
     if args.markdown and not generation:
         from .bench import markdown
+
         print(markdown(result))
     if args.json:
         write_json(result, args.json)
@@ -179,23 +238,31 @@ def cmd_bench(args) -> int:
 def cmd_check_trt(args) -> int:
     from .check_trt import check_engine, print_report
     from .manifest import graph_manifests
+
     reports = {}
     for graph in graph_manifests(args.engine):  # a generation engine: each of its graphs
-        with _console().status(f"TensorRT checks: {graph.path}"):
-            reports[graph.graph] = check_engine(graph.path, args.ops_table)
+        with _console().status(f"TensorRT checks: {graph.dir}"):
+            reports[graph.graph] = check_engine(graph.dir, args.ops_table)
         print_report(reports[graph.graph])
     if args.json:
-        data = (next(iter(reports.values())).to_json() if len(reports) == 1
-                else {"pass": all(r.passed for r in reports.values()),
-                      "graphs": {g: r.to_json() for g, r in reports.items()}})
+        data = (
+            next(iter(reports.values())).to_json()
+            if len(reports) == 1
+            else {
+                "pass": all(r.passed for r in reports.values()),
+                "graphs": {g: r.to_json() for g, r in reports.items()},
+            }
+        )
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     return 0 if all(r.passed for r in reports.values()) else 1
 
 
 def _inspect_graph(m, console) -> None:
     from rich.table import Table
-    dims = ", ".join(f"{k} {v.min}..{v.max} (opt {v.opt})" + (f" = {' + '.join(v.sum)}" if v.sum else "")
-                     for k, v in m.dims.items())
+
+    dims = ", ".join(
+        f"{k} {v.min}..{v.max} (opt {v.opt})" + (f" = {' + '.join(v.sum)}" if v.sum else "") for k, v in m.dims.items()
+    )
     console.print(f"dims: {dims}")
     table = Table(title="tensors")
     for col in ("", "name", "dtype", "shape", "values"):
@@ -209,8 +276,14 @@ def _inspect_graph(m, console) -> None:
     for col in ("format", "file", "MB", "precision", "versions", "sha256"):
         table.add_column(col)
     for a in m.artifacts:
-        table.add_row(a.format, a.file, f"{a.bytes / 1e6:.1f}", a.precision,
-                      ", ".join(f"{k} {v}" for k, v in a.versions.items()), a.sha256[:16] + "…")
+        table.add_row(
+            a.format,
+            a.file,
+            f"{a.bytes / 1e6:.1f}",
+            a.precision,
+            ", ".join(f"{k} {v}" for k, v in a.versions.items()),
+            a.sha256[:16] + "…",
+        )
     console.print(table)
     if m.labels:
         console.print(f"labels: {', '.join(m.labels)}")
@@ -220,17 +293,22 @@ def cmd_inspect(args) -> int:
     from rich.markup import escape
 
     from .manifest import GenerationManifest, read_manifest
+
     console = _console()
     m = read_manifest(args.engine)
     console.print(f"[bold]{escape(m.name)}[/] — {escape(m.description)}")
-    console.print(f"family {m.family}, task {m.task}, weights {m.weights}, format_version {m.format_version}, "
-                  f"built {m.created} by kiln {m.kiln_version}")
+    console.print(
+        f"family {m.family}, task {m.task}, weights {m.weights}, format_version {m.format_version}, "
+        f"built {m.created} by kiln {m.kiln_version}"
+    )
     console.print(f"source {escape(m.source.checkpoint)} (sha256 {m.source.sha256[:16]}…)")
     if isinstance(m, GenerationManifest):
         c = m.cache
-        console.print(f"generation engine: graphs {', '.join(m.graphs)}; KV cache (layers, 2, batch, heads, seq, "
-                      f"head_dim) with layers {c.layers}, heads {c.heads}, head_dim {c.head_dim}; vocabulary "
-                      f"{m.vocab_size}, {m.max_positions} positions")
+        console.print(
+            f"generation engine: graphs {', '.join(m.graphs)}; KV cache (layers, 2, batch, heads, seq, "
+            f"head_dim) with layers {c.layers}, heads {c.heads}, head_dim {c.head_dim}; vocabulary "
+            f"{m.vocab_size}, {m.max_positions} positions"
+        )
         console.print("generation defaults: " + ", ".join(f"{k}={v}" for k, v in m.generation.items()))
         for graph in m.graphs:
             console.rule(graph)
@@ -244,13 +322,17 @@ def cmd_inspect(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import main as demo_main
+
     return demo_main(engines_dir=Path(args.engines))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kiln", description="PyTorch models into deployable engines, "
-                                "run by one C++ runtime, with parity proven.",
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="kiln",
+        description="PyTorch models into deployable engines, run by one C++ runtime, with parity proven.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
 
@@ -258,52 +340,91 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engines", default="engines", help="engines directory (default: engines)")
     s.set_defaults(fn=cmd_list)
 
-    s = sub.add_parser("build", help="export a recipe or a checkpoint into engines/<name>/",
-                       description="Export a recipe (export/<name>.toml or a path), or a Hugging Face "
-                       "checkpoint directory alone, into an engine directory: TorchScript "
-                       "(torch.jit.trace), ONNX (dynamic dims, opset 20) and AOTInductor (.pt2) artifacts "
-                       "plus manifest.json. Without a recipe the family comes from config.json's "
-                       "model_type and the task from its architectures (or --task); dims start from the "
-                       "family's defaults. Every dim is clamped to the checkpoint's own limits (positions), "
-                       "and the clamp is printed. The directory is written under a temporary name and "
-                       "renamed when complete.")
-    s.add_argument("recipe", nargs="?", help="recipe name (see `kiln list`) or path to a .toml; optional "
-                   "with --checkpoint")
-    s.add_argument("--checkpoint", help="Hugging Face checkpoint directory: with a recipe, used instead of "
-                   "the recipe's (a fine-tuned one gives the task head real weights); alone, built as it is")
-    s.add_argument("--task", help="the task to build a checkpoint for, where its architectures do not say "
-                   "(e.g. summarization or translation for a BART checkpoint)")
-    s.add_argument("--dims", nargs="+", metavar="NAME=MIN:OPT:MAX",
-                   help="shape ranges to use instead of the defaults, e.g. sequence=2:128:384 batch=1:1:8")
+    s = sub.add_parser(
+        "build",
+        help="export a recipe or a checkpoint into engines/<name>/",
+        description="Export a recipe (export/<name>.toml or a path), or a Hugging Face "
+        "checkpoint directory alone, into an engine directory: TorchScript "
+        "(torch.jit.trace), ONNX (dynamic dims, opset 20) and AOTInductor (.pt2) artifacts "
+        "plus manifest.json. Without a recipe the family comes from config.json's "
+        "model_type and the task from its architectures (or --task); dims start from the "
+        "family's defaults. Every dim is clamped to the checkpoint's own limits (positions), "
+        "and the clamp is printed. The directory is written under a temporary name and "
+        "renamed when complete.",
+    )
+    s.add_argument(
+        "recipe", nargs="?", help="recipe name (see `kiln list`) or path to a .toml; optional with --checkpoint"
+    )
+    s.add_argument(
+        "--checkpoint",
+        help="Hugging Face checkpoint directory: with a recipe, used instead of "
+        "the recipe's (a fine-tuned one gives the task head real weights); alone, built as it is",
+    )
+    s.add_argument(
+        "--task",
+        help="the task to build a checkpoint for, where its architectures do not say "
+        "(e.g. summarization or translation for a BART checkpoint)",
+    )
+    s.add_argument(
+        "--dims",
+        nargs="+",
+        metavar="NAME=MIN:OPT:MAX",
+        help="shape ranges to use instead of the defaults, e.g. sequence=2:128:384 batch=1:1:8",
+    )
     s.add_argument("--output", help="engine directory to write (default: engines/<recipe name>)")
-    s.add_argument("--formats", nargs="+", help="subset of torchscript,onnx,aoti,tensorrt (default: the "
-                   "recipe's; tensorrt needs the TensorRT Python module and a GPU, and is skipped with "
-                   "the reason where they are missing)")
+    s.add_argument(
+        "--formats",
+        nargs="+",
+        help="subset of torchscript,onnx,aoti,tensorrt (default: the "
+        "recipe's; tensorrt needs the TensorRT Python module and a GPU, and is skipped with "
+        "the reason where they are missing)",
+    )
     s.add_argument("--precision", nargs="+", help="TensorRT precisions: fp32,fp16,bf16 (default fp32)")
-    s.add_argument("--version-compatible", action="store_true",
-                   help="build version-compatible TensorRT plans (runnable by the lean runtime)")
+    s.add_argument(
+        "--version-compatible",
+        action="store_true",
+        help="build version-compatible TensorRT plans (runnable by the lean runtime)",
+    )
     s.set_defaults(fn=cmd_build)
 
-    s = sub.add_parser("run", help="task answers through the C++ runtime",
-                       description="Run inputs through an engine with the C++ runtime and print the "
-                       "task's answer: labels with scores, entities with character spans, the answer "
-                       "span with its score, embeddings with their cosine similarities (texts); labels "
-                       "(image files: JPEG, PNG); the transcript or labels (WAV files). Inputs come "
-                       "from the arguments, or one per line on standard input.")
+    s = sub.add_parser(
+        "run",
+        help="task answers through the C++ runtime",
+        description="Run inputs through an engine with the C++ runtime and print the "
+        "task's answer: labels with scores, entities with character spans, the answer "
+        "span with its score, embeddings with their cosine similarities (texts); labels "
+        "(image files: JPEG, PNG); the transcript or labels (WAV files). Inputs come "
+        "from the arguments, or one per line on standard input.",
+    )
     s.add_argument("engine", help="engine directory (engines/<name>)")
-    s.add_argument("inputs", nargs="*", help="texts (contexts for question-answering), image files or "
-                   "WAV files, as the engine's task takes")
-    s.add_argument("--backend", default="auto", help="C++ runtime backend: auto (the best usable here), or "
-                   f"one of {', '.join(CPP_BACKENDS)} (usable here: see `kiln list`)")
-    s.add_argument("--precision", default="auto", help="which TensorRT plan to run: auto (fp32, else fp16, "
-                   "else bf16), fp32, fp16 or bf16; the CPU backends run fp32")
+    s.add_argument(
+        "inputs",
+        nargs="*",
+        help="texts (contexts for question-answering), image files or WAV files, as the engine's task takes",
+    )
+    s.add_argument(
+        "--backend",
+        default="auto",
+        help="C++ runtime backend: auto (the best usable here), or "
+        f"one of {', '.join(CPP_BACKENDS)} (usable here: see `kiln list`)",
+    )
+    s.add_argument(
+        "--precision",
+        default="auto",
+        help="which TensorRT plan to run: auto (fp32, else fp16, "
+        "else bf16), fp32, fp16 or bf16; the CPU backends run fp32",
+    )
     s.add_argument("--question", help="the question (question-answering engines)")
-    s.add_argument("--top-k", type=int, help="labels to show (classification tasks, >= 1); sampling from the k "
-                   "best tokens (generation)")
+    s.add_argument(
+        "--top-k",
+        type=int,
+        help="labels to show (classification tasks, >= 1); sampling from the k best tokens (generation)",
+    )
     s.add_argument("--threads", type=int, default=0, help="intra-op threads (0: leave as is)")
     s.add_argument("--json", action="store_true", help="print JSON instead of text")
-    g = s.add_argument_group("generation (text-generation, summarization, translation engines; "
-                             "defaults: the engine's generation_config)")
+    g = s.add_argument_group(
+        "generation (text-generation, summarization, translation engines; defaults: the engine's generation_config)"
+    )
     g.add_argument("--max-new-tokens", type=int, help="tokens to generate at most")
     g.add_argument("--min-new-tokens", type=int, help="tokens to generate at least (eos held back)")
     g.add_argument("--num-beams", type=int, help="beam search with this many beams (1: greedy)")
@@ -316,26 +437,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--length-penalty", type=float, help="beam search: exponent of the length normaliser")
     s.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("parity", help="every backend vs eager PyTorch",
-                       description="Feed every backend available here (eager PyTorch as the reference, "
-                       "TorchScript in Python, ONNX Runtime, the C++ runtime with each backend, "
-                       "TensorRT where present) the same inputs made from real text and random ids; "
-                       "report per output max abs, max rel and cosine against the tolerances in the "
-                       "manifest, and the task-level check. Exits 1 on any failure.")
+    s = sub.add_parser(
+        "parity",
+        help="every backend vs eager PyTorch",
+        description="Feed every backend available here (eager PyTorch as the reference, "
+        "TorchScript in Python, ONNX Runtime, the C++ runtime with each backend, "
+        "TensorRT where present) the same inputs made from real text and random ids; "
+        "report per output max abs, max rel and cosine against the tolerances in the "
+        "manifest, and the task-level check. Exits 1 on any failure.",
+    )
     s.add_argument("engine", help="engine directory")
     s.add_argument("--json", help="write the report as JSON to this file")
     s.add_argument("--backends", nargs="+", help="only these backends (names as in the table)")
     s.set_defaults(fn=cmd_parity)
 
-    s = sub.add_parser("bench", help="latency / throughput of every backend",
-                       description="p50/p90/p99 latency and throughput for transformers eager, kiln "
-                       "eager, the artifacts called from Python, ONNX Runtime and the C++ runtime with "
-                       "each backend, on the same inputs, in one run.")
+    s = sub.add_parser(
+        "bench",
+        help="latency / throughput of every backend",
+        description="p50/p90/p99 latency and throughput for transformers eager, kiln "
+        "eager, the artifacts called from Python, ONNX Runtime and the C++ runtime with "
+        "each backend, on the same inputs, in one run.",
+    )
     s.add_argument("engine", help="engine directory")
     s.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
-    s.add_argument("--seq", type=int, help="length: tokens for text, samples for audio (default: the "
-                   "engine's opt value); images have fixed sizes; generation: prompt (GPT-2, default 32) or "
-                   "source (BART, default 512) tokens")
+    s.add_argument(
+        "--seq",
+        type=int,
+        help="length: tokens for text, samples for audio (default: the "
+        "engine's opt value); images have fixed sizes; generation: prompt (GPT-2, default 32) or "
+        "source (BART, default 512) tokens",
+    )
     s.add_argument("--new-tokens", type=int, default=64, help="generation: tokens generated per row (default 64)")
     s.add_argument("--beams", type=int, help="generation: beams (default 1 for GPT-2, 4 for BART)")
     s.add_argument("--threads", type=int, default=2, help="threads for every backend (default 2)")
@@ -345,15 +476,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--markdown", action="store_true", help="also print a Markdown table (for the README)")
     s.set_defaults(fn=cmd_bench)
 
-    s = sub.add_parser("check-trt", help="will TensorRT accept this engine's ONNX? (no GPU needed)",
-                       description="Check an engine's ONNX graph against what TensorRT's ONNX parser "
-                       "accepts, without a GPU: opset 9-20, every operator and its element type in the "
-                       "parser's table (onnx_ops.tsv), no float64 tensor, `polygraphy surgeon sanitize "
-                       "--fold-constants` succeeds and the folded graph still matches eager PyTorch in "
-                       "ONNX Runtime. Exits 1 with the reason for any failure.")
+    s = sub.add_parser(
+        "check-trt",
+        help="will TensorRT accept this engine's ONNX? (no GPU needed)",
+        description="Check an engine's ONNX graph against what TensorRT's ONNX parser "
+        "accepts, without a GPU: opset 9-20, every operator and its element type in the "
+        "parser's table (onnx_ops.tsv), no float64 tensor, `polygraphy surgeon sanitize "
+        "--fold-constants` succeeds and the folded graph still matches eager PyTorch in "
+        "ONNX Runtime. Exits 1 with the reason for any failure.",
+    )
     s.add_argument("engine", help="engine directory")
-    s.add_argument("--ops-table", help="TensorRT operator table (default: $KILN_TRT_OPS, else the one that "
-                   "ships with kiln, kiln/data/tensorrt_onnx_ops.tsv: onnx-tensorrt release/10.1-GA)")
+    s.add_argument(
+        "--ops-table",
+        help="TensorRT operator table (default: $KILN_TRT_OPS, else the one that "
+        "ships with kiln, kiln/data/tensorrt_onnx_ops.tsv: onnx-tensorrt release/10.1-GA)",
+    )
     s.add_argument("--json", help="write the verdict as JSON to this file")
     s.set_defaults(fn=cmd_check_trt)
 

@@ -9,6 +9,7 @@
    C++ generation loop, a 4-beam summary;
 7. parity of every backend against eager PyTorch on every engine (tokens too, for generation).
 """
+
 from __future__ import annotations
 
 import time
@@ -16,10 +17,18 @@ from pathlib import Path
 
 from . import samples
 
-RECIPES = ["minilm-feature-extraction", "bert-text-classification", "bert-token-classification",
-           "bert-question-answering"]
-MEDIA_RECIPES = ["vit-image-classification", "convnext-image-classification",
-                 "wav2vec2-speech-recognition", "wav2vec2-audio-classification"]
+RECIPES = [
+    "minilm-feature-extraction",
+    "bert-text-classification",
+    "bert-token-classification",
+    "bert-question-answering",
+]
+MEDIA_RECIPES = [
+    "vit-image-classification",
+    "convnext-image-classification",
+    "wav2vec2-speech-recognition",
+    "wav2vec2-audio-classification",
+]
 GENERATION_RECIPES = ["gpt2-text-generation", "bart-summarization"]
 
 
@@ -28,12 +37,13 @@ def _build_if_needed(name: str, engines_dir: Path, console) -> Path:
     from .errors import KilnError
     from .exporters import build
     from .manifest import read_manifest
-    from .recipe import load_recipe
+    from .recipe import find_recipe, load_recipe
+
     out = engines_dir / name
     recipe = load_recipe(name)
     try:
         read_manifest(out)
-        sources = [recipe.path, *Path(__file__).parent.rglob("*.py")]
+        sources = [find_recipe(name), *Path(__file__).parent.rglob("*.py")]
         if (out / "manifest.json").stat().st_mtime > max(p.stat().st_mtime for p in sources):
             console.print(f"[dim]{name}: up to date in {out} (delete it to rebuild)[/]")
             return out
@@ -50,28 +60,33 @@ def main(engines_dir: Path = Path("engines")) -> int:
     from rich.rule import Rule
 
     from .parity import print_generation_report, print_report, run_generation_parity, run_parity
-    from .pipelines import pipeline
+    from .pipelines import FeatureExtractionPipeline, Text2TextGenerationPipeline, TextGenerationPipeline, pipeline
     from .term import make_console
+
     console = make_console()
 
     console.print(Rule("1. sentence embeddings from the real all-MiniLM-L6-v2"))
     minilm = _build_if_needed("minilm-feature-extraction", engines_dir, console)
 
     console.print(Rule("2. semantic search through the C++ runtime"))
-    search = pipeline(minilm)
+    search = FeatureExtractionPipeline(minilm)
     t = time.perf_counter()
     ranked = search.similarity(samples.SEARCH_QUERY, samples.SEARCH_DOCUMENTS)
     ms = (time.perf_counter() - t) * 1e3
     console.print(f"query: [bold]{samples.SEARCH_QUERY}[/]")
     for rank, (score, doc) in enumerate(ranked, 1):
         console.print(f"  {rank}. {score:.3f}  {doc}")
-    console.print(f"[dim]{len(samples.SEARCH_DOCUMENTS) + 1} texts embedded in {ms:.0f} ms by the "
-                  f"C++ runtime ({search.backend} backend)[/]")
+    console.print(
+        f"[dim]{len(samples.SEARCH_DOCUMENTS) + 1} texts embedded in {ms:.0f} ms by the "
+        f"C++ runtime ({search.backend} backend)[/]"
+    )
 
     console.print(Rule("3. BERT task deployables (MiniLM body, random heads)"))
-    console.print("[yellow]These heads are randomly initialised (seeded), as no fine-tuned BERT task "
-                  "checkpoint is reachable here: their labels, tags and spans show the path works "
-                  "end to end and are compared across backends; they carry no meaning.[/]")
+    console.print(
+        "[yellow]These heads are randomly initialised (seeded), as no fine-tuned BERT task "
+        "checkpoint is reachable here: their labels, tags and spans show the path works "
+        "end to end and are compared across backends; they carry no meaning.[/]"
+    )
     engines = {"minilm-feature-extraction": minilm}
     for name in RECIPES[1:]:
         engines[name] = _build_if_needed(name, engines_dir, console)
@@ -82,18 +97,19 @@ def main(engines_dir: Path = Path("engines")) -> int:
         console.print(f"  {text!r} -> {res[0]['label']} ({res[0]['score']:.3f})")
     ner = pipeline(engines["bert-token-classification"])
     ents = ner(samples.ENTITY_SENTENCES[:1])[0]
-    console.print(f"  {samples.ENTITY_SENTENCES[0]!r} -> "
-                  + ", ".join(f"{e['label']}:{e['word']!r}" for e in ents[:6]))
+    console.print(f"  {samples.ENTITY_SENTENCES[0]!r} -> " + ", ".join(f"{e['label']}:{e['word']!r}" for e in ents[:6]))
     qa = pipeline(engines["bert-question-answering"])
     q, c = samples.QA_PAIRS[0]
     ans = qa([q], [c])[0]
     console.print(f"  Q: {q} -> {ans['answer']!r} (score {ans['score']:.3f})")
 
     console.print(Rule("5. images and speech (random weights at real sizes)"))
-    console.print("[yellow]No ViT, ConvNeXT or Wav2Vec2 weights are reachable here: these are built at "
-                  "their real sizes (ViT-base/16, ConvNeXT-tiny, Wav2Vec2-base) with seeded random "
-                  "weights, so labels and transcripts are noise; the pre-processing (real photos, "
-                  "real synthesised speech), the engines and parity are the real thing.[/]")
+    console.print(
+        "[yellow]No ViT, ConvNeXT or Wav2Vec2 weights are reachable here: these are built at "
+        "their real sizes (ViT-base/16, ConvNeXT-tiny, Wav2Vec2-base) with seeded random "
+        "weights, so labels and transcripts are noise; the pre-processing (real photos, "
+        "real synthesised speech), the engines and parity are the real thing.[/]"
+    )
     for name in MEDIA_RECIPES:
         engines[name] = _build_if_needed(name, engines_dir, console)
     photo = samples.photos()[0]
@@ -107,38 +123,50 @@ def main(engines_dir: Path = Path("engines")) -> int:
     console.print(f"  wav2vec2-audio-classification: espeak-ng speech -> {top['label']} ({top['score']:.3f})")
 
     console.print(Rule("6. text generation: GPT-2 and BART (random weights at real sizes)"))
-    console.print("[yellow]No GPT-2 or BART weights are reachable here: GPT-2 small (124M) and BART-base "
-                  "(139M) are built with seeded random weights, so the text is noise; the tokenizer (GPT-2's "
-                  "real BPE), the KV-cache graphs, the C++ generation loop and token parity are real.[/]")
+    console.print(
+        "[yellow]No GPT-2 or BART weights are reachable here: GPT-2 small (124M) and BART-base "
+        "(139M) are built with seeded random weights, so the text is noise; the tokenizer (GPT-2's "
+        "real BPE), the KV-cache graphs, the C++ generation loop and token parity are real.[/]"
+    )
     for name in GENERATION_RECIPES:
         engines[name] = _build_if_needed(name, engines_dir, console)
     import sys
-    gpt2 = pipeline(engines["gpt2-text-generation"])
+
+    gpt2 = TextGenerationPipeline(engines["gpt2-text-generation"])
     console.print(f"  gpt2-text-generation, greedy, streamed from kiln::Generator ({gpt2.backend}):")
     console.print(f"  [bold]{samples.PROMPTS[0]}[/]", end="")
     console.file.flush()
-    out = gpt2(samples.PROMPTS[0], on_text=lambda row, piece: (sys.stdout.write(piece), sys.stdout.flush()),
-               max_new_tokens=40)
+    out = gpt2(
+        samples.PROMPTS[0], on_text=lambda row, piece: (sys.stdout.write(piece), sys.stdout.flush()), max_new_tokens=40
+    )
     timings = gpt2.last_result.timings
-    console.print(f"\n  [dim]{len(out[0]['tokens'])} tokens, first after {timings['time_to_first_token_ms']:.0f} ms, "
-                  f"{len(out[0]['tokens']) / (timings['total_ms'] / 1e3):.1f} tokens/s[/]")
-    bart = pipeline(engines["bart-summarization"])
+    console.print(
+        f"\n  [dim]{len(out[0]['tokens'])} tokens, first after {timings['time_to_first_token_ms']:.0f} ms, "
+        f"{len(out[0]['tokens']) / (timings['total_ms'] / 1e3):.1f} tokens/s[/]"
+    )
+    bart = Text2TextGenerationPipeline(engines["bart-summarization"])
     summary = bart(samples.ARTICLE, max_new_tokens=60)[0]
-    console.print(f"  bart-summarization, {bart.manifest.generation.get('num_beams')} beams "
-                  f"({bart.backend}), {len(bart.tokenizer.encode(samples.ARTICLE))}-token article -> "
-                  f"{len(summary['tokens'])} tokens in {bart.last_result.timings['total_ms'] / 1e3:.1f} s: "
-                  f"{summary['text'][:80]!r}...")
+    console.print(
+        f"  bart-summarization, {bart.manifest.generation.get('num_beams')} beams "
+        f"({bart.backend}), {len(bart.tokenizer.encode(samples.ARTICLE))}-token article -> "
+        f"{len(summary['tokens'])} tokens in {bart.last_result.timings['total_ms'] / 1e3:.1f} s: "
+        f"{summary['text'][:80]!r}..."
+    )
 
     console.print(Rule("7. parity: every backend vs eager PyTorch fp32"))
     ok = True
     for name, path in engines.items():
         if name in GENERATION_RECIPES:
-            report = run_generation_parity(path)
-            print_generation_report(report, console)
+            tokens = run_generation_parity(path)
+            print_generation_report(tokens, console)
+            ok &= tokens.passed
         else:
-            report = run_parity(path)
-            print_report(report, console)
-        ok &= report.passed
-    console.print("[bold green]demo done: all parity checks pass[/]" if ok
-                  else "[bold red]demo done: parity FAILED (see above)[/]")
+            tensors = run_parity(path)
+            print_report(tensors, console)
+            ok &= tensors.passed
+    console.print(
+        "[bold green]demo done: all parity checks pass[/]"
+        if ok
+        else "[bold red]demo done: parity FAILED (see above)[/]"
+    )
     return 0 if ok else 1

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import InvalidArgumentError
 from .manifest import Cache, DimRange, TensorSpec, Tolerance, Tolerances, ValueRange
 from .metrics import cosine_rows
+
+if TYPE_CHECKING:
+    from .models.base import HFConfig, KilnModel
 
 Feed = dict[str, np.ndarray]
 Check = Callable[[Feed, Feed, Feed], tuple[bool, str]]  # (reference, test, inputs) -> (ok, detail)
@@ -94,7 +97,7 @@ class Generation:
 class Deployable:
     """One task of one family, deployable as an engine directory."""
 
-    model: type  # the kiln model class (models/<family>.py)
+    model: type[KilnModel]  # the kiln model class (models/<family>.py)
     task: str
     modality: str  # text | image | audio | generation: pre-processing and test assets
     dims: Mapping[str, DimRange]
@@ -117,7 +120,7 @@ class Deployable:
         return self.model.config_class.model_type
 
     @property
-    def config_class(self) -> type:
+    def config_class(self) -> type[HFConfig]:
         return self.model.config_class
 
     @property
@@ -131,7 +134,7 @@ class Deployable:
 
     @property
     def kind(self) -> str:
-        """"engine" (one graph, kiln::Engine) or "generation" (graphs under kiln::Generator)."""
+        """ "engine" (one graph, kiln::Engine) or "generation" (graphs under kiln::Generator)."""
         return "engine" if self.generation is None else "generation"
 
     @property
@@ -158,8 +161,10 @@ def argmax_check(output: str, margin: float = 1e-3) -> Check:
         if r.ndim == 3 and "attention_mask" in inputs:  # token level: only real tokens count
             decisive &= inputs["attention_mask"].astype(bool)
         mismatched = int(((r.argmax(-1) != t.argmax(-1)) & decisive).sum())
-        return mismatched == 0, (
-            f"{int(decisive.sum())} decisive positions, {mismatched} differ ({int((~decisive).sum())} near-ties skipped)"
+        ties = int((~decisive).sum())
+        return (
+            mismatched == 0,
+            f"{int(decisive.sum())} decisive positions, {mismatched} differ ({ties} near-ties skipped)",
         )
 
     return check
@@ -306,7 +311,7 @@ TEXT_DIMS = {"batch": DimRange(1, 1, 32), "sequence": DimRange(2, 128, 512)}
 
 
 def text_encoder(
-    model: type,
+    model: type[KilnModel],
     task: str,
     outputs: Callable[[Any], Sequence[TensorSpec]],
     check: TaskCheck,
@@ -371,7 +376,7 @@ IMAGE_FP32_WHY = (
 )
 
 
-def image_classification(model: type, *, tiny: Mapping[str, Any]) -> Deployable:
+def image_classification(model: type[KilnModel], *, tiny: Mapping[str, Any]) -> Deployable:
     """pixel_values (batch, channels, H, W) at the config's fixed image size -> logits.
 
     Reads config.image_hw and config.num_channels.
@@ -414,7 +419,7 @@ AUDIO_FP32_WHY = (
 
 
 def audio_model(
-    model: type,
+    model: type[KilnModel],
     task: str,
     outputs: Callable[[Any], Sequence[TensorSpec]],
     check: TaskCheck,
@@ -507,7 +512,7 @@ def positions_limits(positions: int) -> dict[str, int]:
 
 
 def causal_lm(
-    model: type,
+    model: type[KilnModel],
     *,
     cache: Callable[[Any], Cache],
     positions: Callable[[Any], int],
@@ -569,7 +574,7 @@ def causal_lm(
 
 
 def seq2seq(
-    model: type,
+    model: type[KilnModel],
     task: str,
     *,
     cache: Callable[[Any], Cache],

@@ -4,6 +4,7 @@ Every error names the thing that is wrong, what was expected, and what to do.
 The C++ runtime raises `kiln::Error{code, message}`; the bindings translate it into the
 subclass below with the same code, so `except kiln.ShapeError` works whichever side failed.
 """
+
 from __future__ import annotations
 
 import enum
@@ -11,18 +12,18 @@ import enum
 
 class ErrorCode(enum.IntEnum):
     # keep in sync with cpp/include/kiln/error.h (tests/test_errors.py checks)
-    INVALID_ARGUMENT = 1     # a bad option or argument (unknown backend name, bad value)
-    INPUT_NAME = 2           # a missing, extra or misnamed input
-    INPUT_DTYPE = 3          # wrong dtype
-    INPUT_SHAPE = 4          # wrong rank or a dimension outside the range
-    MANIFEST = 5             # manifest missing, unreadable, other format version, missing fields
-    ARTIFACT = 6             # artifact missing, truncated or corrupt
+    INVALID_ARGUMENT = 1  # a bad option or argument (unknown backend name, bad value)
+    INPUT_NAME = 2  # a missing, extra or misnamed input
+    INPUT_DTYPE = 3  # wrong dtype
+    INPUT_SHAPE = 4  # wrong rank or a dimension outside the range
+    MANIFEST = 5  # manifest missing, unreadable, other format version, missing fields
+    ARTIFACT = 6  # artifact missing, truncated or corrupt
     BACKEND_UNAVAILABLE = 7  # backend not built in, or not usable on this machine
-    CHECKPOINT = 8           # checkpoint keys or shapes don't fit the model
-    INPUT_VALUE = 9          # an input's content is invalid (empty text, too long, bad file)
-    RUNTIME = 10             # the backend failed while running
-    DEVICE = 11              # no usable CUDA device / driver
-    VERSION = 12             # artifact built for another version or GPU
+    CHECKPOINT = 8  # checkpoint keys or shapes don't fit the model
+    INPUT_VALUE = 9  # an input's content is invalid (empty text, too long, bad file)
+    RUNTIME = 10  # the backend failed while running
+    DEVICE = 11  # no usable CUDA device / driver
+    VERSION = 12  # artifact built for another version or GPU
 
 
 class KilnError(Exception):
@@ -93,9 +94,20 @@ class VersionError(KilnError):
 
 ERROR_CLASSES: dict[ErrorCode, type[KilnError]] = {
     cls.code: cls
-    for cls in (InvalidArgumentError, InputNameError, InputDTypeError, InputShapeError,
-                ManifestError, ArtifactError, BackendUnavailableError, CheckpointError,
-                InputValueError, RuntimeFailure, DeviceError, VersionError)
+    for cls in (
+        InvalidArgumentError,
+        InputNameError,
+        InputDTypeError,
+        InputShapeError,
+        ManifestError,
+        ArtifactError,
+        BackendUnavailableError,
+        CheckpointError,
+        InputValueError,
+        RuntimeFailure,
+        DeviceError,
+        VersionError,
+    )
 }
 
 

@@ -12,22 +12,27 @@ torch's tokens.
 Generator.from_functions runs the loop over Python callables (tests, custom decoders): each
 takes and returns a dict of numpy arrays following the graph contract in kiln/generate.h.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from kiln import _kiln
+from kiln import _kiln  # type: ignore[attr-defined]  # the C++ extension
 from kiln.errors import InvalidArgumentError
 
 __all__ = ["Generator", "GenerationResult"]
 
-_EARLY_STOPPING = {False: _kiln.EarlyStopping.heuristic, True: _kiln.EarlyStopping.true,
-                   "never": _kiln.EarlyStopping.never}
+_EARLY_STOPPING = {
+    False: _kiln.EarlyStopping.heuristic,
+    True: _kiln.EarlyStopping.true,
+    "never": _kiln.EarlyStopping.never,
+}
 
 
 @dataclass
@@ -48,6 +53,7 @@ def _to_numpy(value: Any) -> np.ndarray:
 def _wrap(fn: Callable[[dict], Mapping[str, Any]]) -> Callable[[dict], dict]:
     def call(inputs: dict) -> dict:
         return {name: _to_numpy(v) for name, v in fn(inputs).items()}
+
     return call
 
 
@@ -67,16 +73,32 @@ class Generator:
     GIL while it runs; the engines may be shared by several threads.
     """
 
-    def __init__(self, engine_dir: str | os.PathLike, backend: str = "auto", num_threads: int = 0,
-                 verify_sha256: bool = True, precision: str = "auto"):
+    def __init__(
+        self,
+        engine_dir: str | os.PathLike,
+        backend: str = "auto",
+        num_threads: int = 0,
+        verify_sha256: bool = True,
+        precision: str = "auto",
+    ):
         self._gen = _kiln.Generator(os.fspath(engine_dir), backend, num_threads, verify_sha256, precision)
 
     @classmethod
-    def from_functions(cls, decoder: Callable[[dict], Mapping[str, Any]],
-                       encoder: Callable[[dict], Mapping[str, Any]] | None = None, *, layers: int, heads: int,
-                       head_dim: int, vocab_size: int, max_positions: int, encoder_decoder: bool = False,
-                       max_batch: int = 0, generation: Mapping[str, Any] | None = None,
-                       name: str = "generator") -> "Generator":
+    def from_functions(
+        cls,
+        decoder: Callable[[dict], Mapping[str, Any]],
+        encoder: Callable[[dict], Mapping[str, Any]] | None = None,
+        *,
+        layers: int,
+        heads: int,
+        head_dim: int,
+        vocab_size: int,
+        max_positions: int,
+        encoder_decoder: bool = False,
+        max_batch: int = 0,
+        generation: Mapping[str, Any] | None = None,
+        name: str = "generator",
+    ) -> Generator:
         """A generator over callables {input name: numpy array} -> {output name: array}.
 
         generation: generation_config.json-style defaults (eos_token_id, num_beams, ...).
@@ -84,8 +106,18 @@ class Generator:
         self = cls.__new__(cls)
         defaults = _kiln.GenerationOptions.from_json(json.dumps(dict(generation or {})), "generation")
         self._gen = _kiln.Generator.from_functions(
-            _wrap(decoder), None if encoder is None else _wrap(encoder), name, layers, heads, head_dim, vocab_size,
-            max_positions, encoder_decoder, max_batch, defaults)
+            _wrap(decoder),
+            None if encoder is None else _wrap(encoder),
+            name,
+            layers,
+            heads,
+            head_dim,
+            vocab_size,
+            max_positions,
+            encoder_decoder,
+            max_batch,
+            defaults,
+        )
         return self
 
     @property
@@ -109,17 +141,33 @@ class Generator:
     def encoder_decoder(self) -> bool:
         return self._gen.encoder_decoder
 
-    def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int | None = None,
-                 max_length: int | None = None, min_length: int | None = None,
-                 min_new_tokens: int | None = None, do_sample: bool | None = None,
-                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                 seed: int | None = None, num_beams: int | None = None, length_penalty: float | None = None,
-                 early_stopping: bool | str | None = None, num_return_sequences: int | None = None,
-                 no_repeat_ngram_size: int | None = None, repetition_penalty: float | None = None,
-                 eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-                 bos_token_id: int | None = None, decoder_start_token_id: int | None = None,
-                 forced_bos_token_id: int | None = None, forced_eos_token_id: int | Sequence[int] | None = None,
-                 on_tokens: Callable[[list[int]], bool | None] | None = None) -> GenerationResult:
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int | None = None,
+        max_length: int | None = None,
+        min_length: int | None = None,
+        min_new_tokens: int | None = None,
+        do_sample: bool | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        num_beams: int | None = None,
+        length_penalty: float | None = None,
+        early_stopping: bool | str | None = None,
+        num_return_sequences: int | None = None,
+        no_repeat_ngram_size: int | None = None,
+        repetition_penalty: float | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
+        pad_token_id: int | None = None,
+        bos_token_id: int | None = None,
+        decoder_start_token_id: int | None = None,
+        forced_bos_token_id: int | None = None,
+        forced_eos_token_id: int | Sequence[int] | None = None,
+        on_tokens: Callable[[list[int]], bool | None] | None = None,
+    ) -> GenerationResult:
         """Generate from token-id prompts (the encoder input for BART). None keeps the engine's default.
 
         on_tokens(tokens) is called after each step with each row's new token (-1 for a row
@@ -132,15 +180,30 @@ class Generator:
         for i, p in enumerate(prompts):
             if isinstance(p, (int, np.integer)):
                 raise InvalidArgumentError(
-                    f"prompt {i} is a single id ({p}); prompts is a list of prompts, pass [[ids...]]")
+                    f"prompt {i} is a single id ({p}); prompts is a list of prompts, pass [[ids...]]"
+                )
             rows.append(_ids(f"prompt {i}", p))
         o = self._gen.defaults
-        plain = dict(max_new_tokens=max_new_tokens, max_length=max_length, min_length=min_length,
-                     min_new_tokens=min_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
-                     top_p=top_p, seed=seed, num_beams=num_beams, length_penalty=length_penalty,
-                     num_return_sequences=num_return_sequences, no_repeat_ngram_size=no_repeat_ngram_size,
-                     repetition_penalty=repetition_penalty, pad_token_id=pad_token_id, bos_token_id=bos_token_id,
-                     decoder_start_token_id=decoder_start_token_id, forced_bos_token_id=forced_bos_token_id)
+        plain = dict(
+            max_new_tokens=max_new_tokens,
+            max_length=max_length,
+            min_length=min_length,
+            min_new_tokens=min_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            num_beams=num_beams,
+            length_penalty=length_penalty,
+            num_return_sequences=num_return_sequences,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            repetition_penalty=repetition_penalty,
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            decoder_start_token_id=decoder_start_token_id,
+            forced_bos_token_id=forced_bos_token_id,
+        )
         for key, value in plain.items():
             if value is None:
                 continue
@@ -157,8 +220,13 @@ class Generator:
         if forced_eos_token_id is not None:
             o.forced_eos_token_ids = _ids("forced_eos_token_id", forced_eos_token_id)
         r = self._gen.generate(rows, o, on_tokens)
-        return GenerationResult(sequences=r["sequences"], scores=r["scores"] if r["scores"] else None,
-                                timings=r["timings"], steps=r["steps"], stopped=r["stopped"])
+        return GenerationResult(
+            sequences=r["sequences"],
+            scores=r["scores"] if r["scores"] else None,
+            timings=r["timings"],
+            steps=r["steps"],
+            stopped=r["stopped"],
+        )
 
     def __repr__(self) -> str:
         return f"Generator({self.name!r}, backend={self.backend!r})"

@@ -21,6 +21,7 @@ def cuda_device_count() -> tuple[int, str | None]:
     """
     import ctypes
     import ctypes.util
+
     names = ["libcudart.so", "libcudart.so.13", "libcudart.so.12"]
     found = ctypes.util.find_library("cudart")
     if found:
@@ -47,8 +48,10 @@ def cuda_device_count() -> tuple[int, str | None]:
 
 def tensorrt_unavailable() -> str | None:
     """Why TensorRT engines cannot be built here, or None when they can."""
-    missing = ("the TensorRT Python module (tensorrt) is not installed: on a GPU host, "
-               "`pip install tensorrt` (its wheels download from NVIDIA's package index)")
+    missing = (
+        "the TensorRT Python module (tensorrt) is not installed: on a GPU host, "
+        "`pip install tensorrt` (its wheels download from NVIDIA's package index)"
+    )
     try:
         import tensorrt
     except ImportError:
@@ -64,6 +67,7 @@ def tensorrt_unavailable() -> str | None:
 def compute_capability(device: int = 0) -> str:
     import ctypes
     import ctypes.util
+
     lib = ctypes.CDLL(ctypes.util.find_library("cudart") or "libcudart.so")
     major, minor = ctypes.c_int(), ctypes.c_int()
     # cudaDevAttrComputeCapabilityMajor = 75, ...Minor = 76
@@ -104,16 +108,25 @@ def profiles_for(inputs: list[dict], dims: dict[str, dict]) -> list[dict[str, di
     ranges = cache_profiles(dims) if any(r.get("sum") for r in dims.values()) else [dims]
     profiles = []
     for r in ranges:
-        profiles.append({spec["name"]: {k: [d if isinstance(d, int) else r[d][k] for d in spec["shape"]]
-                                        for k in ("min", "opt", "max")} for spec in inputs})
+        profiles.append(
+            {
+                spec["name"]: {
+                    k: [d if isinstance(d, int) else r[d][k] for d in spec["shape"]] for k in ("min", "opt", "max")
+                }
+                for spec in inputs
+            }
+        )
     return profiles
 
 
 def choose_profile(profiles: list[dict], feed: dict) -> int:
     """The first profile whose [min, max] holds every input's shape (the C++ runtime's rule)."""
     for i, profile in enumerate(profiles):
-        if all(all(lo <= n <= hi for lo, n, hi in zip(r["min"], feed[name].shape, r["max"]))
-               for name, r in profile.items() if name in feed):
+        if all(
+            all(lo <= n <= hi for lo, n, hi in zip(r["min"], feed[name].shape, r["max"]))
+            for name, r in profile.items()
+            if name in feed
+        ):
             return i
     shapes = {name: list(v.shape) for name, v in feed.items()}
     raise InputShapeError(f"no optimisation profile fits the input shapes {shapes}; profiles: {profiles}")

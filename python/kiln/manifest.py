@@ -250,9 +250,19 @@ class _Common:
             "format_version": int(d["format_version"]),
         }
 
+    @property
+    def dir(self) -> Path:
+        """The directory the manifest was read from (or written to)."""
+        if self.path is None:
+            raise ManifestError(f"{self.name}: this manifest was not read from an engine directory")
+        return self.path
+
+    def to_json(self) -> dict:
+        raise NotImplementedError
+
     def write(self, engine_dir: str | Path) -> Path:
         path = Path(engine_dir) / MANIFEST
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")  # type: ignore[attr-defined]
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
         return path
 
     @property
@@ -306,7 +316,8 @@ class Manifest(_Common):
             artifacts=[Artifact.from_json(a) for a in d["artifacts"]],
             labels=list(d["labels"]) if d.get("labels") else None,
             tolerances={
-                p: {o: Tolerance.from_json(t) for o, t in outs.items()} for p, outs in (d.get("tolerances") or {}).items()
+                p: {o: Tolerance.from_json(t) for o, t in outs.items()}
+                for p, outs in (d.get("tolerances") or {}).items()
             },
             graph=d.get("graph") or "model",
         )
@@ -323,9 +334,7 @@ class Manifest(_Common):
     def artifact_path(self, art: Artifact, verify_sha256: bool = True) -> Path:
         """The artifact's file after the runtime's checks: inside the engine directory, the size
         the manifest says and (verify_sha256) the same sha256. ArtifactError says what is wrong."""
-        if self.path is None:
-            raise ArtifactError(f"{self.name}: manifest not read from a directory; cannot locate {art.file}")
-        root = self.path.resolve()
+        root = self.dir.resolve()
         file = (root / art.file).resolve()
         if Path(art.file).is_absolute() or ".." in Path(art.file).parts or root not in file.parents:
             raise ArtifactError(
@@ -407,12 +416,10 @@ class GenerationManifest(_Common):
     def graph_dir(self, graph: str) -> Path:
         if graph not in self.graphs:
             raise ManifestError(f"{self.name}: no graph {graph!r}; graphs: {', '.join(self.graphs)}")
-        if self.path is None:
-            raise ManifestError(f"{self.name}: manifest not read from a directory")
         sub = self.graphs[graph]
         if not sub or Path(sub).is_absolute() or ".." in Path(sub).parts:
-            raise ManifestError(f"{self.path / MANIFEST}: graphs.{graph} must name a subdirectory, got {sub!r}")
-        return self.path / sub
+            raise ManifestError(f"{self.dir / MANIFEST}: graphs.{graph} must name a subdirectory, got {sub!r}")
+        return self.dir / sub
 
     def graph(self, graph: str) -> Manifest:
         """The manifest of one of its graphs."""

@@ -76,8 +76,12 @@ class BackendResult:
     error: str | None = None
 
     def to_json(self) -> dict:
-        d: dict[str, Any] = {"pass": self.passed, "task_match": self.task_match, "task_detail": self.task_detail,
-                             "outputs": self.outputs}
+        d: dict[str, Any] = {
+            "pass": self.passed,
+            "task_match": self.task_match,
+            "task_detail": self.task_detail,
+            "outputs": self.outputs,
+        }
         if self.error:
             d["error"] = self.error
         return d
@@ -98,15 +102,26 @@ class ParityReport:
         return bool(self.backends) and all(b.passed for b in self.backends.values())
 
     def to_json(self) -> dict:
-        return {"pass": self.passed, "engine": self.engine, "task": self.task, "reference": self.reference,
-                "iterations": self.iterations, "tolerances": self.tolerances,
-                "backends": {n: b.to_json() for n, b in self.backends.items()}, "skipped": self.skipped}
+        return {
+            "pass": self.passed,
+            "engine": self.engine,
+            "task": self.task,
+            "reference": self.reference,
+            "iterations": self.iterations,
+            "tolerances": self.tolerances,
+            "backends": {n: b.to_json() for n, b in self.backends.items()},
+            "skipped": self.skipped,
+        }
 
 
 # shapes a generation graph is fed: a left-padded prefill batch (past 0), single-token decode
 # steps and a multi-token step on a cache
-GENERATION_SHAPES = [{"batch": 2, "new": 12, "past": 0, "source": 24}, {"batch": 1, "new": 1, "past": 40, "source": 17},
-                     {"batch": 3, "new": 1, "past": 7, "source": 9}, {"batch": 2, "new": 5, "past": 16, "source": 30}]
+GENERATION_SHAPES = [
+    {"batch": 2, "new": 12, "past": 0, "source": 24},
+    {"batch": 1, "new": 1, "past": 40, "source": 17},
+    {"batch": 3, "new": 1, "past": 7, "source": 9},
+    {"batch": 2, "new": 5, "past": 16, "source": 30},
+]
 
 
 def parity_feeds(manifest: Manifest, seed: int = 0) -> list[Feed]:
@@ -126,19 +141,22 @@ def parity_feeds(manifest: Manifest, seed: int = 0) -> list[Feed]:
         return out
 
     if d.generation is not None:
-        return [graph.make_example(config, fit({**{k: 1 for k in dims}, **s}), seed + i)
-                for i, s in enumerate(GENERATION_SHAPES)]
+        return [
+            graph.make_example(config, fit({**{k: 1 for k in dims}, **s}), seed + i)
+            for i, s in enumerate(GENERATION_SHAPES)
+        ]
     from .pipelines import pipeline
 
-    pipe = pipeline(manifest.path, load_engine=False)
+    pipe = pipeline(manifest.dir, load_engine=False)
     feeds = [pipe.preprocess(sample)[0] for sample in pipe.parity_samples()]
     sizes = fit({**{n: r.opt for n, r in dims.items()}, "batch": 3})
     feeds.append(graph.make_example(config, sizes, seed))
     return feeds
 
 
-def run_parity(engine_dir: str | Path, backends: list[str] | None = None,
-               extra: list[Runner] | None = None) -> ParityReport:
+def run_parity(
+    engine_dir: str | Path, backends: list[str] | None = None, extra: list[Runner] | None = None
+) -> ParityReport:
     """Every backend (or those named in `backends`, plus `extra` runners) against eager."""
     from polygraphy.comparator import Comparator, SimpleCompareFunc
 
@@ -162,11 +180,13 @@ def run_parity(engine_dir: str | Path, backends: list[str] | None = None,
     accuracy: dict = {}
     for p in sorted({precision[r.name] for r in poly[1:]}):
         table = tolerances[p]
-        compare = SimpleCompareFunc(atol={o: t.atol for o, t in table.items()},
-                                    rtol={o: t.rtol for o, t in table.items()}, check_shapes=True)
+        compare = SimpleCompareFunc(
+            atol={o: t.atol for o, t in table.items()}, rtol={o: t.rtol for o, t in table.items()}, check_shapes=True
+        )
         group = [i for i, r in enumerate(poly) if i > 0 and precision[r.name] == p]
-        accuracy.update(Comparator.compare_accuracy(results, compare_func=compare,
-                                                    comparisons=[(i, 0) for i in group])[0])
+        accuracy.update(
+            Comparator.compare_accuracy(results, compare_func=compare, comparisons=[(i, 0) for i in group])[0]
+        )
     iters = dict(results)
     ref_iters = iters[REFERENCE]
     report: dict[str, BackendResult] = {}
@@ -176,8 +196,18 @@ def run_parity(engine_dir: str | Path, backends: list[str] | None = None,
         for it, compared in enumerate(accuracy[(runner.name, REFERENCE)]):
             for out, r in compared.items():
                 tol = tolerances[precision[runner.name]][out]
-                o = res.outputs.setdefault(out, {"max_abs": 0.0, "max_rel": 0.0, "cosine": 1.0, "atol": tol.atol,
-                                                 "rtol": tol.rtol, "precision": precision[runner.name], "pass": True})
+                o = res.outputs.setdefault(
+                    out,
+                    {
+                        "max_abs": 0.0,
+                        "max_rel": 0.0,
+                        "cosine": 1.0,
+                        "atol": tol.atol,
+                        "rtol": tol.rtol,
+                        "precision": precision[runner.name],
+                        "pass": True,
+                    },
+                )
                 o["max_abs"] = max(o["max_abs"], float(r.max_absdiff))
                 o["max_rel"] = max(o["max_rel"], float(r.max_reldiff))
                 o["cosine"] = min(o["cosine"], cosine(ref_iters[it][out], iters[runner.name][it][out]))
@@ -204,8 +234,9 @@ def print_report(report: ParityReport, console: Any = None) -> None:
     from .term import make_console
 
     console = console or make_console()
-    table = Table(title=f"parity: {report.engine} ({report.task}) vs {report.reference} fp32, "
-                        f"{report.iterations} input batches")
+    table = Table(
+        title=f"parity: {report.engine} ({report.task}) vs {report.reference} fp32, {report.iterations} input batches"
+    )
     for col in ("backend", "output", "max abs", "max rel", "cosine", "atol / rtol", "tensor", "task"):
         table.add_column(col)
     for name, b in report.backends.items():
@@ -213,10 +244,16 @@ def print_report(report: ParityReport, console: Any = None) -> None:
             table.add_row(name, "-", "-", "-", "-", "-", "[red]ERROR[/]", b.error)
             continue
         for i, (out, o) in enumerate(b.outputs.items()):
-            table.add_row(name if i == 0 else "", out, f"{o['max_abs']:.2e}", f"{o['max_rel']:.2e}",
-                          f"{o['cosine']:.7f}", f"{o['atol']:.0e} / {o['rtol']:.0e}",
-                          "[green]ok[/]" if o["pass"] else "[red]FAIL[/]",
-                          ("[green]same[/]" if b.task_match else "[red]DIFFERENT[/]") if i == 0 else "")
+            table.add_row(
+                name if i == 0 else "",
+                out,
+                f"{o['max_abs']:.2e}",
+                f"{o['max_rel']:.2e}",
+                f"{o['cosine']:.7f}",
+                f"{o['atol']:.0e} / {o['rtol']:.0e}",
+                "[green]ok[/]" if o["pass"] else "[red]FAIL[/]",
+                ("[green]same[/]" if b.task_match else "[red]DIFFERENT[/]") if i == 0 else "",
+            )
     console.print(table)
     details = {name: b.task_detail for name, b in report.backends.items() if not b.error}
     if len(set(details.values())) == 1:  # the usual case: say it once
@@ -254,15 +291,21 @@ class GenerationParityReport:
 
     @property
     def passed(self) -> bool:
-        return (all(r.passed for r in self.graphs.values())
-                and all(ok for case in self.tokens.values() for ok, _ in case.values()))
+        return all(r.passed for r in self.graphs.values()) and all(
+            ok for case in self.tokens.values() for ok, _ in case.values()
+        )
 
     def to_json(self) -> dict:
-        return {"pass": self.passed, "engine": self.engine, "task": self.task,
-                "graphs": {g: r.to_json() for g, r in self.graphs.items()},
-                "tokens": {c: {b: {"same": ok, "detail": d} for b, (ok, d) in rows.items()}
-                           for c, rows in self.tokens.items()},
-                "skipped": self.skipped}
+        return {
+            "pass": self.passed,
+            "engine": self.engine,
+            "task": self.task,
+            "graphs": {g: r.to_json() for g, r in self.graphs.items()},
+            "tokens": {
+                c: {b: {"same": ok, "detail": d} for b, (ok, d) in rows.items()} for c, rows in self.tokens.items()
+            },
+            "skipped": self.skipped,
+        }
 
 
 def _token_cases(manifest: GenerationManifest) -> list[TokenCase]:
@@ -270,8 +313,7 @@ def _token_cases(manifest: GenerationManifest) -> list[TokenCase]:
     from . import samples
     from .processing.bpe import BPETokenizer
 
-    assert manifest.path is not None
-    tok = BPETokenizer.from_dir(manifest.path)
+    tok = BPETokenizer.from_dir(manifest.dir)
     dims = manifest.graph("decoder").dims
     longest = dims["total"].max
     if manifest.encoder_decoder:
@@ -279,16 +321,35 @@ def _token_cases(manifest: GenerationManifest) -> list[TokenCase]:
         prompts = [tok.encode(samples.ARTICLE), tok.encode(samples.TRANSLATION_SOURCES[0])]
         prompts = [p if len(p) <= limit else p[: limit - 1] + p[-1:] for p in prompts]  # keep </s>
         new = min(64, longest - 1)
-        return [TokenCase("greedy", prompts, {"num_beams": 1, "max_new_tokens": new}),
-                TokenCase("beam search (engine defaults)", prompts[:1], {"max_new_tokens": new}),
-                TokenCase("sampling, seed 0", prompts, {"num_beams": 1, "do_sample": True, "seed": 0, "top_k": 50,
-                                                       "top_p": 0.9, "max_new_tokens": 32}, sampled=True)]
+        return [
+            TokenCase("greedy", prompts, {"num_beams": 1, "max_new_tokens": new}),
+            TokenCase("beam search (engine defaults)", prompts[:1], {"max_new_tokens": new}),
+            TokenCase(
+                "sampling, seed 0",
+                prompts,
+                {"num_beams": 1, "do_sample": True, "seed": 0, "top_k": 50, "top_p": 0.9, "max_new_tokens": 32},
+                sampled=True,
+            ),
+        ]
     prompts = [tok.encode(samples.PROMPTS[0]), tok.encode(samples.PROMPTS[1])]  # two lengths: left padding
     new = min(64, longest - max(len(p) for p in prompts))
-    return [TokenCase(f"greedy, {new} tokens", prompts, {"max_new_tokens": new, "min_new_tokens": new}),
-            TokenCase("beam search, 4 beams", prompts[:1], {"num_beams": 4, "max_new_tokens": min(32, new)}),
-            TokenCase("sampling, seed 0", prompts, {"do_sample": True, "seed": 0, "top_k": 50, "top_p": 0.9,
-                                                   "temperature": 0.8, "max_new_tokens": min(32, new)}, sampled=True)]
+    return [
+        TokenCase(f"greedy, {new} tokens", prompts, {"max_new_tokens": new, "min_new_tokens": new}),
+        TokenCase("beam search, 4 beams", prompts[:1], {"num_beams": 4, "max_new_tokens": min(32, new)}),
+        TokenCase(
+            "sampling, seed 0",
+            prompts,
+            {
+                "do_sample": True,
+                "seed": 0,
+                "top_k": 50,
+                "top_p": 0.9,
+                "temperature": 0.8,
+                "max_new_tokens": min(32, new),
+            },
+            sampled=True,
+        ),
+    ]
 
 
 def function_generator(manifest: GenerationManifest, runner: str = REFERENCE) -> Any:
@@ -306,10 +367,18 @@ def function_generator(manifest: GenerationManifest, runner: str = REFERENCE) ->
     cache = manifest.cache
     decoder = manifest.graph("decoder")
     return Generator.from_functions(
-        graph_fn("decoder"), graph_fn("encoder") if manifest.encoder_decoder else None,
-        layers=cache.layers, heads=cache.heads, head_dim=cache.head_dim, vocab_size=manifest.vocab_size,
-        max_positions=manifest.max_positions, encoder_decoder=manifest.encoder_decoder,
-        max_batch=decoder.dims["batch"].max, generation=manifest.generation, name=f"{manifest.name} ({runner})")
+        graph_fn("decoder"),
+        graph_fn("encoder") if manifest.encoder_decoder else None,
+        layers=cache.layers,
+        heads=cache.heads,
+        head_dim=cache.head_dim,
+        vocab_size=manifest.vocab_size,
+        max_positions=manifest.max_positions,
+        encoder_decoder=manifest.encoder_decoder,
+        max_batch=decoder.dims["batch"].max,
+        generation=manifest.generation,
+        name=f"{manifest.name} ({runner})",
+    )
 
 
 def transformers_generate(manifest: GenerationManifest) -> Callable[[list[list[int]], dict], list[list[int]]] | None:
@@ -359,8 +428,13 @@ def _first_difference(ref: list[list[int]], test: list[list[int]]) -> str:
     return f"{len(ref)} vs {len(test)} rows"
 
 
-def run_generation_parity(engine_dir: str | Path, backends: list[str] | None = None,
-                          progress: Callable[[str], None] = lambda m: None) -> GenerationParityReport:
+def _sequences(gen: Any) -> Callable[[list[list[int]], dict], list[list[int]]]:
+    return lambda prompts, options: gen.generate(prompts, **options).sequences
+
+
+def run_generation_parity(
+    engine_dir: str | Path, backends: list[str] | None = None, progress: Callable[[str], None] = lambda m: None
+) -> GenerationParityReport:
     """Parity of every graph (tensors, as run_parity), then the generated tokens: kiln's C++
     loop over each C++ backend and over ONNX Runtime, and transformers' generate, against the
     loop over the eager graphs."""
@@ -388,12 +462,10 @@ def run_generation_parity(engine_dir: str | Path, backends: list[str] | None = N
         elif b not in formats:
             skipped[name] = f"no {b} artifact in the engine"
         else:
-            gen = Generator(engine_dir, backend=b)
-            generate[name] = lambda prompts, options, gen=gen: gen.generate(prompts, **options).sequences
+            generate[name] = _sequences(Generator(engine_dir, backend=b))
     if not backends or "onnxruntime" in backends:
         if "onnx" in formats:
-            ort_gen = function_generator(manifest, "onnxruntime")
-            generate["onnxruntime"] = lambda prompts, options: ort_gen.generate(prompts, **options).sequences
+            generate["onnxruntime"] = _sequences(function_generator(manifest, "onnxruntime"))
         else:
             skipped["onnxruntime"] = "no onnx artifact in the engine"
     hf = None if backends and "transformers-generate" not in backends else transformers_generate(manifest)
@@ -425,8 +497,10 @@ def print_generation_report(report: GenerationParityReport, console: Any = None)
         console.rule(f"graph: {graph}")
         print_report(r, console)
     console.rule("generated tokens")
-    table = Table(title=f"tokens: {report.engine} ({report.task}), kiln::Generator over each backend vs "
-                        "the same loop over eager PyTorch")
+    table = Table(
+        title=f"tokens: {report.engine} ({report.task}), kiln::Generator over each backend vs "
+        "the same loop over eager PyTorch"
+    )
     for col in ("case", "backend", "tokens"):
         table.add_column(col)
     for case, rows in report.tokens.items():

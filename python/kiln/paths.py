@@ -1,4 +1,5 @@
 """Where kiln keeps downloads, checkpoints and compile caches ($KILN_CACHE)."""
+
 from __future__ import annotations
 
 import os
@@ -22,4 +23,5 @@ def resolve_checkpoint(ref: str | os.PathLike) -> Path:
     raise CheckpointError(
         f"checkpoint {str(ref)!r}: no such directory, and no checkpoint of that name in "
         f"{cache_dir() / 'checkpoints'}; give a Hugging Face checkpoint directory (config.json + "
-        "model.safetensors) or run `make setup` to fetch the named ones")
+        "model.safetensors) or run `make setup` to fetch the named ones"
+    )

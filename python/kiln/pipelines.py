@@ -6,6 +6,7 @@ Each pipeline is pre-processing (the engine's own tokenizer, image or audio proc
 feeds every backend. Each pipeline also says how `kiln run` shows its answers (`show`), so
 the CLI only looks the pipeline up by the engine's task.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,39 +14,53 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from . import samples
 from .errors import InputValueError, InvalidArgumentError
-from .manifest import AnyManifest, GenerationManifest, Manifest, read_manifest
+from .manifest import GenerationManifest, Manifest, read_graph_manifest, read_manifest
 
 Say = Callable[[str], None]
+M = TypeVar("M", Manifest, GenerationManifest)
 
 
 def top_labels(logits: np.ndarray, labels: list[str], top_k: int | None) -> list[list[dict]]:
     """[B, L] logits -> per row the top_k {"label", "score"} (softmax), best first."""
     from .processing.text import classify
-    return [[{"label": label, "score": score} for label, score in classify(row, labels, top_k=top_k)]
-            for row in logits]
+
+    return [[{"label": label, "score": score} for label, score in classify(row, labels, top_k=top_k)] for row in logits]
 
 
-class Pipeline:
+class Pipeline(Generic[M]):
+    """What every pipeline shares: the engine directory, its manifest, `kiln run`'s output.
+    Subclasses give preprocess(...) -> (feed, ctx) and postprocess(outputs, ctx) -> answers."""
+
     task = ""
-    manifest: AnyManifest
+    manifest: M
+    preprocess: Callable[..., tuple[Any, dict]]
+    postprocess: Callable[..., Any]
 
-    def __init__(self, engine_dir: str | Path, backend: str = "auto", num_threads: int = 0,
-                 load_engine: bool = True, precision: str = "auto"):
+    def __init__(
+        self,
+        engine_dir: str | Path,
+        backend: str = "auto",
+        num_threads: int = 0,
+        load_engine: bool = True,
+        precision: str = "auto",
+    ):
         self.dir = Path(engine_dir)
-        self.manifest = read_manifest(self.dir)
+        self.manifest = self._read(self.dir)
         self.engine: Any = None
         if load_engine:
             self._open(backend, num_threads, precision)
 
+    def _read(self, engine_dir: Path) -> M:
+        raise NotImplementedError
+
     def _open(self, backend: str, num_threads: int, precision: str) -> None:
-        from .runtime import Engine
-        self.engine = Engine(self.dir, backend=backend, num_threads=num_threads, precision=precision)
+        raise NotImplementedError
 
     @property
     def name(self) -> str:
@@ -74,15 +89,10 @@ class Pipeline:
 
     def _check_batch(self, count: int, what: str) -> None:
         if count > self.batch_max:
-            raise InputValueError(f"{self.name}: {count} {what}, the engine takes at most {self.batch_max} per "
-                                  "call (dims.batch.max); split the batch")
-
-    # subclasses: preprocess(...) -> (feed, ctx); postprocess(outputs, ctx) -> answer
-    def preprocess(self, *args, **kwargs) -> tuple[dict[str, np.ndarray], dict]:
-        raise NotImplementedError
-
-    def postprocess(self, outputs: dict[str, np.ndarray], ctx: dict, **kwargs) -> Any:
-        raise NotImplementedError
+            raise InputValueError(
+                f"{self.name}: {count} {what}, the engine takes at most {self.batch_max} per "
+                "call (dims.batch.max); split the batch"
+            )
 
     def parity_samples(self) -> list:
         raise NotImplementedError
@@ -97,6 +107,7 @@ class Pipeline:
     def show(self, inputs: list[str], answers: list, say: Say) -> None:
         """Print the answers for a person (inputs, labels and words are data, never markup)."""
         from rich.markup import escape
+
         for text, answer in zip(inputs, answers):
             say(f"[bold]{escape(text)}[/]")
             say(f"  {escape(str(answer))}")
@@ -110,9 +121,18 @@ class Pipeline:
         answers = self.cli_answers(inputs, args)
         ms = (time.perf_counter() - t) * 1e3
         if args.json:
-            print(json.dumps({"engine": self.name, "task": self.task, "backend": self.backend,
-                              "weights": self.manifest.weights, "inputs": inputs,
-                              **self.answers_json(inputs, answers)}))
+            print(
+                json.dumps(
+                    {
+                        "engine": self.name,
+                        "task": self.task,
+                        "backend": self.backend,
+                        "weights": self.manifest.weights,
+                        "inputs": inputs,
+                        **self.answers_json(inputs, answers),
+                    }
+                )
+            )
             return 0
         if self.random_weights_note:
             console.print(f"[yellow]note:[/] {self.random_weights_note}")
@@ -123,31 +143,53 @@ class Pipeline:
 
 def _show_labels(inputs: list[str], answers: list, say: Say) -> None:
     from rich.markup import escape
+
     for text, result in zip(inputs, answers):
         say(f"[bold]{escape(text)}[/]")
         for r in result:
             say(f"  {escape(r['label']):<12} {r['score']:.4f}")
 
 
-class _Classification:
+class EnginePipeline(Pipeline[Manifest]):
+    """A pipeline around one graph's kiln::Engine."""
+
+    def _read(self, engine_dir: Path) -> Manifest:
+        return read_graph_manifest(engine_dir)
+
+    def _open(self, backend: str, num_threads: int, precision: str) -> None:
+        from .runtime import Engine
+
+        self.engine = Engine(self.dir, backend=backend, num_threads=num_threads, precision=precision)
+
+    @property
+    def labels(self) -> list[str]:
+        if not self.manifest.labels:
+            raise InvalidArgumentError(f"{self.name}: the manifest has no labels; rebuild the engine with `kiln build`")
+        return self.manifest.labels
+
+
+class _Classification(EnginePipeline):
     """`kiln run --top-k K` for the classification pipelines: the K best labels."""
+
+    default_top_k = 1
 
     def cli_answers(self, inputs: list[str], args: Any) -> list:
         if not inputs:
-            raise InvalidArgumentError(f"{self.task} needs at least one input (as an argument or on standard input)")  # type: ignore[attr-defined]
+            raise InvalidArgumentError(f"{self.task} needs at least one input (as an argument or on standard input)")
         if args.top_k is not None and args.top_k < 1:
             raise InvalidArgumentError(f"--top-k {args.top_k}: expected a number of labels >= 1")
-        feed, ctx = self.preprocess(inputs)  # type: ignore[attr-defined]
-        return self.postprocess(self.run(feed), ctx, top_k=args.top_k or self.default_top_k)  # type: ignore[attr-defined]
+        feed, ctx = self.preprocess(inputs)
+        return self.postprocess(self.run(feed), ctx, top_k=args.top_k or self.default_top_k)
 
     def show(self, inputs: list[str], answers: list, say: Say) -> None:
         _show_labels(inputs, answers, say)
 
 
-class TextPipeline(Pipeline):
+class TextPipeline(EnginePipeline):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         from .processing.text import TextTokenizer
+
         self.tokenizer = TextTokenizer.from_dir(self.dir)
         seq = self.manifest.dims["sequence"]
         self.max_length = seq.max
@@ -182,7 +224,7 @@ class TextClassificationPipeline(_Classification, TextPipeline):
     default_top_k = 1
 
     def postprocess(self, outputs, ctx, top_k: int | None = 1):
-        return top_labels(outputs["logits"], self.manifest.labels, top_k)
+        return top_labels(outputs["logits"], self.labels, top_k)
 
 
 class TokenClassificationPipeline(TextPipeline):
@@ -193,14 +235,17 @@ class TokenClassificationPipeline(TextPipeline):
 
     def postprocess(self, outputs, ctx):
         from .processing.text import token_entities
+
         enc = ctx["encoding"]
-        labels = self.manifest.labels
-        return [token_entities(outputs["logits"][i], labels, enc.offsets[i], text,
-                               special_mask=enc.special_tokens_mask[i])
-                for i, text in enumerate(ctx["texts"])]
+        labels = self.labels
+        return [
+            token_entities(outputs["logits"][i], labels, enc.offsets[i], text, special_mask=enc.special_tokens_mask[i])
+            for i, text in enumerate(ctx["texts"])
+        ]
 
     def show(self, inputs: list[str], answers: list, say: Say) -> None:
         from rich.markup import escape
+
         for text, result in zip(inputs, answers):
             say(f"[bold]{escape(text)}[/]")
             if not result:
@@ -212,14 +257,17 @@ class TokenClassificationPipeline(TextPipeline):
 class QuestionAnsweringPipeline(TextPipeline):
     task = "question-answering"
 
-    def preprocess(self, questions, contexts=None, truncation: bool = False):
+    # questions with their contexts, where the other text pipelines take texts alone
+    def preprocess(self, questions, contexts=None, truncation: bool = False):  # type: ignore[override]
         if contexts is None:  # a list of (question, context) pairs
             pairs = [questions] if isinstance(questions, tuple) else list(questions)
             questions, contexts = [q for q, _ in pairs], [c for _, c in pairs]
         questions, contexts = self._texts(questions), self._texts(contexts)
         if len(questions) != len(contexts):
-            raise InputValueError(f"{self.name}: {len(questions)} questions but "
-                                  f"{len(contexts)} contexts; expected one context per question")
+            raise InputValueError(
+                f"{self.name}: {len(questions)} questions but "
+                f"{len(contexts)} contexts; expected one context per question"
+            )
         enc, feed = self.encode(questions, contexts, truncation=truncation)
         return feed, {"questions": questions, "contexts": contexts, "encoding": enc}
 
@@ -228,10 +276,19 @@ class QuestionAnsweringPipeline(TextPipeline):
 
     def postprocess(self, outputs, ctx, max_answer_len: int = 30):
         from .processing.text import qa_best_span
+
         enc = ctx["encoding"]
-        return [qa_best_span(outputs["start_logits"][i], outputs["end_logits"][i], enc.sequence_ids[i],
-                             enc.offsets[i], ctx["contexts"][i], max_answer_len=max_answer_len)
-                for i in range(len(ctx["contexts"]))]
+        return [
+            qa_best_span(
+                outputs["start_logits"][i],
+                outputs["end_logits"][i],
+                enc.sequence_ids[i],
+                enc.offsets[i],
+                ctx["contexts"][i],
+                max_answer_len=max_answer_len,
+            )
+            for i in range(len(ctx["contexts"]))
+        ]
 
     def cli_answers(self, inputs: list[str], args: Any) -> list:
         if not args.question or not inputs:
@@ -240,10 +297,13 @@ class QuestionAnsweringPipeline(TextPipeline):
 
     def show(self, inputs: list[str], answers: list, say: Say) -> None:
         from rich.markup import escape
+
         for text, result in zip(inputs, answers):
             say(f"[bold]{escape(text)}[/]")
-            say(f"  answer: {escape(repr(result['answer']))} \\[{result['start']}:{result['end']}] "
-                f"score {result['score']:.4f}")
+            say(
+                f"  answer: {escape(repr(result['answer']))} \\[{result['start']}:{result['end']}] "
+                f"score {result['score']:.4f}"
+            )
 
 
 class FeatureExtractionPipeline(TextPipeline):
@@ -255,12 +315,14 @@ class FeatureExtractionPipeline(TextPipeline):
     def similarity(self, query: str, documents: list[str]) -> list[tuple[float, str]]:
         """Documents ranked by cosine similarity to the query, best first."""
         from .processing.text import cosine
+
         emb = self([query, *documents])
-        scores = cosine(emb[1:], emb[0])
+        scores = np.atleast_1d(cosine(emb[1:], emb[0]))
         return sorted(zip(scores.tolist(), documents), key=lambda x: -x[0])
 
     def answers_json(self, inputs: list[str], answers: Any) -> dict:
         from .processing.text import cosine
+
         emb = np.asarray(answers)
         return {"embeddings": emb.tolist(), "cosine": np.atleast_2d(cosine(emb, emb)).tolist()}
 
@@ -270,10 +332,13 @@ class FeatureExtractionPipeline(TextPipeline):
 
         from .processing.text import cosine
         from .term import make_console
+
         emb = np.asarray(answers)
         for i, text in enumerate(inputs):
-            say(f"\\[{i}] {escape(repr(text))}: dim {emb.shape[1]}, norm {np.linalg.norm(emb[i]):.4f}, "
-                "first values [" + ", ".join(f"{v:+.4f}" for v in emb[i, :4]) + ", ...]")
+            say(
+                f"\\[{i}] {escape(repr(text))}: dim {emb.shape[1]}, norm {np.linalg.norm(emb[i]):.4f}, "
+                "first values [" + ", ".join(f"{v:+.4f}" for v in emb[i, :4]) + ", ...]"
+            )
         if len(inputs) > 1:
             sims = np.atleast_2d(cosine(emb, emb))
             table = Table(title="cosine similarity")
@@ -290,25 +355,30 @@ class FillMaskPipeline(TextPipeline):
 
     def postprocess(self, outputs, ctx, top_k: int = 5):
         from .processing.text import softmax
+
         enc = ctx["encoding"]
         mask_id = self.tokenizer.mask_token_id
         results = []
         for i in range(len(ctx["texts"])):
             positions = np.flatnonzero(enc.input_ids[i] == mask_id)
             if positions.size == 0:
-                raise InputValueError(f"{self.name}: text {i} has no "
-                                      f"{self.tokenizer.mask_token} token to fill")
+                raise InputValueError(f"{self.name}: text {i} has no {self.tokenizer.mask_token} token to fill")
             row = []
             for p in positions:
                 probs = softmax(outputs["logits"][i, p])
                 best = np.argsort(-probs)[:top_k]
-                row.append([{"token": self.tokenizer.id_to_token(int(t)), "token_id": int(t),
-                             "score": float(probs[t])} for t in best])
+                row.append(
+                    [
+                        {"token": self.tokenizer.id_to_token(int(t)), "token_id": int(t), "score": float(probs[t])}
+                        for t in best
+                    ]
+                )
             results.append(row)
         return results
 
     def show(self, inputs: list[str], answers: list, say: Say) -> None:
         from rich.markup import escape
+
         for text, masks in zip(inputs, answers):
             say(f"[bold]{escape(text)}[/]")
             for k, candidates in enumerate(masks):
@@ -316,7 +386,7 @@ class FillMaskPipeline(TextPipeline):
                 say(f"  mask {k}: {best}")
 
 
-class ImageClassificationPipeline(_Classification, Pipeline):
+class ImageClassificationPipeline(_Classification):
     """Images (paths, bytes, PIL images, HxWxC uint8 arrays) -> top-k [{"label", "score"}] each,
     pre-processed as the engine's preprocessor_config.json says (kiln.processing.image)."""
 
@@ -326,13 +396,15 @@ class ImageClassificationPipeline(_Classification, Pipeline):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         from .processing.image import ImageProcessor
+
         self.processor = ImageProcessor.from_dir(self.dir)
         spec = next(s for s in self.manifest.inputs if s.name == "pixel_values")
         expected = tuple(spec.shape[2:])
         if self.processor.output_size != expected:
             raise InvalidArgumentError(
                 f"{self.dir}: preprocessor_config.json makes {self.processor.output_size[0]}x"
-                f"{self.processor.output_size[1]} images but the engine takes {expected[0]}x{expected[1]}")
+                f"{self.processor.output_size[1]} images but the engine takes {expected[0]}x{expected[1]}"
+            )
 
     def preprocess(self, images):
         if not isinstance(images, (list, tuple)):
@@ -341,14 +413,14 @@ class ImageClassificationPipeline(_Classification, Pipeline):
         return {"pixel_values": self.processor(images)}, {"count": len(images)}
 
     def postprocess(self, outputs, ctx, top_k: int | None = 5):
-        return top_labels(outputs["logits"], self.manifest.labels, top_k)
+        return top_labels(outputs["logits"], self.labels, top_k)
 
     def parity_samples(self) -> list:
         photos = samples.photos()
         return [photos, photos[:1]]
 
 
-class AudioPipeline(Pipeline):
+class AudioPipeline(EnginePipeline):
     """WAV paths or arrays in (kiln.processing.audio, as the engine's preprocessor_config.json
     says): decoded, mixed to mono, resampled, normalised, padded to the longest and to the
     engine's smallest accepted length."""
@@ -356,6 +428,7 @@ class AudioPipeline(Pipeline):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         from .processing.audio import AudioProcessor
+
         self.processor = AudioProcessor.from_dir(self.dir)
         samples_dim = self.manifest.dims["samples"]
         self.min_samples, self.max_samples = samples_dim.min, samples_dim.max
@@ -381,10 +454,12 @@ class SpeechRecognitionPipeline(AudioPipeline):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         from .processing.ctc import CTCDecoder
+
         self.decoder = CTCDecoder.from_dir(self.dir)
 
     def postprocess(self, outputs, ctx) -> list[str]:
         from .processing.ctc import frame_lengths
+
         config = self.manifest.config
         logits = outputs["logits"]
         frames = frame_lengths(ctx["lengths"], config["conv_kernel"], config["conv_stride"])
@@ -392,6 +467,7 @@ class SpeechRecognitionPipeline(AudioPipeline):
 
     def show(self, inputs: list[str], answers: list, say: Say) -> None:
         from rich.markup import escape
+
         for name, text in zip(inputs, answers):
             say(f"[bold]{escape(name)}[/]")
             say(f"  transcript: {escape(repr(text))}")
@@ -402,25 +478,38 @@ class AudioClassificationPipeline(_Classification, AudioPipeline):
     default_top_k = 5
 
     def postprocess(self, outputs, ctx, top_k: int | None = 5):
-        return top_labels(outputs["logits"], self.manifest.labels, top_k)
+        return top_labels(outputs["logits"], self.labels, top_k)
 
 
-class TextGenerationPipeline(Pipeline):
+class TextGenerationPipeline(Pipeline[GenerationManifest]):
     """Text in, generated text out, through kiln::Generator (the C++ loop over the engine's
     decoder graph, and encoder graph for BART). Streams text as tokens arrive."""
+
     task = "text-generation"
 
-    manifest: GenerationManifest
-
-    def __init__(self, engine_dir: str | Path, backend: str = "auto", num_threads: int = 0,
-                 load_engine: bool = True, precision: str = "auto"):
+    def __init__(
+        self,
+        engine_dir: str | Path,
+        backend: str = "auto",
+        num_threads: int = 0,
+        load_engine: bool = True,
+        precision: str = "auto",
+    ):
         from .processing.bpe import BPETokenizer
+
         self.generator: Any = None
         super().__init__(engine_dir, backend, num_threads, load_engine, precision)
         self.tokenizer = BPETokenizer.from_dir(self.dir)
 
+    def _read(self, engine_dir: Path) -> GenerationManifest:
+        m = read_manifest(engine_dir)
+        if not isinstance(m, GenerationManifest):
+            raise InvalidArgumentError(f"{engine_dir}: a {m.task} engine, not a generation engine")
+        return m
+
     def _open(self, backend: str, num_threads: int, precision: str) -> None:
         from .runtime import Generator
+
         self.generator = Generator(self.dir, backend=backend, num_threads=num_threads, precision=precision)
 
     @property
@@ -449,10 +538,11 @@ class TextGenerationPipeline(Pipeline):
                     if piece:
                         on_text(row, piece)
                 return True
+
         result = self.generator.generate(prompts, on_tokens=on_tokens, **options)
         out = []
         for i, seq in enumerate(result.sequences):
-            item = {"text": self.tokenizer.decode(seq), "tokens": list(seq)}
+            item: dict[str, Any] = {"text": self.tokenizer.decode(seq), "tokens": list(seq)}
             if result.scores:
                 item["score"] = float(result.scores[i])
             out.append(item)
@@ -463,6 +553,7 @@ class TextGenerationPipeline(Pipeline):
         """Prompts one at a time, the text streamed as it is generated (beam search prints the
         best beam when it is done)."""
         from rich.markup import escape
+
         if not inputs:
             raise InvalidArgumentError(f"{self.task} needs at least one prompt (as an argument or on standard input)")
         options = generation_options(args)
@@ -474,11 +565,12 @@ class TextGenerationPipeline(Pipeline):
                 console.print(f"[bold]{escape(text)}[/]")
             streamed: list[str] = []
 
-            def on_text(row: int, piece: str) -> None:
+            def on_text(row: int, piece: str, streamed: list[str] = streamed) -> None:
                 streamed.append(piece)
                 if not args.json:
                     sys.stdout.write(piece)
                     sys.stdout.flush()
+
             out = self([text], on_text=on_text, **options)[0]
             timings = self.last_result.timings
             ttft = timings["time_to_first_token_ms"]
@@ -487,21 +579,40 @@ class TextGenerationPipeline(Pipeline):
                 if not streamed:  # beam search: the best sequence comes at the end
                     sys.stdout.write(out["text"])
                 sys.stdout.write("\n")
-                console.print(f"[dim]{self.name} · {self.task} · kiln::Generator on {self.backend} · "
-                              f"{len(out['tokens'])} tokens · first token {ttft:.0f} ms · {rate:.1f} tokens/s[/]")
+                console.print(
+                    f"[dim]{self.name} · {self.task} · kiln::Generator on {self.backend} · "
+                    f"{len(out['tokens'])} tokens · first token {ttft:.0f} ms · {rate:.1f} tokens/s[/]"
+                )
             results.append({"input": text, **out, "time_to_first_token_ms": ttft, "tokens_per_second": rate})
         if args.json:
-            print(json.dumps({"engine": self.name, "task": self.task, "backend": self.backend,
-                              "weights": self.manifest.weights, "options": options, "results": results}))
+            print(
+                json.dumps(
+                    {
+                        "engine": self.name,
+                        "task": self.task,
+                        "backend": self.backend,
+                        "weights": self.manifest.weights,
+                        "options": options,
+                        "results": results,
+                    }
+                )
+            )
         return 0
 
 
 def generation_options(args: Any) -> dict:
     """generate()'s options from `kiln run`'s arguments (unset ones keep the engine's defaults)."""
-    options = {"max_new_tokens": args.max_new_tokens, "min_new_tokens": args.min_new_tokens,
-               "num_beams": args.num_beams, "temperature": args.temperature,
-               "top_k": args.top_k, "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
-               "no_repeat_ngram_size": args.no_repeat_ngram_size, "length_penalty": args.length_penalty}
+    options = {
+        "max_new_tokens": args.max_new_tokens,
+        "min_new_tokens": args.min_new_tokens,
+        "num_beams": args.num_beams,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "repetition_penalty": args.repetition_penalty,
+        "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "length_penalty": args.length_penalty,
+    }
     options = {k: v for k, v in options.items() if v is not None}
     if args.do_sample:
         options.update(do_sample=True, seed=args.seed)
@@ -516,21 +627,35 @@ class TranslationPipeline(TextGenerationPipeline):
     task = "translation"
 
 
-PIPELINES: dict[str, type[Pipeline]] = {
-    cls.task: cls for cls in (TextClassificationPipeline, TokenClassificationPipeline,
-                              QuestionAnsweringPipeline, FeatureExtractionPipeline, FillMaskPipeline,
-                              ImageClassificationPipeline, SpeechRecognitionPipeline,
-                              AudioClassificationPipeline, TextGenerationPipeline,
-                              Text2TextGenerationPipeline, TranslationPipeline)
+PIPELINES: dict[str, type[Pipeline[Any]]] = {
+    cls.task: cls
+    for cls in (
+        TextClassificationPipeline,
+        TokenClassificationPipeline,
+        QuestionAnsweringPipeline,
+        FeatureExtractionPipeline,
+        FillMaskPipeline,
+        ImageClassificationPipeline,
+        SpeechRecognitionPipeline,
+        AudioClassificationPipeline,
+        TextGenerationPipeline,
+        Text2TextGenerationPipeline,
+        TranslationPipeline,
+    )
 }
 
 
-def pipeline(engine_dir: str | Path, backend: str = "auto", num_threads: int = 0,
-             load_engine: bool = True, precision: str = "auto") -> Pipeline:
+def pipeline(
+    engine_dir: str | Path,
+    backend: str = "auto",
+    num_threads: int = 0,
+    load_engine: bool = True,
+    precision: str = "auto",
+) -> Pipeline[Any]:
     """The task pipeline for an engine directory (the task is read from its manifest)."""
     task = read_manifest(engine_dir).task
     if task not in PIPELINES:
-        raise InvalidArgumentError(f"{engine_dir}: no pipeline for task {task!r}; "
-                                   f"known: {sorted(PIPELINES)}")
-    return PIPELINES[task](engine_dir, backend=backend, num_threads=num_threads, load_engine=load_engine,
-                           precision=precision)
+        raise InvalidArgumentError(f"{engine_dir}: no pipeline for task {task!r}; known: {sorted(PIPELINES)}")
+    return PIPELINES[task](
+        engine_dir, backend=backend, num_threads=num_threads, load_engine=load_engine, precision=precision
+    )

@@ -57,7 +57,9 @@ class Recipe:
         self.dims = {**d.dims, **self.dims}
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
-            raise InvalidArgumentError(f"recipe {self.name}: unknown format(s) {unknown}; expected some of {list(FORMATS)}")
+            raise InvalidArgumentError(
+                f"recipe {self.name}: unknown format(s) {unknown}; expected some of {list(FORMATS)}"
+            )
         bad = [k for k in self.task_options if k not in d.options]
         if bad:
             raise InvalidArgumentError(
@@ -90,8 +92,13 @@ class Recipe:
 
         path = Path(checkpoint)
         d = registry.for_checkpoint(read_config_dict(path), task)
-        return cls(name=f"{path.resolve().name}-{d.task}", family=d.family, task=d.task, checkpoint=str(path),
-                   description=f"{d.name} from the checkpoint {path}")
+        return cls(
+            name=f"{path.resolve().name}-{d.task}",
+            family=d.family,
+            task=d.task,
+            checkpoint=str(path),
+            description=f"{d.name} from the checkpoint {path}",
+        )
 
 
 def parse_dims(specs: list[str]) -> dict[str, DimRange]:
@@ -101,8 +108,11 @@ def parse_dims(specs: list[str]) -> dict[str, DimRange]:
         name, _, value = spec.partition("=")
         parts = value.split(":")
         if not name or len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
-            raise InvalidArgumentError(f"--dims {spec!r}: expected NAME=MIN:OPT:MAX with integers, e.g. sequence=2:128:384")
-        out[name] = DimRange(*(int(p) for p in parts))
+            raise InvalidArgumentError(
+                f"--dims {spec!r}: expected NAME=MIN:OPT:MAX with integers, e.g. sequence=2:128:384"
+            )
+        lo, opt, hi = (int(p) for p in parts)
+        out[name] = DimRange(lo, opt, hi)
     return out
 
 

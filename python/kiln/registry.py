@@ -9,8 +9,12 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from functools import cache
+from typing import TYPE_CHECKING
 
 from .deploy import Deployable
+
+if TYPE_CHECKING:
+    from .models.base import HFConfig
 from .errors import InvalidArgumentError
 
 
@@ -37,7 +41,7 @@ def get(family: str, task: str) -> Deployable:
         raise InvalidArgumentError(f"no deployable {family}/{task}; known: {known}") from None
 
 
-def families() -> dict[str, type]:
+def families() -> dict[str, type[HFConfig]]:
     """model_type -> the family's config class."""
     return {d.family: d.config_class for d in deployables().values()}
 

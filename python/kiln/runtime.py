@@ -10,15 +10,17 @@ torch tensor that requires grad is detached. Outputs are numpy arrays that own t
 result (no copy). Errors are kiln.errors classes: InputNameError, InputDTypeError,
 InputShapeError, ManifestError, ArtifactError, BackendUnavailableError, RuntimeFailure...
 """
+
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from kiln import _kiln
+from kiln import _kiln  # type: ignore[attr-defined]  # the C++ extension
 
 __all__ = ["Engine", "TensorSpec", "available_backends"]
 
@@ -55,8 +57,14 @@ class Engine:
     size is always checked). `run` is safe to call from several threads; it releases the GIL.
     """
 
-    def __init__(self, path: str | os.PathLike, backend: str = "auto", num_threads: int = 0,
-                 verify_sha256: bool = True, precision: str = "auto"):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        backend: str = "auto",
+        num_threads: int = 0,
+        verify_sha256: bool = True,
+        precision: str = "auto",
+    ):
         """precision: which TensorRT plan to run ("auto": fp32, else fp16, else bf16); the CPU
         backends run fp32 only."""
         self._engine = _kiln.Engine(os.fspath(path), backend, num_threads, verify_sha256, precision)

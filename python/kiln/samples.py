@@ -19,15 +19,21 @@ ENTITY_SENTENCES = [
 ]
 
 QA_PAIRS = [
-    ("Where was Marie Curie born?",
-     "Marie Curie was born in Warsaw in 1867. She moved to Paris to study physics and "
-     "mathematics at the Sorbonne, where she later became the first woman to teach."),
-    ("What temperature does a kiln reach?",
-     "A kiln is a thermally insulated chamber used to harden clay. Modern electric kilns "
-     "reach about 1300 degrees Celsius when firing stoneware."),
-    ("Who wrote the first computer program?",
-     "Ada Lovelace published the first algorithm intended for a machine in 1843, in her "
-     "notes on Charles Babbage's Analytical Engine."),
+    (
+        "Where was Marie Curie born?",
+        "Marie Curie was born in Warsaw in 1867. She moved to Paris to study physics and "
+        "mathematics at the Sorbonne, where she later became the first woman to teach.",
+    ),
+    (
+        "What temperature does a kiln reach?",
+        "A kiln is a thermally insulated chamber used to harden clay. Modern electric kilns "
+        "reach about 1300 degrees Celsius when firing stoneware.",
+    ),
+    (
+        "Who wrote the first computer program?",
+        "Ada Lovelace published the first algorithm intended for a machine in 1843, in her "
+        "notes on Charles Babbage's Analytical Engine.",
+    ),
 ]
 
 SEARCH_QUERY = "How do I get my machine learning model running on a small device?"
@@ -50,8 +56,11 @@ def photos(names=PHOTOS) -> list:
         import skimage.data
     except ImportError:
         from .errors import InvalidArgumentError
-        raise InvalidArgumentError("the real photos for image parity come from scikit-image; "
-                                   "pip install scikit-image (it is in kiln's [test] extra)") from None
+
+        raise InvalidArgumentError(
+            "the real photos for image parity come from scikit-image; "
+            "pip install scikit-image (it is in kiln's [test] extra)"
+        ) from None
     return [getattr(skimage.data, name)() for name in names]
 
 
@@ -83,14 +92,17 @@ def speech_files(texts=SPEECH) -> list:
         path = out_dir / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.wav"
         if not path.is_file():
             if espeak is None:
-                raise InputValueError("espeak-ng is not installed: it synthesises the speech samples "
-                                      "(apt-get install espeak-ng, or `make setup`)")
+                raise InputValueError(
+                    "espeak-ng is not installed: it synthesises the speech samples "
+                    "(apt-get install espeak-ng, or `make setup`)"
+                )
             out_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             subprocess.run([espeak, "-w", str(tmp), text], check=True, capture_output=True)
             os.replace(tmp, path)  # concurrent sessions never see a half-written file
         files.append(path)
     return files
+
 
 # Prompts for text generation (GPT-2) and sources for BART's summarisation and translation
 PROMPTS = [

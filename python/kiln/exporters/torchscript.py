@@ -1,4 +1,5 @@
 """TorchScript: torch.jit.trace of the kiln model (CPU, fp32)."""
+
 from __future__ import annotations
 
 import warnings

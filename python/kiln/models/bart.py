@@ -11,10 +11,11 @@ every decoder layer's cross-attention keys and values once per input, and the de
 one tensor each, (layers, 2 [keys, values], batch, heads, seq, head_dim). mBART's pre-LN
 variant is not implemented (model_type "mbart" is refused by the config).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import numpy as np
 import torch
@@ -23,10 +24,8 @@ from torch import nn
 
 from ..deploy import hf_cache_tensor, seq2seq
 from ..manifest import Cache
-
 from .base import HFConfig, KilnModel
-from .layers import (activation, additive_padding_mask, causal_cache_mask, check_activation, merge_heads,
-                     split_heads)
+from .layers import activation, additive_padding_mask, causal_cache_mask, check_activation, merge_heads, split_heads
 
 POSITION_OFFSET = 2  # fairseq reserved the first two position rows
 
@@ -136,7 +135,7 @@ class _Embeddings(nn.Module):
         self.embed_tokens = shared
         self.embed_positions = nn.Embedding(config.max_position_embeddings + POSITION_OFFSET, config.d_model)
         self.layernorm_embedding = nn.LayerNorm(config.d_model)
-        self.embed_scale = config.d_model ** 0.5 if config.scale_embedding else 1.0
+        self.embed_scale = config.d_model**0.5 if config.scale_embedding else 1.0
 
     def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(input_ids) * self.embed_scale + self.embed_positions(position_ids + POSITION_OFFSET)
@@ -162,15 +161,23 @@ class BartDecoder(_Embeddings):
         super().__init__(config, shared)
         self.layers = nn.ModuleList(BartDecoderLayer(config) for _ in range(config.decoder_layers))
 
-    def forward(self, input_ids, attention_mask, position_ids, encoder_attention_mask, past_key_values,
-                cross_key_values):
+    def forward(
+        self, input_ids, attention_mask, position_ids, encoder_attention_mask, past_key_values, cross_key_values
+    ):
         x = self.embed(input_ids, position_ids)
         self_mask = causal_cache_mask(attention_mask, input_ids.shape[1], x.dtype)  # (B, 1, T, P+T)
         cross_mask = additive_padding_mask(encoder_attention_mask, x.dtype)  # (B, 1, 1, S)
         present = []
         for i, layer in enumerate(self.layers):
-            x, k, v = layer(x, self_mask, past_key_values[i, 0], past_key_values[i, 1],
-                            cross_key_values[i, 0], cross_key_values[i, 1], cross_mask)
+            x, k, v = layer(
+                x,
+                self_mask,
+                past_key_values[i, 0],
+                past_key_values[i, 1],
+                cross_key_values[i, 0],
+                cross_key_values[i, 1],
+                cross_mask,
+            )
             present.append(torch.stack([k, v]))  # (2, B, nh, P+T, hs)
         return x, torch.stack(present)  # (B, T, C), (L, 2, B, nh, P+T, hs)
 
@@ -192,9 +199,11 @@ class BartForConditionalGeneration(KilnModel):
     config_class = BartConfig
     base_model_prefix = "model"
     hf_architecture = "BartForConditionalGeneration"
-    tied_keys = {"lm_head.weight": "model.shared.weight",
-                 "model.encoder.embed_tokens.weight": "model.shared.weight",
-                 "model.decoder.embed_tokens.weight": "model.shared.weight"}
+    tied_keys = {
+        "lm_head.weight": "model.shared.weight",
+        "model.encoder.embed_tokens.weight": "model.shared.weight",
+        "model.decoder.embed_tokens.weight": "model.shared.weight",
+    }
     head_keys = ("final_logits_bias",)
 
     def __init__(self, config: BartConfig):
@@ -215,25 +224,35 @@ class BartForConditionalGeneration(KilnModel):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model.encoder(input_ids, attention_mask)  # (B, S, C)
-        return torch.stack([torch.stack(layer.encoder_attn.project_kv(hidden))
-                            for layer in self.model.decoder.layers])  # (L, 2, B, nh, S, hs)
+        layers = cast(list[BartDecoderLayer], list(self.model.decoder.layers))
+        return torch.stack(
+            [torch.stack(layer.encoder_attn.project_kv(hidden)) for layer in layers]
+        )  # (L, 2, B, nh, S, hs)
 
-    def decode(self, input_ids, attention_mask, position_ids, encoder_attention_mask, past_key_values,
-               cross_key_values) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden, present = self.model.decoder(input_ids, attention_mask, position_ids, encoder_attention_mask,
-                                             past_key_values, cross_key_values)
+    def decode(
+        self, input_ids, attention_mask, position_ids, encoder_attention_mask, past_key_values, cross_key_values
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, present = self.model.decoder(
+            input_ids, attention_mask, position_ids, encoder_attention_mask, past_key_values, cross_key_values
+        )
         return self.lm_head(hidden) + self.final_logits_bias, present
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                decoder_input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor
+    ) -> torch.Tensor:
         b, t = decoder_input_ids.shape
         positions = torch.arange(t, device=decoder_input_ids.device)[None, :].expand(b, t)
-        logits, _ = self.decode(decoder_input_ids, torch.ones_like(decoder_input_ids), positions, attention_mask,
-                                self.empty_cache(b), self.encode(input_ids, attention_mask))
+        logits, _ = self.decode(
+            decoder_input_ids,
+            torch.ones_like(decoder_input_ids),
+            positions,
+            attention_mask,
+            self.empty_cache(b),
+            self.encode(input_ids, attention_mask),
+        )
         return logits
 
-    def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module,
-                    generator: torch.Generator) -> None:
+    def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module, generator: torch.Generator) -> None:
         """transformers' BART init: normal(0, init_std) for weights and embeddings, zero biases
         and final_logits_bias, LayerNorm 1/0."""
         with torch.no_grad():
@@ -252,8 +271,14 @@ def _cache(c: BartConfig) -> Cache:
     return Cache(c.decoder_layers, c.decoder_attention_heads, c.d_model // c.decoder_attention_heads)
 
 
-_GENERATION_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
-                    "forced_bos_token_id", "forced_eos_token_id")
+_GENERATION_KEYS = (
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "decoder_start_token_id",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+)
 
 
 def _defaults(c: BartConfig) -> dict:
@@ -271,8 +296,12 @@ def _source(config: BartConfig, rng: np.random.Generator) -> tuple[np.ndarray, n
 def _run_hf(hf_model, ids: np.ndarray, mask: np.ndarray, decoder_ids: np.ndarray):
     import torch
 
-    return hf_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                    decoder_input_ids=torch.from_numpy(decoder_ids), use_cache=True)
+    return hf_model(
+        input_ids=torch.from_numpy(ids),
+        attention_mask=torch.from_numpy(mask),
+        decoder_input_ids=torch.from_numpy(decoder_ids),
+        use_cache=True,
+    )
 
 
 def _encoder_case(hf_model, config: BartConfig, rng: np.random.Generator) -> tuple[dict, dict]:
@@ -280,7 +309,8 @@ def _encoder_case(hf_model, config: BartConfig, rng: np.random.Generator) -> tup
     ids, mask = _source(config, rng)
     out = _run_hf(hf_model, ids, mask, np.full((2, 1), config.decoder_start_token_id, np.int64))
     return {"input_ids": ids, "attention_mask": mask}, {
-        "cross_key_values": hf_cache_tensor(out.past_key_values.cross_attention_cache)}
+        "cross_key_values": hf_cache_tensor(out.past_key_values.cross_attention_cache)
+    }
 
 
 def _decoder_case(hf_model, config: BartConfig, rng: np.random.Generator) -> tuple[dict, dict]:
@@ -290,19 +320,45 @@ def _decoder_case(hf_model, config: BartConfig, rng: np.random.Generator) -> tup
     decoder_ids = rng.integers(3, config.vocab_size, (2, new), dtype=np.int64)
     out = _run_hf(hf_model, ids, mask, decoder_ids)
     layers, heads, head_dim = config.decoder_layers, config.decoder_attention_heads, _cache(config).head_dim
-    feed = {"input_ids": decoder_ids, "attention_mask": np.ones((2, new), np.int64),
-            "position_ids": np.broadcast_to(np.arange(new), (2, new)).copy(), "encoder_attention_mask": mask,
-            "past_key_values": np.zeros((layers, 2, 2, heads, 0, head_dim), np.float32),
-            "cross_key_values": hf_cache_tensor(out.past_key_values.cross_attention_cache).detach().numpy()}
-    return feed, {"logits": out.logits,
-                  "present_key_values": hf_cache_tensor(out.past_key_values.self_attention_cache)}
+    feed = {
+        "input_ids": decoder_ids,
+        "attention_mask": np.ones((2, new), np.int64),
+        "position_ids": np.broadcast_to(np.arange(new), (2, new)).copy(),
+        "encoder_attention_mask": mask,
+        "past_key_values": np.zeros((layers, 2, 2, heads, 0, head_dim), np.float32),
+        "cross_key_values": hf_cache_tensor(out.past_key_values.cross_attention_cache).detach().numpy(),
+    }
+    return feed, {"logits": out.logits, "present_key_values": hf_cache_tensor(out.past_key_values.self_attention_cache)}
 
 
-_TINY = dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
-             encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=128, bos_token_id=0,
-             pad_token_id=1, eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=0, forced_eos_token_id=2)
+_TINY = dict(
+    d_model=64,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=128,
+    decoder_ffn_dim=128,
+    max_position_embeddings=128,
+    bos_token_id=0,
+    pad_token_id=1,
+    eos_token_id=2,
+    decoder_start_token_id=2,
+    forced_bos_token_id=0,
+    forced_eos_token_id=2,
+)
 
 DEPLOYABLES = tuple(
-    seq2seq(BartForConditionalGeneration, task, cache=_cache, positions=lambda c: c.max_position_embeddings,
-            defaults=_defaults, tokenizer="bart", encoder_case=_encoder_case, decoder_case=_decoder_case, tiny=_TINY)
-    for task in ("summarization", "translation"))
+    seq2seq(
+        BartForConditionalGeneration,
+        task,
+        cache=_cache,
+        positions=lambda c: c.max_position_embeddings,
+        defaults=_defaults,
+        tokenizer="bart",
+        encoder_case=_encoder_case,
+        decoder_case=_decoder_case,
+        tiny=_TINY,
+    )
+    for task in ("summarization", "translation")
+)

@@ -7,10 +7,11 @@ computation and that the family does not implement are listed in `unsupported` a
 KilnModel: the attributes kiln.checkpoint.load_model reads (prefix, head / tied / ignored
 keys, renames) and transformers-like initialisation of single state-dict entries.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import nn
@@ -29,8 +30,7 @@ class HFConfig:
         """Normalise id2label to {int: str} and require the ids 0..N-1 (call in __post_init__)."""
         self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
         if sorted(self.id2label) != list(range(len(self.id2label))):
-            raise InvalidArgumentError(
-                f"id2label keys {sorted(self.id2label)}: expected 0..{len(self.id2label) - 1}")
+            raise InvalidArgumentError(f"id2label keys {sorted(self.id2label)}: expected 0..{len(self.id2label) - 1}")
 
     def check_multiple(self, name: str, of: str) -> None:
         value, divisor = getattr(self, name), getattr(self, of)
@@ -46,16 +46,16 @@ class HFConfig:
         return {label: i for i, label in self.id2label.items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]):
+    def from_dict(cls, d: dict[str, Any]) -> Self:
         """From a Hugging Face config.json dict."""
         model_type = d.get("model_type", cls.model_type)
         if model_type != cls.model_type:
-            raise InvalidArgumentError(f"model_type={model_type!r}: this is not a {cls.display_name} "
-                                       f"config (expected {cls.model_type!r})")
+            raise InvalidArgumentError(
+                f"model_type={model_type!r}: this is not a {cls.display_name} config (expected {cls.model_type!r})"
+            )
         for key, what in cls.unsupported:
             if d.get(key):
-                raise InvalidArgumentError(
-                    f"{key}={d[key]!r}: kiln's {cls.display_name} does not implement {what}")
+                raise InvalidArgumentError(f"{key}={d[key]!r}: kiln's {cls.display_name} does not implement {what}")
         names = {f.name for f in dataclasses.fields(cls)} - {"id2label"}  # type: ignore[arg-type]
         kwargs = {k: d[k] for k in names if k in d and d[k] is not None}
         if d.get("id2label"):
@@ -78,7 +78,7 @@ class HFConfig:
 class KilnModel(nn.Module):
     """Base of every kiln model class: `model.config`, and the checkpoint contract."""
 
-    config_class: ClassVar[type]
+    config_class: ClassVar[type[HFConfig]]
     base_model_prefix: ClassVar[str]
     hf_architecture: ClassVar[str]  # the transformers class a saved checkpoint names
     head_keys: tuple[str, ...] = ()  # state-dict keys a base checkpoint lacks (random_head)
@@ -86,12 +86,19 @@ class KilnModel(nn.Module):
     ignored_keys: tuple[str, ...] = ()  # checkpoint keys known and unused
     checkpoint_renames: tuple[tuple[str, str], ...] = ()  # (old suffix, new suffix) in checkpoints
 
-    def __init__(self, config):
+    # set by kiln.checkpoint.load_model and the exporters
+    random_keys: list[str]  # keys initialised from the seed, not loaded
+    ignored_checkpoint_keys: list[str]  # checkpoint keys known and unused
+    random_weights: bool  # every weight drawn from the seed (a config-only checkpoint)
+
+    def __init__(self, config: Any):
         super().__init__()
         self.config = config
+        self.random_keys = []
+        self.ignored_checkpoint_keys = []
+        self.random_weights = False
 
-    def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module,
-                    generator: torch.Generator) -> None:
+    def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module, generator: torch.Generator) -> None:
         """Initialise one state-dict entry in place as transformers does for this family."""
         raise NotImplementedError
 

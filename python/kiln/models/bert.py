@@ -14,6 +14,7 @@ Every forward takes (input_ids, attention_mask, token_type_ids), int64 [B, T], a
 tensor or a fixed NamedTuple: no flags, no training branches, no data-dependent control flow.
 Dropout is absent (inference only).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..deploy import (TaskCheck, argmax_check, cosine_check, pooled_embeddings, qa_span_check, text_encoder,
-                      tolerances)
+from ..deploy import TaskCheck, argmax_check, cosine_check, pooled_embeddings, qa_span_check, text_encoder, tolerances
 from ..errors import InvalidArgumentError
 from ..manifest import TensorSpec
 from .base import HFConfig, KilnModel
@@ -37,7 +37,8 @@ class BertConfig(HFConfig):
     display_name: ClassVar[str] = "BERT"
     unsupported: ClassVar[tuple[tuple[str, str], ...]] = (
         ("is_decoder", "a decoder: it is a bidirectional encoder only"),
-        ("add_cross_attention", "cross-attention"))
+        ("add_cross_attention", "cross-attention"),
+    )
     vocab_size: int = 30522
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -58,7 +59,8 @@ class BertConfig(HFConfig):
         if self.position_embedding_type != "absolute":
             raise InvalidArgumentError(
                 f"position_embedding_type={self.position_embedding_type!r} is not supported; kiln's "
-                "BERT implements only 'absolute' (learned) position embeddings")
+                "BERT implements only 'absolute' (learned) position embeddings"
+            )
         self.check_multiple("hidden_size", "num_attention_heads")
         self.check_labels()
 
@@ -79,11 +81,11 @@ class QAOutput(NamedTuple):
 
 # --- blocks -------------------------------------------------------------------------------
 
+
 class BertEmbeddings(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
-                                            padding_idx=config.pad_token_id)
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -259,12 +261,12 @@ class _BertBase(KilnModel):
     checkpoint_renames = _RENAMES
     hf_architecture = "BertModel"
 
-    def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module,
-                    generator: torch.Generator) -> None:
+    def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module, generator: torch.Generator) -> None:
         init_like_hf(name, tensor, owner, self.config, generator)
 
 
 # --- models ---------------------------------------------------------------------------------
+
 
 class BertModel(_BertBase):
     """The encoder. `forward` returns BertOutput(last_hidden_state, pooler_output); heads that
@@ -278,19 +280,21 @@ class BertModel(_BertBase):
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config) if add_pooling_layer else None
         if not add_pooling_layer:
-            self.ignored_keys = (_body_ignored("", pooler=False)
-                                 + _PRETRAINING_MLM_KEYS + _PRETRAINING_NSP_KEYS)
+            self.ignored_keys = _body_ignored("", pooler=False) + _PRETRAINING_MLM_KEYS + _PRETRAINING_NSP_KEYS
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               token_type_ids: torch.Tensor) -> torch.Tensor:
+    def encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         return self.encoder(x, additive_padding_mask(attention_mask, x.dtype))  # (B, T, H)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> BertOutput:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> BertOutput:
         if self.pooler is None:
-            raise InvalidArgumentError("BertModel built with add_pooling_layer=False has no "
-                                       "pooler_output; call encode() for the token states")
+            raise InvalidArgumentError(
+                "BertModel built with add_pooling_layer=False has no pooler_output; call encode() for the token states"
+            )
         hidden = self.encode(input_ids, attention_mask, token_type_ids)
         return BertOutput(hidden, self.pooler(hidden))
 
@@ -307,8 +311,9 @@ class BertForSequenceClassification(_BertBase):
         self.bert = BertModel(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
         pooled = self.bert(input_ids, attention_mask, token_type_ids).pooler_output  # (B, H)
         return self.classifier(pooled)  # (B, L)
 
@@ -325,8 +330,9 @@ class BertForTokenClassification(_BertBase):
         self.bert = BertModel(config, add_pooling_layer=False)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
         hidden = self.bert.encode(input_ids, attention_mask, token_type_ids)  # (B, T, H)
         return self.classifier(hidden)  # (B, T, L)
 
@@ -345,8 +351,7 @@ class BertForQuestionAnswering(_BertBase):
         # a checkpoint with another size fails the shape check with both shapes named.
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> QAOutput:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> QAOutput:
         hidden = self.bert.encode(input_ids, attention_mask, token_type_ids)  # (B, T, H)
         logits = self.qa_outputs(hidden)  # (B, T, 2)
         # export: contiguous outputs, so every backend hands back dense (B, T) buffers
@@ -356,28 +361,39 @@ class BertForQuestionAnswering(_BertBase):
 class BertForMaskedLM(_BertBase):
     """logits (B, T, vocab_size); the decoder weight is the word-embedding matrix."""
 
-    head_keys = ("cls.predictions.transform.dense.weight", "cls.predictions.transform.dense.bias",
-                 "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.bias",
-                 "cls.predictions.bias")
-    tied_keys = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
-                 "cls.predictions.decoder.bias": "cls.predictions.bias"}
+    head_keys = (
+        "cls.predictions.transform.dense.weight",
+        "cls.predictions.transform.dense.bias",
+        "cls.predictions.transform.LayerNorm.weight",
+        "cls.predictions.transform.LayerNorm.bias",
+        "cls.predictions.bias",
+    )
+    tied_keys = {
+        "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
     # the tied names may also be present in a checkpoint (transformers 4.x wrote them): they
     # are duplicates of their sources, which are what is loaded
-    ignored_keys = (_body_ignored("bert.", pooler=False) + _PRETRAINING_NSP_KEYS
-                    + ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias"))
+    ignored_keys = (
+        _body_ignored("bert.", pooler=False)
+        + _PRETRAINING_NSP_KEYS
+        + ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+    )
     hf_architecture = "BertForMaskedLM"
 
     def __init__(self, config: BertConfig):
         if not config.tie_word_embeddings:
-            raise InvalidArgumentError("tie_word_embeddings=false: kiln's BertForMaskedLM always "
-                                       "ties the decoder to the word embeddings")
+            raise InvalidArgumentError(
+                "tie_word_embeddings=false: kiln's BertForMaskedLM always ties the decoder to the word embeddings"
+            )
         super().__init__(config)
         self.bert = BertModel(config, add_pooling_layer=False)
         self.cls = BertOnlyMLMHead(config)
         self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
         hidden = self.bert.encode(input_ids, attention_mask, token_type_ids)  # (B, T, H)
         return self.cls(hidden)  # (B, T, V)
 
@@ -404,8 +420,9 @@ class BertForFeatureExtraction(_BertBase):
         self.normalize = bool(normalize)
         self.bert = BertModel(config, add_pooling_layer=False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
         hidden = self.bert.encode(input_ids, attention_mask, token_type_ids)  # (B, T, H)
         # pooling and normalize are fixed at construction: these branches are not data-dependent
         if self.pooling == "mean":
@@ -419,8 +436,9 @@ class BertForFeatureExtraction(_BertBase):
         return emb  # (B, H)
 
 
-def init_like_hf(name: str, tensor: torch.Tensor, module: nn.Module, config: BertConfig,
-                 generator: torch.Generator) -> None:
+def init_like_hf(
+    name: str, tensor: torch.Tensor, module: nn.Module, config: BertConfig, generator: torch.Generator
+) -> None:
     """HF BERT's initialisation of one parameter, drawn from `generator` (in place):
     biases zero, LayerNorm weights one, every other weight normal(0, initializer_range)."""
     with torch.no_grad():
@@ -429,35 +447,69 @@ def init_like_hf(name: str, tensor: torch.Tensor, module: nn.Module, config: Ber
         elif isinstance(module, nn.LayerNorm):
             tensor.fill_(1.0)
         else:
-            tensor.copy_(torch.empty(tensor.shape, dtype=torch.float32)
-                         .normal_(0.0, config.initializer_range, generator=generator))
+            tensor.copy_(
+                torch.empty(tensor.shape, dtype=torch.float32).normal_(
+                    0.0, config.initializer_range, generator=generator
+                )
+            )
             if isinstance(module, nn.Embedding) and module.padding_idx is not None:
                 tensor[module.padding_idx].zero_()
 
 
 # --- deployables ----------------------------------------------------------------------------
 # Tiny sizes for the registry-driven tests (the text fixture sets vocab_size to its tokenizer's).
-_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-             max_position_embeddings=128, type_vocab_size=2)
+_TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=128,
+    type_vocab_size=2,
+)
 
 DEPLOYABLES = (
-    text_encoder(BertForSequenceClassification, "text-classification",
-                 lambda c: (TensorSpec("logits", "float32", ("batch", c.num_labels)),),
-                 TaskCheck("same label", argmax_check("logits")), labels=True, tiny=_TINY),
-    text_encoder(BertForTokenClassification, "token-classification",
-                 lambda c: (TensorSpec("logits", "float32", ("batch", "sequence", c.num_labels)),),
-                 TaskCheck("same entity tags", argmax_check("logits")), labels=True, tiny=_TINY),
-    text_encoder(BertForQuestionAnswering, "question-answering",
-                 lambda c: (TensorSpec("start_logits", "float32", ("batch", "sequence")),
-                            TensorSpec("end_logits", "float32", ("batch", "sequence"))),
-                 TaskCheck("same answer span", qa_span_check), tiny=_TINY),
-    text_encoder(BertForFeatureExtraction, "feature-extraction",
-                 lambda c: (TensorSpec("embeddings", "float32", ("batch", c.hidden_size)),),
-                 TaskCheck("embedding cosine >= 0.9999", cosine_check("embeddings")),
-                 tol=tolerances("embeddings", atol=1e-5), reference=pooled_embeddings,
-                 options=("pooling", "normalize"), tiny=_TINY),
-    text_encoder(BertForMaskedLM, "fill-mask",
-                 lambda c: (TensorSpec("logits", "float32", ("batch", "sequence", c.vocab_size)),),
-                 TaskCheck("same predicted tokens", argmax_check("logits")),
-                 tol=tolerances("logits", atol=1e-3), tiny=_TINY),
+    text_encoder(
+        BertForSequenceClassification,
+        "text-classification",
+        lambda c: (TensorSpec("logits", "float32", ("batch", c.num_labels)),),
+        TaskCheck("same label", argmax_check("logits")),
+        labels=True,
+        tiny=_TINY,
+    ),
+    text_encoder(
+        BertForTokenClassification,
+        "token-classification",
+        lambda c: (TensorSpec("logits", "float32", ("batch", "sequence", c.num_labels)),),
+        TaskCheck("same entity tags", argmax_check("logits")),
+        labels=True,
+        tiny=_TINY,
+    ),
+    text_encoder(
+        BertForQuestionAnswering,
+        "question-answering",
+        lambda c: (
+            TensorSpec("start_logits", "float32", ("batch", "sequence")),
+            TensorSpec("end_logits", "float32", ("batch", "sequence")),
+        ),
+        TaskCheck("same answer span", qa_span_check),
+        tiny=_TINY,
+    ),
+    text_encoder(
+        BertForFeatureExtraction,
+        "feature-extraction",
+        lambda c: (TensorSpec("embeddings", "float32", ("batch", c.hidden_size)),),
+        TaskCheck("embedding cosine >= 0.9999", cosine_check("embeddings")),
+        tol=tolerances("embeddings", atol=1e-5),
+        reference=pooled_embeddings,
+        options=("pooling", "normalize"),
+        tiny=_TINY,
+    ),
+    text_encoder(
+        BertForMaskedLM,
+        "fill-mask",
+        lambda c: (TensorSpec("logits", "float32", ("batch", "sequence", c.vocab_size)),),
+        TaskCheck("same predicted tokens", argmax_check("logits")),
+        tol=tolerances("logits", atol=1e-3),
+        tiny=_TINY,
+    ),
 )

@@ -8,6 +8,7 @@ the loading rules are declared on the class (see kiln/models/bert.py for their m
 `forward(pixel_values)` takes float32 [B, C, H, W] and returns logits [B, num_labels].
 Stochastic depth (drop_path) is a training-only identity and is absent.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,8 +17,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..errors import InvalidArgumentError
 from ..deploy import image_classification
+from ..errors import InvalidArgumentError
 from .base import HFConfig, KilnModel
 from .layers import activation, check_activation
 
@@ -49,7 +50,8 @@ class ConvNextConfig(HFConfig):
         if not (len(self.hidden_sizes) == len(self.depths) == self.num_stages):
             raise InvalidArgumentError(
                 f"hidden_sizes {self.hidden_sizes} and depths {self.depths}: expected "
-                f"num_stages={self.num_stages} entries each")
+                f"num_stages={self.num_stages} entries each"
+            )
         self.check_labels()
 
     @property
@@ -58,6 +60,7 @@ class ConvNextConfig(HFConfig):
 
 
 # --- blocks -------------------------------------------------------------------------------
+
 
 class ChannelsFirstLayerNorm(nn.LayerNorm):
     """LayerNorm over C of a (B, C, H, W) tensor (HF: ConvNextLayerNorm, channels_first)."""
@@ -73,8 +76,9 @@ class ConvNextEmbeddings(nn.Module):
 
     def __init__(self, config: ConvNextConfig):
         super().__init__()
-        self.patch_embeddings = nn.Conv2d(config.num_channels, config.hidden_sizes[0],
-                                          kernel_size=config.patch_size, stride=config.patch_size)
+        self.patch_embeddings = nn.Conv2d(
+            config.num_channels, config.hidden_sizes[0], kernel_size=config.patch_size, stride=config.patch_size
+        )
         self.layernorm = ChannelsFirstLayerNorm(config.hidden_sizes[0], eps=_BLOCK_EPS)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -91,8 +95,11 @@ class ConvNextLayer(nn.Module):
         self.pwconv1 = nn.Linear(dim, 4 * dim)
         self.act = activation(config.hidden_act)
         self.pwconv2 = nn.Linear(4 * dim, dim)
-        self.layer_scale_parameter = (nn.Parameter(torch.full((dim,), config.layer_scale_init_value))
-                                      if config.layer_scale_init_value > 0 else None)
+        self.layer_scale_parameter = (
+            nn.Parameter(torch.full((dim,), config.layer_scale_init_value))
+            if config.layer_scale_init_value > 0
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.dwconv(x).permute(0, 2, 3, 1)  # (B, H, W, C)
@@ -105,14 +112,15 @@ class ConvNextLayer(nn.Module):
 class ConvNextStage(nn.Module):
     """Optional downsampling (LayerNorm + 2x2 stride-2 conv), then `depth` blocks."""
 
-    def __init__(self, config: ConvNextConfig, in_channels: int, out_channels: int, stride: int,
-                 depth: int):
+    def __init__(self, config: ConvNextConfig, in_channels: int, out_channels: int, stride: int, depth: int):
         super().__init__()
         if in_channels != out_channels or stride > 1:
-            self.downsampling_layer = nn.ModuleList([
-                ChannelsFirstLayerNorm(in_channels, eps=_BLOCK_EPS),
-                nn.Conv2d(in_channels, out_channels, kernel_size=stride, stride=stride),
-            ])
+            self.downsampling_layer = nn.ModuleList(
+                [
+                    ChannelsFirstLayerNorm(in_channels, eps=_BLOCK_EPS),
+                    nn.Conv2d(in_channels, out_channels, kernel_size=stride, stride=stride),
+                ]
+            )
         else:
             self.downsampling_layer = nn.ModuleList()
         self.layers = nn.ModuleList(ConvNextLayer(config, out_channels) for _ in range(depth))
@@ -143,13 +151,13 @@ class ConvNextEncoder(nn.Module):
 
 # --- models ---------------------------------------------------------------------------------
 
+
 class _ConvNextBase(KilnModel):
     config_class = ConvNextConfig
     base_model_prefix = "convnext"
     hf_architecture = "ConvNextModel"
 
-    def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module,
-                    generator: torch.Generator) -> None:
+    def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module, generator: torch.Generator) -> None:
         init_like_hf(name, tensor, owner, self.config, generator)
 
 
@@ -182,8 +190,9 @@ class ConvNextForImageClassification(_ConvNextBase):
         return self.classifier(self.convnext(pixel_values))  # (B, L)
 
 
-def init_like_hf(name: str, tensor: torch.Tensor, module: nn.Module, config: ConvNextConfig,
-                 generator: torch.Generator) -> None:
+def init_like_hf(
+    name: str, tensor: torch.Tensor, module: nn.Module, config: ConvNextConfig, generator: torch.Generator
+) -> None:
     """HF ConvNeXT's initialisation of one parameter, drawn from `generator` (in place): biases
     zero, LayerNorm weights one, layer scale layer_scale_init_value, other weights
     normal(0, initializer_range)."""
@@ -195,13 +204,18 @@ def init_like_hf(name: str, tensor: torch.Tensor, module: nn.Module, config: Con
         elif isinstance(module, nn.LayerNorm):
             tensor.fill_(1.0)
         else:
-            tensor.copy_(torch.empty(tensor.shape, dtype=torch.float32)
-                         .normal_(0.0, config.initializer_range, generator=generator))
+            tensor.copy_(
+                torch.empty(tensor.shape, dtype=torch.float32).normal_(
+                    0.0, config.initializer_range, generator=generator
+                )
+            )
 
 
 # --- deployables ----------------------------------------------------------------------------
 
 DEPLOYABLES = (
-    image_classification(ConvNextForImageClassification,
-                         tiny=dict(hidden_sizes=[8, 16, 24], depths=[1, 2, 1], num_stages=3, image_size=32)),
+    image_classification(
+        ConvNextForImageClassification,
+        tiny=dict(hidden_sizes=[8, 16, 24], depths=[1, 2, 1], num_stages=3, image_size=32),
+    ),
 )

@@ -8,6 +8,7 @@ The KV cache is one tensor, (layers, 2 [keys, values], batch, heads, seq, head_d
 returned by forward: prefill is a call with an empty cache (seq 0), decode a call with the
 present cache of the previous call. Dropout is absent (inference only).
 """
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,6 @@ from torch import nn
 
 from ..deploy import causal_lm, hf_cache_tensor
 from ..manifest import Cache
-
 from .base import HFConfig, KilnModel
 from .layers import activation, causal_cache_mask, check_activation, merge_heads, split_heads
 
@@ -84,8 +84,9 @@ class GPT2Attention(nn.Module):
         self.c_proj = Conv1D(config.n_embd, config.n_embd)
         self.scale = 1.0 / math.sqrt(config.head_dim) if config.scale_attn_weights else 1.0
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, past_k: torch.Tensor,
-                past_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
         q = split_heads(q, self.n_head)  # (B, nh, T, hs)
         k = torch.cat([past_k, split_heads(k, self.n_head)], dim=2)  # (B, nh, P+T, hs)
@@ -155,20 +156,25 @@ class GPT2LMHeadModel(KilnModel):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight
         # the causal-mask buffers older checkpoints carry: known, unused
-        self.ignored_keys = tuple(f"transformer.h.{i}.attn.{b}" for i in range(config.n_layer)
-                                  for b in ("bias", "masked_bias"))
+        self.ignored_keys = tuple(
+            f"transformer.h.{i}.attn.{b}" for i in range(config.n_layer) for b in ("bias", "masked_bias")
+        )
 
     def empty_cache(self, batch: int) -> torch.Tensor:
         c = self.config
         return torch.zeros(c.n_layer, 2, batch, c.n_head, 0, c.head_dim)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                past_key_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        past_key_values: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         hidden, present = self.transformer(input_ids, attention_mask, position_ids, past_key_values)
         return self.lm_head(hidden), present
 
-    def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module,
-                    generator: torch.Generator) -> None:
+    def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module, generator: torch.Generator) -> None:
         """transformers' GPT-2 init: normal(0, initializer_range), zero biases, LayerNorm 1/0,
         and the residual projections (c_proj) scaled by 1 / sqrt(2 * n_layer)."""
         std = self.config.initializer_range
@@ -199,17 +205,25 @@ def _decoder_case(hf_model, config: GPT2Config, rng: np.random.Generator) -> tup
     import torch
 
     batch, new = 2, 7
-    feed = {"input_ids": rng.integers(0, config.vocab_size, (batch, new), dtype=np.int64),
-            "attention_mask": np.ones((batch, new), np.int64),
-            "position_ids": np.broadcast_to(np.arange(new), (batch, new)).copy(),
-            "past_key_values": np.zeros((config.n_layer, 2, batch, config.n_head, 0, config.head_dim), np.float32)}
+    feed = {
+        "input_ids": rng.integers(0, config.vocab_size, (batch, new), dtype=np.int64),
+        "attention_mask": np.ones((batch, new), np.int64),
+        "position_ids": np.broadcast_to(np.arange(new), (batch, new)).copy(),
+        "past_key_values": np.zeros((config.n_layer, 2, batch, config.n_head, 0, config.head_dim), np.float32),
+    }
     args = {k: torch.from_numpy(feed[k]) for k in ("input_ids", "attention_mask", "position_ids")}
     out = hf_model(**args, use_cache=True)
     return feed, {"logits": out.logits, "present_key_values": hf_cache_tensor(out.past_key_values)}
 
 
 DEPLOYABLES = (
-    causal_lm(GPT2LMHeadModel, cache=_cache, positions=lambda c: c.n_positions, defaults=_defaults,
-              tokenizer="gpt2", reference_case=_decoder_case,
-              tiny=dict(n_positions=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=50256, eos_token_id=50256)),
+    causal_lm(
+        GPT2LMHeadModel,
+        cache=_cache,
+        positions=lambda c: c.n_positions,
+        defaults=_defaults,
+        tokenizer="gpt2",
+        reference_case=_decoder_case,
+        tiny=dict(n_positions=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=50256, eos_token_id=50256),
+    ),
 )

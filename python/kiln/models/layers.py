@@ -4,6 +4,7 @@ Everything here must trace (torch.jit.trace), export (torch.export with dynamic 
 sequence) and convert (torch.onnx.export, dynamo) without special cases, so each function is
 straight-line tensor arithmetic on its inputs' shapes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,8 +25,7 @@ ACTIVATION_NAMES = tuple(_ACTIVATIONS)
 
 def check_activation(name: str, what: str = "hidden_act") -> None:
     if name not in _ACTIVATIONS:
-        raise InvalidArgumentError(
-            f"{what}={name!r} is not supported; expected one of {', '.join(ACTIVATION_NAMES)}")
+        raise InvalidArgumentError(f"{what}={name!r} is not supported; expected one of {', '.join(ACTIVATION_NAMES)}")
 
 
 def activation(name: str) -> nn.Module:

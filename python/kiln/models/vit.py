@@ -9,6 +9,7 @@ a plain name match are declared on the class (see kiln/models/bert.py for their 
 position table is used as is: no interpolation) and returns logits [B, num_labels].
 Dropout is absent (inference only).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidArgumentError
 from ..deploy import image_classification
+from ..errors import InvalidArgumentError
 from .base import HFConfig, KilnModel
 from .layers import activation, check_activation
 
@@ -55,7 +56,8 @@ class ViTConfig(HFConfig):
         (h, w), (ph, pw) = _pair(self.image_size), _pair(self.patch_size)
         if h % ph or w % pw:
             raise InvalidArgumentError(
-                f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
+                f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}"
+            )
         self.check_labels()
 
     @property
@@ -69,6 +71,7 @@ class ViTConfig(HFConfig):
 
 
 # --- blocks -------------------------------------------------------------------------------
+
 
 class ViTPatchEmbeddings(nn.Module):
     def __init__(self, config: ViTConfig):
@@ -192,8 +195,7 @@ class _ViTBase(KilnModel):
     base_model_prefix = "vit"
     hf_architecture = "ViTModel"
 
-    def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module,
-                    generator: torch.Generator) -> None:
+    def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module, generator: torch.Generator) -> None:
         init_like_hf(name, tensor, owner, self.config.initializer_range, generator)
 
 
@@ -229,8 +231,7 @@ class ViTForImageClassification(_ViTBase):
         return self.classifier(hidden[:, 0])  # (B, L)
 
 
-def init_like_hf(name: str, tensor: torch.Tensor, module: nn.Module, std: float,
-                 generator: torch.Generator) -> None:
+def init_like_hf(name: str, tensor: torch.Tensor, module: nn.Module, std: float, generator: torch.Generator) -> None:
     """HF ViT's initialisation of one parameter, drawn from `generator` (in place): biases
     zero, LayerNorm weights one, [CLS] and positions truncated normal(0, std), other weights
     normal(0, std)."""
@@ -250,7 +251,15 @@ def init_like_hf(name: str, tensor: torch.Tensor, module: nn.Module, std: float,
 # --- deployables ----------------------------------------------------------------------------
 
 DEPLOYABLES = (
-    image_classification(ViTForImageClassification,
-                         tiny=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                                   image_size=32, patch_size=8)),
+    image_classification(
+        ViTForImageClassification,
+        tiny=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=48,
+            image_size=32,
+            patch_size=8,
+        ),
+    ),
 )

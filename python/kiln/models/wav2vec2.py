@@ -27,6 +27,7 @@ an all-ones mask kiln computes the same thing, so the pipeline feeds all ones fo
 (the feature extractor's `return_attention_mask` says which). Dropout, SpecAugment, LayerDrop
 and the adapter are absent (inference only).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -36,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidArgumentError
 from ..deploy import TaskCheck, argmax_check, audio_model, ctc_transcript_check
+from ..errors import InvalidArgumentError
 from ..manifest import TensorSpec
 from .base import HFConfig, KilnModel
 from .layers import activation, additive_padding_mask, check_activation, masked_mean
@@ -50,7 +51,8 @@ class Wav2Vec2Config(HFConfig):
     unsupported: ClassVar[tuple[tuple[str, str], ...]] = (
         ("add_adapter", "the adapter after the encoder"),
         ("use_weighted_layer_sum", "the weighted sum of every layer's hidden states"),
-        ("adapter_attn_dim", "attention adapters (MMS)"))
+        ("adapter_attn_dim", "attention adapters (MMS)"),
+    )
     vocab_size: int = 32
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -78,15 +80,17 @@ class Wav2Vec2Config(HFConfig):
         check_activation(self.hidden_act)
         check_activation(self.feat_extract_activation, "feat_extract_activation")
         self.conv_dim, self.conv_stride, self.conv_kernel = (
-            tuple(int(x) for x in self.conv_dim), tuple(int(x) for x in self.conv_stride),
-            tuple(int(x) for x in self.conv_kernel))
+            tuple(int(x) for x in self.conv_dim),
+            tuple(int(x) for x in self.conv_stride),
+            tuple(int(x) for x in self.conv_kernel),
+        )
         if not (len(self.conv_dim) == len(self.conv_stride) == len(self.conv_kernel) >= 1):
             raise InvalidArgumentError(
                 f"conv_dim ({len(self.conv_dim)}), conv_stride ({len(self.conv_stride)}) and "
-                f"conv_kernel ({len(self.conv_kernel)}) must have the same, non-zero length")
+                f"conv_kernel ({len(self.conv_kernel)}) must have the same, non-zero length"
+            )
         if self.feat_extract_norm not in ("group", "layer"):
-            raise InvalidArgumentError(
-                f"feat_extract_norm={self.feat_extract_norm!r}: expected 'group' or 'layer'")
+            raise InvalidArgumentError(f"feat_extract_norm={self.feat_extract_norm!r}: expected 'group' or 'layer'")
         self.check_multiple("hidden_size", "num_attention_heads")
         self.check_multiple("hidden_size", "num_conv_pos_embedding_groups")
         self.check_labels()
@@ -120,6 +124,7 @@ class Wav2Vec2Output(NamedTuple):
 
 # --- feature encoder ------------------------------------------------------------------------
 
+
 class Wav2Vec2ConvLayer(nn.Module):
     """conv -> norm -> activation. norm is "group" (GroupNorm with one group per channel:
     each channel normalised over time), "layer" (LayerNorm over channels, per frame) or None."""
@@ -128,9 +133,15 @@ class Wav2Vec2ConvLayer(nn.Module):
         super().__init__()
         in_dim = config.conv_dim[layer_id - 1] if layer_id > 0 else 1
         out_dim = config.conv_dim[layer_id]
-        self.conv = nn.Conv1d(in_dim, out_dim, kernel_size=config.conv_kernel[layer_id],
-                              stride=config.conv_stride[layer_id], bias=config.conv_bias)
+        self.conv = nn.Conv1d(
+            in_dim,
+            out_dim,
+            kernel_size=config.conv_kernel[layer_id],
+            stride=config.conv_stride[layer_id],
+            bias=config.conv_bias,
+        )
         self.norm = norm
+        self.layer_norm: nn.Module
         if norm == "group":
             self.layer_norm = nn.GroupNorm(out_dim, out_dim, affine=True)
         elif norm == "layer":
@@ -175,6 +186,7 @@ class Wav2Vec2FeatureProjection(nn.Module):
 
 # --- positional conv embedding (weight-normalised) -------------------------------------------
 
+
 class _WeightNorm(nn.Module):
     """The two tensors of torch's weight_norm parametrization, under its state-dict names:
     original0 = g (1, 1, K), the per-kernel-position magnitude; original1 = v (H, H/groups, K)."""
@@ -217,8 +229,7 @@ class Wav2Vec2WeightNormConv(nn.Module):
         self.groups = groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv1d(x, self.parametrizations.weight(), self.bias, padding=self.padding,
-                        groups=self.groups)
+        return F.conv1d(x, self.parametrizations.weight(), self.bias, padding=self.padding, groups=self.groups)
 
 
 class Wav2Vec2PositionalConvEmbedding(nn.Module):
@@ -239,6 +250,7 @@ class Wav2Vec2PositionalConvEmbedding(nn.Module):
 
 
 # --- encoder --------------------------------------------------------------------------------
+
 
 class Wav2Vec2Attention(nn.Module):
     def __init__(self, config: Wav2Vec2Config):
@@ -323,15 +335,19 @@ class Wav2Vec2Encoder(nn.Module):
 # every checkpoint (mask_time_prob > 0 by default). None is used at inference.
 _PRETRAINING_KEYS = (
     "wav2vec2.masked_spec_embed",
-    "quantizer.codevectors", "quantizer.weight_proj.weight", "quantizer.weight_proj.bias",
-    "project_hid.weight", "project_hid.bias", "project_q.weight", "project_q.bias",
+    "quantizer.codevectors",
+    "quantizer.weight_proj.weight",
+    "quantizer.weight_proj.bias",
+    "project_hid.weight",
+    "project_hid.bias",
+    "project_q.weight",
+    "project_q.bias",
 )
 _CTC_HEAD = ("lm_head.weight", "lm_head.bias")
 _CLS_HEAD = ("projector.weight", "projector.bias", "classifier.weight", "classifier.bias")
 
 # the positional conv's weight norm before torch.nn.utils.parametrizations existed
-_RENAMES = ((".weight_g", ".parametrizations.weight.original0"),
-            (".weight_v", ".parametrizations.weight.original1"))
+_RENAMES = ((".weight_g", ".parametrizations.weight.original0"), (".weight_v", ".parametrizations.weight.original1"))
 
 
 class _Wav2Vec2Base(KilnModel):
@@ -342,17 +358,18 @@ class _Wav2Vec2Base(KilnModel):
     checkpoint_renames = _RENAMES
     hf_architecture = "Wav2Vec2Model"
 
-    def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module,
-                    generator: torch.Generator) -> None:
+    def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module, generator: torch.Generator) -> None:
         init_like_hf(name, tensor, owner, self.config, generator)
 
 
-def init_like_hf(name: str, tensor: torch.Tensor, module: nn.Module, config: Wav2Vec2Config,
-                 generator: torch.Generator) -> None:
+def init_like_hf(
+    name: str, tensor: torch.Tensor, module: nn.Module, config: Wav2Vec2Config, generator: torch.Generator
+) -> None:
     """Wav2Vec2PreTrainedModel._init_weights for one parameter: norms at identity; the feature
     projection uniform(+-1/sqrt(in)); feature-encoder convs Kaiming-normal with uniform biases;
     the positional conv's v normal(0, 2/sqrt(K*H)) with g = ||v|| (so its weight starts at v);
     other Linear weights normal(0, initializer_range) with zero biases."""
+
     def draw(shape, std):
         return torch.empty(shape, dtype=torch.float32).normal_(0.0, std, generator=generator)
 
@@ -413,7 +430,8 @@ class Wav2Vec2Model(_Wav2Vec2Base):
         cumsum, which is the same set of frames).
         """
         lengths = feature_lengths(self.config, attention_mask.sum(-1))  # (B,)
-        positions = torch.arange(frames, device=attention_mask.device)  # (T,)
+        # export: `frames` is symbolic (a SymInt) under torch.export; arange takes it as it is
+        positions = torch.arange(frames, device=attention_mask.device)  # type: ignore[arg-type]  # (T,)
         return (positions[None, :] < lengths[:, None]).to(torch.int64)  # (B, T)
 
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor) -> Wav2Vec2Output:
@@ -463,16 +481,36 @@ class Wav2Vec2ForSequenceClassification(_Wav2Vec2Base):
 # Tiny sizes for the registry-driven tests: the standard 7-conv stack (so 1 s of audio is 49
 # frames, as at real size), narrow, in the pre-LN "lv60" layout whose processor returns an
 # attention mask. The audio fixture sets vocab_size to its character vocabulary's.
-_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-             conv_dim=[16] * 7, conv_stride=[5, 2, 2, 2, 2, 2, 2], conv_kernel=[10, 3, 3, 3, 3, 2, 2],
-             feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
-             num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, classifier_proj_size=8)
+_TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+    conv_dim=[16] * 7,
+    conv_stride=[5, 2, 2, 2, 2, 2, 2],
+    conv_kernel=[10, 3, 3, 3, 3, 2, 2],
+    feat_extract_norm="layer",
+    do_stable_layer_norm=True,
+    conv_bias=True,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+    classifier_proj_size=8,
+)
 
 DEPLOYABLES = (
-    audio_model(Wav2Vec2ForCTC, "automatic-speech-recognition",
-                lambda c: (TensorSpec("logits", "float32", ("batch", "frames", c.vocab_size)),),
-                TaskCheck("same transcript", ctc_transcript_check()), tiny=_TINY),
-    audio_model(Wav2Vec2ForSequenceClassification, "audio-classification",
-                lambda c: (TensorSpec("logits", "float32", ("batch", c.num_labels)),),
-                TaskCheck("same top-1 label", argmax_check("logits")), labels=True, tiny=_TINY),
+    audio_model(
+        Wav2Vec2ForCTC,
+        "automatic-speech-recognition",
+        lambda c: (TensorSpec("logits", "float32", ("batch", "frames", c.vocab_size)),),
+        TaskCheck("same transcript", ctc_transcript_check()),
+        tiny=_TINY,
+    ),
+    audio_model(
+        Wav2Vec2ForSequenceClassification,
+        "audio-classification",
+        lambda c: (TensorSpec("logits", "float32", ("batch", c.num_labels)),),
+        TaskCheck("same top-1 label", argmax_check("logits")),
+        labels=True,
+        tiny=_TINY,
+    ),
 )

@@ -4,6 +4,7 @@ turn outputs into answers.
 Submodules are imported on use (`from kiln.processing.text import TextTokenizer`), so this
 package costs nothing to import.
 """
+
 from __future__ import annotations
 
 import json

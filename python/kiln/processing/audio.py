@@ -19,20 +19,21 @@ over the padded array instead, so a "base" model's answer for one utterance woul
 its batch neighbours; kiln always normalises over the real samples, which is what
 transformers computes for one utterance at a time and for every batch with a mask.)
 """
+
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import InputValueError, InvalidArgumentError
 from . import PREPROCESSOR_FILE, read_preprocessor_config
-
 
 MAX_RATE = 768_000  # Hz: the highest rate real audio interfaces record at; a header beyond is broken
 
@@ -60,12 +61,15 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         raise InputValueError(f"audio file {path}: cannot be read ({e.strerror or e})") from None
     except (ValueError, ArithmeticError, IndexError, EOFError, struct.error, wavfile.WavFileWarning) as e:
         # scipy's reader raises these for malformed headers (0 bits per sample divides by zero)
-        raise InputValueError(f"audio file {path}: not a WAV file kiln can read ({e}); expected a .wav file "
-                              "(PCM 8/16/24/32-bit or float); convert other formats first, e.g. "
-                              "`sox in.mp3 -b 16 out.wav`") from None
+        raise InputValueError(
+            f"audio file {path}: not a WAV file kiln can read ({e}); expected a .wav file "
+            "(PCM 8/16/24/32-bit or float); convert other formats first, e.g. "
+            "`sox in.mp3 -b 16 out.wav`"
+        ) from None
     if not 1 <= rate <= MAX_RATE:
-        raise InputValueError(f"audio file {path}: its header says {rate} Hz; expected 1..{MAX_RATE} Hz "
-                              "(a broken or crafted header)")
+        raise InputValueError(
+            f"audio file {path}: its header says {rate} Hz; expected 1..{MAX_RATE} Hz (a broken or crafted header)"
+        )
     data = data.reshape(len(data), -1)  # (frames, channels)
     if data.dtype == np.uint8:
         x = (data.astype(np.float32) - 128.0) / 128.0  # 8-bit WAV is unsigned
@@ -74,8 +78,10 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     elif np.issubdtype(data.dtype, np.floating):
         x = data.astype(np.float32)
     else:
-        raise InputValueError(f"audio file {path}: samples of type {data.dtype} are not supported; expected "
-                              "PCM or float (convert with `sox in.wav -b 16 out.wav`)")
+        raise InputValueError(
+            f"audio file {path}: samples of type {data.dtype} are not supported; expected "
+            "PCM or float (convert with `sox in.wav -b 16 out.wav`)"
+        )
     return x, int(rate)
 
 
@@ -89,6 +95,7 @@ def resample(x: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
     if orig_rate == target_rate:
         return x
     from scipy.signal import resample_poly
+
     g = gcd(int(orig_rate), int(target_rate))
     return resample_poly(x, target_rate // g, orig_rate // g).astype(np.float32)
 
@@ -111,12 +118,19 @@ class AudioBatch:
 class AudioProcessor:
     """Wav2Vec2FeatureExtractor's computation (see the module docstring)."""
 
-    def __init__(self, sampling_rate: int = 16000, do_normalize: bool = True,
-                 return_attention_mask: bool = False, padding_value: float = 0.0,
-                 feature_size: int = 1, resample: bool = True):
+    def __init__(
+        self,
+        sampling_rate: int = 16000,
+        do_normalize: bool = True,
+        return_attention_mask: bool = False,
+        padding_value: float = 0.0,
+        feature_size: int = 1,
+        resample: bool = True,
+    ):
         if feature_size != 1:
-            raise InvalidArgumentError(f"feature_size={feature_size}: kiln's audio processor takes raw "
-                                       "mono waveforms (feature_size 1)")
+            raise InvalidArgumentError(
+                f"feature_size={feature_size}: kiln's audio processor takes raw mono waveforms (feature_size 1)"
+            )
         self.sampling_rate = int(sampling_rate)
         self.do_normalize = bool(do_normalize)
         self.return_attention_mask = bool(return_attention_mask)
@@ -124,15 +138,18 @@ class AudioProcessor:
         self.resample = bool(resample)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], **kwargs) -> "AudioProcessor":
+    def from_dict(cls, d: dict[str, Any], **kwargs) -> AudioProcessor:
         keys = ("sampling_rate", "do_normalize", "return_attention_mask", "padding_value", "feature_size")
         return cls(**{k: d[k] for k in keys if d.get(k) is not None}, **kwargs)
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike, **kwargs) -> "AudioProcessor":
+    def from_dir(cls, path: str | os.PathLike, **kwargs) -> AudioProcessor:
         """From a checkpoint's or an engine's preprocessor_config.json."""
-        d = read_preprocessor_config(path, "an audio engine needs the checkpoint's feature-extractor "
-                                     "settings (sampling_rate, do_normalize, return_attention_mask)")
+        d = read_preprocessor_config(
+            path,
+            "an audio engine needs the checkpoint's feature-extractor "
+            "settings (sampling_rate, do_normalize, return_attention_mask)",
+        )
         return cls.from_dict(d, **kwargs)
 
     def load(self, source, index: int = 0, max_samples: int | None = None) -> np.ndarray:
@@ -151,8 +168,9 @@ class AudioProcessor:
         if x.ndim == 2 and not isinstance(source, (str, os.PathLike)):
             x = x.T if x.shape[0] < x.shape[1] else x  # (channels, frames) arrays are common too
         if x.ndim not in (1, 2) or not np.issubdtype(x.dtype, np.number):
-            raise InputValueError(f"{what}: expected a 1-D (mono) or 2-D (frames, channels) numeric "
-                                  f"array, got {x.dtype} {list(x.shape)}")
+            raise InputValueError(
+                f"{what}: expected a 1-D (mono) or 2-D (frames, channels) numeric array, got {x.dtype} {list(x.shape)}"
+            )
         x = to_mono(x.astype(np.float32, copy=False))
         if x.size == 0:
             raise InputValueError(f"{what}: empty audio (0 samples); expected some sound")
@@ -165,21 +183,22 @@ class AudioProcessor:
             raise InputValueError(
                 f"{what}: {x.size / rate:.2f} s ({at_model_rate} samples at {self.sampling_rate} Hz), the engine "
                 f"takes at most {max_samples} ({max_samples / self.sampling_rate:.2f} s); split the audio or "
-                "rebuild the engine with a larger samples range")
+                "rebuild the engine with a larger samples range"
+            )
         if rate != self.sampling_rate:
             if not self.resample:
-                raise InputValueError(f"{what}: sampled at {rate} Hz, the model takes "
-                                      f"{self.sampling_rate} Hz and resampling is turned off; "
-                                      f"resample it (e.g. `sox in.wav -r {self.sampling_rate} out.wav`)")
+                raise InputValueError(
+                    f"{what}: sampled at {rate} Hz, the model takes "
+                    f"{self.sampling_rate} Hz and resampling is turned off; "
+                    f"resample it (e.g. `sox in.wav -r {self.sampling_rate} out.wav`)"
+                )
             x = resample(x, rate, self.sampling_rate)
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    def __call__(self, sources: Sequence, *, min_samples: int = 1,
-                 max_samples: int | None = None) -> AudioBatch:
+    def __call__(self, sources: Sequence, *, min_samples: int = 1, max_samples: int | None = None) -> AudioBatch:
         """Utterances -> a padded batch, padded to the longest and at least min_samples
         (an engine's smallest accepted length). Longer than max_samples is an error."""
-        if isinstance(sources, (str, os.PathLike, tuple)) or (
-                isinstance(sources, np.ndarray) and sources.ndim == 1):
+        if isinstance(sources, (str, os.PathLike, tuple)) or (isinstance(sources, np.ndarray) and sources.ndim == 1):
             sources = [sources]
         sources = list(sources)
         if not sources:
@@ -195,12 +214,11 @@ class AudioProcessor:
         values = np.full((len(waves), width), self.padding_value, np.float32)
         mask = np.zeros((len(waves), width), np.int64)
         for i, w in enumerate(waves):
-            values[i, :w.size] = zero_mean_unit_var(w) if self.do_normalize else w
-            mask[i, :w.size] = 1
+            values[i, : w.size] = zero_mean_unit_var(w) if self.do_normalize else w
+            mask[i, : w.size] = 1
         if not self.return_attention_mask:
             mask[:] = 1  # transformers gives these models no mask: every sample counts
         return AudioBatch(values, mask, lengths)
 
 
-__all__ = ["AudioProcessor", "AudioBatch", "read_wav", "to_mono", "resample", "zero_mean_unit_var",
-           "PREPROCESSOR_FILE"]
+__all__ = ["AudioProcessor", "AudioBatch", "read_wav", "to_mono", "resample", "zero_mean_unit_var", "PREPROCESSOR_FILE"]

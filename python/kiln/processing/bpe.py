@@ -18,12 +18,13 @@ merges.txt), fetched by `make setup` into $KILN_CACHE/tokenizers/{gpt2,bart}. Tw
   this one (a real checkpoint's vocab.json + merges.txt are used as they come).
 Encoding "bart" wraps the text as <s> ... </s>, as BART's tokenizer does.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import CheckpointError, InputValueError, InvalidArgumentError
 
@@ -57,10 +58,12 @@ def build_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], flavou
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
         tok.add_special_tokens([AddedToken("<|endoftext|>", special=True)])
     else:
-        tok.post_processor = processors.RobertaProcessing(("</s>", vocab["</s>"]), ("<s>", vocab["<s>"]),
-                                                          trim_offsets=True, add_prefix_space=False)
-        tok.add_special_tokens([AddedToken(t, special=True) for t in BART_SPECIALS]
-                               + [AddedToken("<mask>", lstrip=True, special=True)])
+        tok.post_processor = processors.RobertaProcessing(
+            ("</s>", vocab["</s>"]), ("<s>", vocab["<s>"]), trim_offsets=True, add_prefix_space=False
+        )
+        tok.add_special_tokens(
+            [AddedToken(t, special=True) for t in BART_SPECIALS] + [AddedToken("<mask>", lstrip=True, special=True)]
+        )
     return tok
 
 
@@ -82,16 +85,26 @@ def write_tokenizer_dir(path: str | os.PathLike, vocab_json: bytes, merges_txt: 
     merges_text = merges_txt.decode("utf-8")
     if flavour == "bart":
         vocab = bart_vocab(vocab)
-        specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
-                    "mask_token": "<mask>", "sep_token": "</s>", "cls_token": "<s>"}
+        specials = {
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "pad_token": "<pad>",
+            "mask_token": "<mask>",
+            "sep_token": "</s>",
+            "cls_token": "<s>",
+        }
     else:
         specials = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
     (path / VOCAB_FILE).write_text(json.dumps(vocab, ensure_ascii=False))
     (path / MERGES_FILE).write_text(merges_text)
     build_tokenizer(vocab, _merges(merges_text), flavour).save(str(path / TOKENIZER_FILE))
     (path / "special_tokens_map.json").write_text(json.dumps(specials, indent=1))
-    (path / "tokenizer_config.json").write_text(json.dumps(
-        {**specials, "kiln_bpe_flavour": flavour, "model_max_length": 1024, "add_prefix_space": False}, indent=1))
+    (path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {**specials, "kiln_bpe_flavour": flavour, "model_max_length": 1024, "add_prefix_space": False}, indent=1
+        )
+    )
     return path
 
 
@@ -105,7 +118,7 @@ class BPETokenizer:
         self.flavour = flavour
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike) -> "BPETokenizer":
+    def from_dir(cls, path: str | os.PathLike) -> BPETokenizer:
         """From an engine or checkpoint directory: tokenizer.json, else vocab.json + merges.txt."""
         from tokenizers import Tokenizer
 
@@ -124,8 +137,10 @@ class BPETokenizer:
             vocab = json.loads((path / VOCAB_FILE).read_text())
             flavour = "bart" if "<s>" in vocab else "gpt2"
             return cls(build_tokenizer(vocab, _merges((path / MERGES_FILE).read_text()), flavour), flavour)
-        raise CheckpointError(f"{path}: no BPE tokenizer; expected {TOKENIZER_FILE}, or {VOCAB_FILE} + "
-                              f"{MERGES_FILE} (run `make setup` to fetch GPT-2's vocabulary)")
+        raise CheckpointError(
+            f"{path}: no BPE tokenizer; expected {TOKENIZER_FILE}, or {VOCAB_FILE} + "
+            f"{MERGES_FILE} (run `make setup` to fetch GPT-2's vocabulary)"
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -141,8 +156,9 @@ class BPETokenizer:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as e:  # lone surrogates: bytes that were not UTF-8 (argv, files)
-            raise InputValueError(f"{name}: not valid UTF-8 text ({e.reason} at character {e.start}); give the "
-                                  "prompt as UTF-8") from None
+            raise InputValueError(
+                f"{name}: not valid UTF-8 text ({e.reason} at character {e.start}); give the prompt as UTF-8"
+            ) from None
         if not text.strip():
             raise InputValueError(f"{name}: the text is empty; give at least one word to start from")
         return list(self._tok.encode(text).ids)
@@ -150,7 +166,7 @@ class BPETokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
-    def stream(self, skip_special_tokens: bool = True) -> "TextStream":
+    def stream(self, skip_special_tokens: bool = True) -> TextStream:
         return TextStream(self, skip_special_tokens)
 
 
@@ -169,7 +185,7 @@ class TextStream:
         text = self._tok.decode(self._ids, self._skip)
         if text.endswith("\ufffd"):
             return ""
-        new, self._emitted = text[self._emitted:], len(text)
+        new, self._emitted = text[self._emitted :], len(text)
         return new
 
     def text(self) -> str:

@@ -12,23 +12,42 @@ there. With skip_special_tokens=True they are dropped before collapsing, but the
 kept until after it (transformers 4.x did the same; 5.x also drops the blank first, which
 merges letters a blank separates: "L L" -> "L").
 """
+
 from __future__ import annotations
 
 import json
 import os
 from itertools import groupby
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidArgumentError
 
-_DEFAULTS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>",
-             "word_delimiter_token": "|", "replace_word_delimiter_char": " ", "do_lower_case": False,
-             "clean_up_tokenization_spaces": False}
+_DEFAULTS = {
+    "pad_token": "<pad>",
+    "unk_token": "<unk>",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "word_delimiter_token": "|",
+    "replace_word_delimiter_char": " ",
+    "do_lower_case": False,
+    "clean_up_tokenization_spaces": False,
+}
 # transformers' PreTrainedTokenizerBase.clean_up_tokenization, applied when the config asks
-_CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-             (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+_CLEAN_UP = (
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+)
 
 
 def _token(v):  # special tokens may be stored as AddedToken dicts
@@ -36,10 +55,16 @@ def _token(v):  # special tokens may be stored as AddedToken dicts
 
 
 class CTCDecoder:
-    def __init__(self, vocab: dict[str, int], pad_token: str = "<pad>", word_delimiter_token: str = "|",
-                 special_tokens: tuple[str, ...] = ("<s>", "</s>", "<unk>", "<pad>"),
-                 replace_word_delimiter_char: str = " ", do_lower_case: bool = False,
-                 clean_up_tokenization_spaces: bool = False):
+    def __init__(
+        self,
+        vocab: dict[str, int],
+        pad_token: str = "<pad>",
+        word_delimiter_token: str = "|",
+        special_tokens: tuple[str, ...] = ("<s>", "</s>", "<unk>", "<pad>"),
+        replace_word_delimiter_char: str = " ",
+        do_lower_case: bool = False,
+        clean_up_tokenization_spaces: bool = False,
+    ):
         self.id_to_token = {int(i): t for t, i in vocab.items()}
         if pad_token not in vocab:
             raise InvalidArgumentError(f"the CTC blank (pad) token {pad_token!r} is not in the vocabulary")
@@ -52,28 +77,42 @@ class CTCDecoder:
         self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike) -> "CTCDecoder":
+    def from_dir(cls, path: str | os.PathLike) -> CTCDecoder:
         path = Path(path)
         vocab_file = path / "vocab.json"
         if not vocab_file.is_file():
-            raise InvalidArgumentError(f"{path}: no vocab.json; CTC decoding needs the checkpoint's "
-                                       "character vocabulary")
+            raise InvalidArgumentError(
+                f"{path}: no vocab.json; CTC decoding needs the checkpoint's character vocabulary"
+            )
         try:
             vocab = json.loads(vocab_file.read_text())
-            settings = dict(_DEFAULTS)
+            settings: dict[str, Any] = dict(_DEFAULTS)
             for name in ("special_tokens_map.json", "tokenizer_config.json"):
                 if (path / name).is_file():
-                    settings.update({k: _token(v) for k, v in json.loads((path / name).read_text()).items()
-                                     if k in _DEFAULTS and v is not None})
+                    settings.update(
+                        {
+                            k: _token(v)
+                            for k, v in json.loads((path / name).read_text()).items()
+                            if k in _DEFAULTS and v is not None
+                        }
+                    )
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise InvalidArgumentError(f"{path}: CTC vocabulary files are not readable JSON ({e})") from None
         if vocab and all(isinstance(v, dict) for v in vocab.values()):
-            raise InvalidArgumentError(f"{vocab_file}: a multi-language vocabulary (one per language, "
-                                       "MMS style); kiln needs a single-language vocab.json")
+            raise InvalidArgumentError(
+                f"{vocab_file}: a multi-language vocabulary (one per language, "
+                "MMS style); kiln needs a single-language vocab.json"
+            )
         specials = tuple(settings[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token"))
-        return cls(vocab, settings["pad_token"], settings["word_delimiter_token"], specials,
-                   settings["replace_word_delimiter_char"], bool(settings["do_lower_case"]),
-                   bool(settings["clean_up_tokenization_spaces"]))
+        return cls(
+            vocab,
+            settings["pad_token"],
+            settings["word_delimiter_token"],
+            specials,
+            settings["replace_word_delimiter_char"],
+            bool(settings["do_lower_case"]),
+            bool(settings["clean_up_tokenization_spaces"]),
+        )
 
     def decode_ids(self, ids, skip_special_tokens: bool = False) -> str:
         tokens = [self.id_to_token.get(int(i), "") for i in ids]
@@ -93,8 +132,9 @@ class CTCDecoder:
         """(frames, vocab) logits of one utterance (its real frames only) -> text."""
         return self.decode_ids(np.asarray(logits).argmax(-1), skip_special_tokens)
 
-    def batch_decode(self, logits: np.ndarray, frame_mask: np.ndarray | None = None,
-                     skip_special_tokens: bool = False) -> list[str]:
+    def batch_decode(
+        self, logits: np.ndarray, frame_mask: np.ndarray | None = None, skip_special_tokens: bool = False
+    ) -> list[str]:
         """(B, frames, vocab) -> B texts; frame_mask (B, frames) limits each row to its real frames."""
         ids = np.asarray(logits).argmax(-1)
         out = []

@@ -11,19 +11,20 @@ ConvNeXT's resize: when size.shortest_edge < 384, the shortest edge goes to
 int(shortest_edge / crop_pct) (aspect kept) and a shortest_edge square is center-cropped;
 otherwise the image is warped to shortest_edge x shortest_edge.
 """
+
 from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import InputValueError, InvalidArgumentError
 from . import PREPROCESSOR_FILE, read_preprocessor_config
-
 
 IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
@@ -54,8 +55,9 @@ class ImageProcessor:
 
     def __post_init__(self) -> None:
         if self.resample not in _RESAMPLE_NAMES:
-            raise InvalidArgumentError(f"resample={self.resample!r}: expected one of "
-                                       f"{sorted(_RESAMPLE_NAMES)} (PIL.Image.Resampling)")
+            raise InvalidArgumentError(
+                f"resample={self.resample!r}: expected one of {sorted(_RESAMPLE_NAMES)} (PIL.Image.Resampling)"
+            )
         if not ({"height", "width"} <= set(self.size) or "shortest_edge" in self.size):
             raise InvalidArgumentError(f"size={self.size}: expected {{height, width}} or {{shortest_edge}}")
         if self.do_center_crop and not (self.crop_size and {"height", "width"} <= set(self.crop_size)):
@@ -70,7 +72,7 @@ class ImageProcessor:
     # --- construction ----------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ImageProcessor":
+    def from_dict(cls, d: dict[str, Any]) -> ImageProcessor:
         kind = str(d.get("image_processor_type", d.get("feature_extractor_type", "ViTImageProcessor")))
         kind = kind.removesuffix("Pil").removesuffix("Fast").replace("FeatureExtractor", "ImageProcessor")
         d = {**_DEFAULTS.get(kind, {}), **{k: v for k, v in d.items() if v is not None}}
@@ -82,15 +84,22 @@ class ImageProcessor:
             crop_size = {"height": crop_size, "width": crop_size}
         names = set(cls.__dataclass_fields__) - {"size", "crop_size", "crop_pct"}
         kwargs = {k: d[k] for k in names if k in d}
-        return cls(size=dict(size), crop_size=crop_size,
-                   crop_pct=d.get("crop_pct") if kind == "ConvNextImageProcessor" else None, **kwargs)
+        return cls(
+            size=dict(size),
+            crop_size=crop_size,
+            crop_pct=d.get("crop_pct") if kind == "ConvNextImageProcessor" else None,
+            **kwargs,
+        )
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike) -> "ImageProcessor":
+    def from_dir(cls, path: str | os.PathLike) -> ImageProcessor:
         """From the preprocessor_config.json of a checkpoint or engine directory."""
-        data = read_preprocessor_config(path, "an image model's checkpoint or engine directory "
-                                        "carries one (transformers writes it with "
-                                        "image_processor.save_pretrained)")
+        data = read_preprocessor_config(
+            path,
+            "an image model's checkpoint or engine directory "
+            "carries one (transformers writes it with "
+            "image_processor.save_pretrained)",
+        )
         try:
             return cls.from_dict(data)
         except InvalidArgumentError as e:
@@ -99,14 +108,16 @@ class ImageProcessor:
     @property
     def output_size(self) -> tuple[int, int]:
         """(height, width) of every processed image."""
-        if self.do_center_crop:
+        if self.do_center_crop and self.crop_size:
             return self.crop_size["height"], self.crop_size["width"]
         if "shortest_edge" in self.size:
             e = self.size["shortest_edge"]
             if self.crop_pct is not None:
                 return e, e
-            raise InvalidArgumentError("size.shortest_edge without a crop gives images of varying "
-                                       "shapes; a batch needs do_center_crop or crop_pct")
+            raise InvalidArgumentError(
+                "size.shortest_edge without a crop gives images of varying "
+                "shapes; a batch needs do_center_crop or crop_pct"
+            )
         return self.size["height"], self.size["width"]
 
     # --- processing ------------------------------------------------------------------------
@@ -116,22 +127,26 @@ class ImageProcessor:
         if not isinstance(images, (list, tuple)):
             images = [images]
         if len(images) == 0:
-            raise InputValueError("no image given; expected one or more images (paths, bytes, "
-                                  "PIL images or HxWxC uint8 arrays)")
+            raise InputValueError(
+                "no image given; expected one or more images (paths, bytes, PIL images or HxWxC uint8 arrays)"
+            )
         out = [self.process_one(load_image(img, i)) for i, img in enumerate(images)]
         shapes = {o.shape for o in out}
         if len(shapes) > 1:
-            raise InvalidArgumentError(f"processed images have different shapes {sorted(shapes)}; "
-                                       "the preprocessor_config.json needs a crop for batching")
+            raise InvalidArgumentError(
+                f"processed images have different shapes {sorted(shapes)}; "
+                "the preprocessor_config.json needs a crop for batching"
+            )
         return np.stack(out)
 
     def process_one(self, image) -> np.ndarray:
         """An RGB PIL image -> float32 [3, H, W]."""
         from PIL import Image
+
         if self.do_resize:
             image = self._resize(image, Image)
         x = np.asarray(image)  # (H, W, 3) uint8
-        if self.do_center_crop:
+        if self.do_center_crop and self.crop_size:
             x = center_crop(x, self.crop_size["height"], self.crop_size["width"])
         if self.do_rescale:
             x = (x.astype(np.float64) * self.rescale_factor).astype(np.float32)
@@ -167,10 +182,10 @@ def center_crop(x: np.ndarray, height: int, width: int) -> np.ndarray:
         nh, nw = max(h, height), max(w, width)
         padded = np.zeros((nh, nw) + x.shape[2:], x.dtype)
         top, left = -(-(nh - h) // 2), -(-(nw - w) // 2)
-        padded[top:top + h, left:left + w] = x
+        padded[top : top + h, left : left + w] = x
         x, h, w = padded, nh, nw
     top, left = (h - height) // 2, (w - width) // 2
-    return x[top:top + height, left:left + width]
+    return x[top : top + height, left : left + width]
 
 
 def _describe(image, index: int) -> str:
@@ -188,7 +203,9 @@ def load_image(image, index: int = 0):
     """A path, encoded bytes, a PIL image or an HxW / HxWxC uint8 array -> an RGB PIL image
     (transparency composited onto white, as transformers does)."""
     from PIL import Image, UnidentifiedImageError
+
     what = _describe(image, index)
+    img: Image.Image
     if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
         if isinstance(image, (str, os.PathLike)) and not Path(image).is_file():
             raise InputValueError(f"{what}: no such file; expected a JPEG or PNG image file")
@@ -196,28 +213,36 @@ def load_image(image, index: int = 0):
         try:
             img = Image.open(source)  # reads the header only
             if img.width * img.height > MAX_PIXELS:
-                raise InputValueError(f"{what}: {img.width}x{img.height} pixels, more than kiln decodes "
-                                      f"({MAX_PIXELS // 1_000_000} megapixels); resize it first")
+                raise InputValueError(
+                    f"{what}: {img.width}x{img.height} pixels, more than kiln decodes "
+                    f"({MAX_PIXELS // 1_000_000} megapixels); resize it first"
+                )
             img.load()  # decode now: a truncated file fails here, not later
         except Image.DecompressionBombError as e:
             raise InputValueError(f"{what}: refused as a decompression bomb ({e})") from None
         except UnidentifiedImageError:
-            raise InputValueError(f"{what}: not a readable image (unknown or unsupported format); "
-                                  "expected a JPEG or PNG file") from None
+            raise InputValueError(
+                f"{what}: not a readable image (unknown or unsupported format); expected a JPEG or PNG file"
+            ) from None
         except (OSError, SyntaxError, ValueError) as e:
-            raise InputValueError(f"{what}: the image data is unreadable ({e}); the file may be "
-                                  "truncated or corrupt") from None
+            raise InputValueError(
+                f"{what}: the image data is unreadable ({e}); the file may be truncated or corrupt"
+            ) from None
     elif isinstance(image, Image.Image):
         img = image
     elif isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-            raise InputValueError(f"{what}: array of dtype {image.dtype} and shape {list(image.shape)}; "
-                                  "expected uint8 HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA)")
+            raise InputValueError(
+                f"{what}: array of dtype {image.dtype} and shape {list(image.shape)}; "
+                "expected uint8 HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA)"
+            )
         arr = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
         img = Image.fromarray(np.ascontiguousarray(arr))
     else:
-        raise InputValueError(f"{what}: got {type(image).__name__}; expected a file path, encoded "
-                              "bytes, a PIL image or a uint8 HxWxC array")
+        raise InputValueError(
+            f"{what}: got {type(image).__name__}; expected a file path, encoded "
+            "bytes, a PIL image or a uint8 HxWxC array"
+        )
     if img.width == 0 or img.height == 0:
         raise InputValueError(f"{what}: the image is empty ({img.width}x{img.height})")
     has_alpha = "A" in img.getbands() or img.info.get("transparency") is not None

@@ -9,14 +9,16 @@ decoders that turn BERT outputs into labels, entities, answer spans and embeddin
 
 The decoders import no torch: they run on whatever a backend returned.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +51,7 @@ class Encoding:
     tokens: the token strings per row, without padding.
     lengths: int64 [B], the unpadded length of each row.
     """
+
     input_ids: np.ndarray
     attention_mask: np.ndarray
     token_type_ids: np.ndarray
@@ -64,8 +67,11 @@ class Encoding:
 
     def inputs(self) -> dict[str, np.ndarray]:
         """The model inputs by name (what an engine or a kiln model takes)."""
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
-                "token_type_ids": self.token_type_ids}
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "token_type_ids": self.token_type_ids,
+        }
 
 
 def _read_json(path: Path) -> dict:
@@ -88,8 +94,14 @@ def _token_name(value: Any, default: str) -> str:
 class TextTokenizer:
     """A WordPiece (BERT) tokenizer producing numpy model inputs, with kiln's input checks."""
 
-    def __init__(self, tokenizer, *, model_max_length: int = _DEFAULT_MAX_LENGTH,
-                 pad_token: str = "[PAD]", mask_token: str = "[MASK]"):
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        model_max_length: int = _DEFAULT_MAX_LENGTH,
+        pad_token: str = "[PAD]",
+        mask_token: str = "[MASK]",
+    ):
         from tokenizers import Tokenizer
 
         if not isinstance(tokenizer, Tokenizer):
@@ -114,7 +126,7 @@ class TextTokenizer:
     # --- construction -----------------------------------------------------------------------
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike) -> "TextTokenizer":
+    def from_dir(cls, path: str | os.PathLike) -> TextTokenizer:
         """From a checkpoint or engine directory: tokenizer.json, else vocab.txt (WordPiece with
         the lowercase / accent / CJK settings of tokenizer_config.json)."""
         from tokenizers import Tokenizer
@@ -166,9 +178,15 @@ class TextTokenizer:
 
     # --- encoding ---------------------------------------------------------------------------
 
-    def encode(self, texts: list[str] | str, text_pairs: list[str] | str | None = None, *,
-               max_length: int | None = None, truncation: bool | str = False,
-               pad_to: int | None = None) -> Encoding:
+    def encode(
+        self,
+        texts: list[str] | str,
+        text_pairs: list[str] | str | None = None,
+        *,
+        max_length: int | None = None,
+        truncation: bool | str = False,
+        pad_to: int | None = None,
+    ) -> Encoding:
         """Tokenise a batch (or one text) into right-padded numpy inputs.
 
         text_pairs: a second text per row (question-answering: question, context).
@@ -183,8 +201,9 @@ class TextTokenizer:
         if text_pairs is not None:
             pairs = self._check_texts(text_pairs, "text_pairs")
             if len(pairs) != len(texts):
-                raise InputValueError(f"{len(texts)} texts but {len(pairs)} text_pairs; expected "
-                                      "one pair text per text")
+                raise InputValueError(
+                    f"{len(texts)} texts but {len(pairs)} text_pairs; expected one pair text per text"
+                )
         max_length = self.model_max_length if max_length is None else int(max_length)
         if max_length < 2:
             raise InvalidArgumentError(f"max_length={max_length}: expected at least 2 ([CLS] [SEP])")
@@ -194,8 +213,9 @@ class TextTokenizer:
         if truncation:
             strategy = "longest_first" if truncation is True else str(truncation)
             if strategy not in TRUNCATION_STRATEGIES:
-                raise InvalidArgumentError(f"truncation={truncation!r}: expected a bool or one of "
-                                           f"{', '.join(TRUNCATION_STRATEGIES)}")
+                raise InvalidArgumentError(
+                    f"truncation={truncation!r}: expected a bool or one of {', '.join(TRUNCATION_STRATEGIES)}"
+                )
 
         batch = texts if pairs is None else list(zip(texts, pairs))
         with self._lock:
@@ -204,8 +224,9 @@ class TextTokenizer:
                     self._tok.enable_truncation(max_length, strategy=strategy)
                 encs = self._tok.encode_batch(batch)
             except Exception as e:  # e.g. only_second when the question alone is too long
-                raise InputValueError(f"could not tokenise with truncation={strategy!r} to "
-                                      f"max_length={max_length}: {e}") from None
+                raise InputValueError(
+                    f"could not tokenise with truncation={strategy!r} to max_length={max_length}: {e}"
+                ) from None
             finally:
                 self._tok.no_truncation()
 
@@ -213,13 +234,16 @@ class TextTokenizer:
             seq_ids = enc.sequence_ids
             for s, name in ((0, "texts"), (1, "text_pairs")):
                 if (s == 0 or pairs is not None) and s not in seq_ids:
-                    raise InputValueError(f"{name}[{i}] has no tokens after normalisation (only "
-                                          "control or unknown characters?); expected some text")
+                    raise InputValueError(
+                        f"{name}[{i}] has no tokens after normalisation (only "
+                        "control or unknown characters?); expected some text"
+                    )
             if len(enc.ids) > max_length:
                 what = f"text {i}" if pairs is None else f"text pair {i}"
                 raise InputValueError(
                     f"{what} is {len(enc.ids)} tokens long (special tokens included), more than the "
-                    f"maximum {max_length}; shorten it or pass truncation=True")
+                    f"maximum {max_length}; shorten it or pass truncation=True"
+                )
         return self._pad(encs, pad_to)
 
     def _check_texts(self, texts: list[str] | str, name: str) -> list[str]:
@@ -240,8 +264,10 @@ class TextTokenizer:
         T = int(lengths.max()) if pad_to is None else int(pad_to)
         if T < lengths.max():
             i = int(lengths.argmax())
-            raise InputValueError(f"pad_to={pad_to} is shorter than text {i} ({int(lengths[i])} "
-                                  "tokens); raise pad_to or pass truncation=True with max_length=pad_to")
+            raise InputValueError(
+                f"pad_to={pad_to} is shorter than text {i} ({int(lengths[i])} "
+                "tokens); raise pad_to or pass truncation=True with max_length=pad_to"
+            )
         B = len(encs)
         ids = np.full((B, T), self.pad_token_id, dtype=np.int64)
         mask = np.zeros((B, T), dtype=np.int64)
@@ -261,8 +287,7 @@ class TextTokenizer:
             word_ids[b, :n] = [-1 if w is None else w for w in e.word_ids]
         # special tokens and padding carry no sequence (tokenizers marks [CLS]/[SEP] as None already)
         seq_ids[special == 1] = -1
-        return Encoding(ids, mask, types, offsets, seq_ids, word_ids, special,
-                        [list(e.tokens) for e in encs], lengths)
+        return Encoding(ids, mask, types, offsets, seq_ids, word_ids, special, [list(e.tokens) for e in encs], lengths)
 
 
 def _wordpiece_from_vocab(vocab_file: Path, config: dict, special: dict):
@@ -273,8 +298,7 @@ def _wordpiece_from_vocab(vocab_file: Path, config: dict, special: dict):
         vocab = models.WordPiece.read_file(str(vocab_file))
     except Exception as e:
         raise CheckpointError(f"{vocab_file}: not a readable WordPiece vocabulary ({e})") from None
-    names = {k: _token_name(special.get(f"{k}_token"), f"[{k.upper()}]")
-             for k in ("unk", "sep", "pad", "cls", "mask")}
+    names = {k: _token_name(special.get(f"{k}_token"), f"[{k.upper()}]") for k in ("unk", "sep", "pad", "cls", "mask")}
     absent = [t for t in (names["unk"], names["sep"], names["cls"]) if t not in vocab]
     if absent:
         raise CheckpointError(f"{vocab_file}: special token(s) {absent} are not in the vocabulary")
@@ -282,13 +306,18 @@ def _wordpiece_from_vocab(vocab_file: Path, config: dict, special: dict):
     strip_accents = config.get("strip_accents")  # None: strip when lowercasing, as BERT does
     tok = Tokenizer(models.WordPiece(vocab, unk_token=names["unk"], max_input_chars_per_word=100))
     tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=bool(config.get("tokenize_chinese_chars", True)),
-        strip_accents=strip_accents, lowercase=lowercase)
+        clean_text=True,
+        handle_chinese_chars=bool(config.get("tokenize_chinese_chars", True)),
+        strip_accents=strip_accents,
+        lowercase=lowercase,
+    )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     cls_, sep = names["cls"], names["sep"]
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{cls_}:0 $A:0 {sep}:0", pair=f"{cls_}:0 $A:0 {sep}:0 $B:1 {sep}:1",
-        special_tokens=[(cls_, vocab[cls_]), (sep, vocab[sep])])
+        single=f"{cls_}:0 $A:0 {sep}:0",
+        pair=f"{cls_}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+        special_tokens=[(cls_, vocab[cls_]), (sep, vocab[sep])],
+    )
     tok.decoder = decoders.WordPiece(prefix="##")
     # registered as special so that "[MASK]" in a text stays one token, as in tokenizer.json
     tok.add_special_tokens([t for t in names.values() if t in vocab])
@@ -296,6 +325,7 @@ def _wordpiece_from_vocab(vocab_file: Path, config: dict, special: dict):
 
 
 # --- decoders -----------------------------------------------------------------------------------
+
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax in float64."""
@@ -312,13 +342,11 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 def _check_labels(n: int, labels: Sequence[str], what: str) -> list[str]:
     labels = list(labels)
     if len(labels) != n:
-        raise InvalidArgumentError(f"{what}: {n} logits per row but {len(labels)} labels; expected one "
-                                   "label per logit")
+        raise InvalidArgumentError(f"{what}: {n} logits per row but {len(labels)} labels; expected one label per logit")
     return labels
 
 
-def classify(logits: np.ndarray, labels: Sequence[str], top_k: int | None = 1,
-             function: str = "softmax") -> list:
+def classify(logits: np.ndarray, labels: Sequence[str], top_k: int | None = 1, function: str = "softmax") -> list:
     """Logits [L] -> the top_k (label, score) pairs, best first ([B, L] -> one list per row).
 
     function: "softmax" (one label per text), "sigmoid" (independent labels), "none" (raw).
@@ -356,10 +384,17 @@ def _bio(label: str) -> tuple[str, str]:
     return "I", label
 
 
-def token_entities(logits: np.ndarray, labels: Sequence[str], offsets: np.ndarray, text: str,
-                   aggregation: str = "simple", *, special_mask: np.ndarray | None = None,
-                   word_ids: np.ndarray | None = None,
-                   ignore_labels: Sequence[str] = ("O",)) -> list[dict[str, Any]]:
+def token_entities(
+    logits: np.ndarray,
+    labels: Sequence[str],
+    offsets: np.ndarray,
+    text: str,
+    aggregation: str = "simple",
+    *,
+    special_mask: np.ndarray | None = None,
+    word_ids: np.ndarray | None = None,
+    ignore_labels: Sequence[str] = ("O",),
+) -> list[dict[str, Any]]:
     """Per-token logits [T, L] of one text -> entities, as transformers' token-classification
     pipeline groups them, with character spans from the tokenizer offsets.
 
@@ -377,8 +412,9 @@ def token_entities(logits: np.ndarray, labels: Sequence[str], offsets: np.ndarra
     logits = np.asarray(logits)
     offsets = np.asarray(offsets)
     if logits.ndim != 2 or offsets.shape != (logits.shape[0], 2):
-        raise InvalidArgumentError(f"token_entities: logits {logits.shape} and offsets {offsets.shape}; "
-                                   "expected [T, L] and [T, 2]")
+        raise InvalidArgumentError(
+            f"token_entities: logits {logits.shape} and offsets {offsets.shape}; expected [T, L] and [T, 2]"
+        )
     labels = _check_labels(logits.shape[1], labels, "token_entities")
     if aggregation not in AGGREGATIONS:
         raise InvalidArgumentError(f"aggregation={aggregation!r}: expected one of {', '.join(AGGREGATIONS)}")
@@ -399,8 +435,9 @@ def token_entities(logits: np.ndarray, labels: Sequence[str], offsets: np.ndarra
     if aggregation in ("none", "simple"):
         for t in idx:
             k = int(scores[t].argmax())
-            units.append({"label": labels[k], "score": float(scores[t, k]), "index": int(t),
-                          "first": int(t), "last": int(t)})
+            units.append(
+                {"label": labels[k], "score": float(scores[t, k]), "index": int(t), "first": int(t), "last": int(t)}
+            )
     else:
         words = np.asarray(word_ids)
         groups: list[list[int]] = []
@@ -426,8 +463,16 @@ def token_entities(logits: np.ndarray, labels: Sequence[str], offsets: np.ndarra
         for u in units:
             start, end = span(u["first"], u["last"])
             if u["label"] not in ignore:
-                out.append({"label": u["label"], "score": u["score"], "index": u["index"],
-                            "start": start, "end": end, "word": text[start:end]})
+                out.append(
+                    {
+                        "label": u["label"],
+                        "score": u["score"],
+                        "index": u["index"],
+                        "start": start,
+                        "end": end,
+                        "word": text[start:end],
+                    }
+                )
         return out
 
     grouped: list[list[dict[str, Any]]] = []
@@ -437,19 +482,27 @@ def token_entities(logits: np.ndarray, labels: Sequence[str], offsets: np.ndarra
             grouped[-1].append(u)
         else:
             grouped.append([u])
-    out = []
-    for g in grouped:
-        tag = _bio(g[0]["label"])[1]
+    entities = []
+    for group in grouped:
+        tag = _bio(group[0]["label"])[1]
         if tag in ignore:
             continue
-        start, end = span(g[0]["first"], g[-1]["last"])
-        out.append({"label": tag, "score": float(np.mean([u["score"] for u in g])),
-                    "start": start, "end": end, "word": text[start:end]})
-    return out
+        start, end = span(group[0]["first"], group[-1]["last"])
+        entities.append(
+            {
+                "label": tag,
+                "score": float(np.mean([u["score"] for u in group])),
+                "start": start,
+                "end": end,
+                "word": text[start:end],
+            }
+        )
+    return entities
 
 
-def _span_probabilities(start_logits: np.ndarray, end_logits: np.ndarray, allowed: np.ndarray,
-                        max_answer_len: int) -> np.ndarray:
+def _span_probabilities(
+    start_logits: np.ndarray, end_logits: np.ndarray, allowed: np.ndarray, max_answer_len: int
+) -> np.ndarray:
     """[T, T] matrix of p_start[i] * p_end[j] for allowed i <= j < i + max_answer_len, else 0;
     the softmaxes run over the allowed tokens only."""
     if max_answer_len < 1:
@@ -457,11 +510,14 @@ def _span_probabilities(start_logits: np.ndarray, end_logits: np.ndarray, allowe
     allowed = np.asarray(allowed).astype(bool)
     start_logits, end_logits = np.asarray(start_logits), np.asarray(end_logits)
     if not (start_logits.shape == end_logits.shape == allowed.shape) or allowed.ndim != 1:
-        raise InvalidArgumentError(f"span decoding: start {start_logits.shape}, end {end_logits.shape}, "
-                                   f"mask {allowed.shape}; expected three [T] arrays")
+        raise InvalidArgumentError(
+            f"span decoding: start {start_logits.shape}, end {end_logits.shape}, "
+            f"mask {allowed.shape}; expected three [T] arrays"
+        )
     if not allowed.any():
-        raise InputValueError("no token may be part of the answer (the context was truncated away?); "
-                              "expected at least one context token")
+        raise InputValueError(
+            "no token may be part of the answer (the context was truncated away?); expected at least one context token"
+        )
 
     def masked_softmax(x: np.ndarray) -> np.ndarray:
         x = np.where(allowed, np.asarray(x, dtype=np.float64), -np.inf)
@@ -472,8 +528,9 @@ def _span_probabilities(start_logits: np.ndarray, end_logits: np.ndarray, allowe
     return np.tril(np.triu(outer), max_answer_len - 1)  # start <= end < start + max_answer_len
 
 
-def best_span_indices(start_logits: np.ndarray, end_logits: np.ndarray, mask: np.ndarray,
-                      max_answer_len: int = 30) -> tuple[int, int]:
+def best_span_indices(
+    start_logits: np.ndarray, end_logits: np.ndarray, mask: np.ndarray, max_answer_len: int = 30
+) -> tuple[int, int]:
     """The (start, end) token indices, inclusive, of the most probable span whose tokens all
     have mask != 0 (e.g. the context tokens, or the attention mask)."""
     cand = _span_probabilities(start_logits, end_logits, mask, max_answer_len)
@@ -481,9 +538,15 @@ def best_span_indices(start_logits: np.ndarray, end_logits: np.ndarray, mask: np
     return int(s), int(e)
 
 
-def qa_best_span(start_logits: np.ndarray, end_logits: np.ndarray, sequence_ids: np.ndarray,
-                 offsets: np.ndarray, context: str, max_answer_len: int = 30,
-                 context_sequence: int = 1) -> dict[str, Any]:
+def qa_best_span(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    sequence_ids: np.ndarray,
+    offsets: np.ndarray,
+    context: str,
+    max_answer_len: int = 30,
+    context_sequence: int = 1,
+) -> dict[str, Any]:
     """Extractive QA answer for one (question, context) row.
 
     Only tokens of the context (sequence_ids == context_sequence) can be in the answer; the
