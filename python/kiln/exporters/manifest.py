@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import ManifestError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 REQUIRED = ("format_version", "name", "family", "task", "config", "dims", "inputs", "outputs",
             "artifacts")
