@@ -27,7 +27,7 @@ GenerationOptions GenerationOptions::from_json(const std::string& json_text, con
   Json j;
   try {
     j = json_text.empty() ? Json::object() : Json::parse(json_text);
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {  // parse_error, or out_of_range for 1e400
     throw Error(ErrorCode::Manifest, origin + ": not valid JSON (" + e.what() + ")");
   }
   auto shown = [](const Json& v) {  // never recursive: see manifest.cpp, brief()

@@ -165,6 +165,12 @@ void test_manifest_v2() {
   broken("negative fixed size", [](Json& j) { j["inputs"][4]["shape"][0] = -1; }, {"'inputs[4].shape[0]'", "-1"});
   broken("negative artifact bytes", [](Json& j) { j["artifacts"][0]["bytes"] = -5; }, {"'artifacts[0].bytes'", "negative"});
   broken("top level a list", [](Json& j) { j = Json::array({1, 2}); }, {"top level must be a JSON object"});
+  // A number JSON allows but a double cannot hold (found by fuzzing: it escaped as
+  // nlohmann's out_of_range).
+  expect_error("manifest: number overflow", ErrorCode::Manifest, {"m.json", "not valid JSON", "1e4003"},
+               [] { kiln::Manifest::parse("{\"format_version\": 2, \"config\": {\"x\": 1e4003}}", "m.json"); });
+  expect_error("generation options: number overflow", ErrorCode::Manifest, {"not valid JSON"},
+               [] { kiln::GenerationOptions::from_json("{\"temperature\": -1e999}"); });
   // A deeply nested value in an error message is described, not printed (no recursion).
   std::string deep = "{\"format_version\": 2, \"name\": " + std::string(100000, '[') + std::string(100000, ']') + "}";
   expect_error("manifest: deeply nested name", ErrorCode::Manifest, {"'name' must be a string", "a list of 1 items"},
