@@ -16,13 +16,24 @@ CPP_SOURCES := $(shell find cpp tests/cpp -type f 2>/dev/null) CMakeLists.txt py
 APT_PACKAGES := nlohmann-json3-dev espeak-ng sox
 
 BENCH_DIR := build/bench
+# The torch-free core under AddressSanitizer + UndefinedBehaviorSanitizer (make sanitize, run
+# by make test) and the libFuzzer targets (make fuzz-cpp), each in its own build directory.
+ASAN_DIR := build/asan
+FUZZ_DIR := build/fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := manifest generation_manifest npy
+CCACHE := $(shell command -v ccache 2>/dev/null)
+CORE_CMAKE := -G Ninja -DKILN_WITH_TORCH=OFF -DKILN_BUILD_PYTHON=OFF -DKILN_SANITIZE=address,undefined \
+	-DKILN_WARNINGS_AS_ERRORS=ON $(if $(CCACHE),-DCMAKE_CXX_COMPILER_LAUNCHER=$(CCACHE))
 
-.PHONY: help setup apt deps cpp checkpoints typestubs demo test lint test-gpu bench bench-generation check-tensorrt clean
+.PHONY: help setup apt apt-fuzz deps cpp checkpoints typestubs demo test lint sanitize fuzz-cpp test-gpu bench bench-generation check-tensorrt clean
 
 help:
 	@echo "make demo   build the deployables, semantic search through the C++ runtime, parity table"
-	@echo "make test   the whole test suite (lint, pytest, ctest)"
+	@echo "make test   the whole test suite (lint, pytest, ctest, make sanitize)"
 	@echo "make lint   ruff (format and lint) and mypy on the kiln package"
+	@echo "make sanitize  the torch-free core's ctest under ASan + UBSan (build/asan)"
+	@echo "make fuzz-cpp  libFuzzer on the manifest, generation manifest and .npy parsers, FUZZ_SECONDS=$(FUZZ_SECONDS) each"
 	@echo "make bench  benchmark MiniLM on every backend (writes $(BENCH_DIR)/minilm.json)"
 	@echo "make bench-generation  GPT-2 small and BART-base generation, transformers vs kiln ($(BENCH_DIR)/generation-*.json)"
 	@echo "make test-gpu  on a GPU host with TensorRT: every deployable with TensorRT plans, parity, bench"
@@ -69,6 +80,44 @@ demo: setup
 test: setup lint
 	$(PY) -m pytest tests
 	ctest --test-dir $(BUILD_DIR) --output-on-failure
+	$(MAKE) --no-print-directory sanitize
+
+# Configured once, then incremental (ninja, and ccache when installed): the core is small.
+sanitize: apt
+	@test -f $(ASAN_DIR)/build.ninja || cmake -S . -B $(ASAN_DIR) $(CORE_CMAKE) -DCMAKE_BUILD_TYPE=Debug \
+	  "-DCMAKE_CXX_FLAGS_DEBUG=-g -O1" >/dev/null
+	cmake --build $(ASAN_DIR)
+	ctest --test-dir $(ASAN_DIR) --output-on-failure -j2
+
+# clang and its runtime libraries (libFuzzer) only for fuzz-cpp; the runtime package matches
+# clang's major version.
+apt-fuzz:
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	if ! command -v clang++ >/dev/null; then echo "installing clang"; $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq clang >/dev/null; fi; \
+	rt=libclang-rt-$$(clang++ -dumpversion | cut -d. -f1)-dev; \
+	if ! dpkg -s $$rt >/dev/null 2>&1; then echo "installing $$rt"; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$rt >/dev/null; fi
+
+# Each target runs FUZZ_SECONDS from the seed corpus (scripts/fuzz_seeds.py); a crash, a
+# sanitizer finding or an exception other than kiln::Error fails the target (the input that
+# did it lands in build/fuzz/artifacts/<target>/).
+fuzz-cpp: apt apt-fuzz
+	@test -f $(FUZZ_DIR)/build.ninja || CXX=clang++ cmake -S . -B $(FUZZ_DIR) $(CORE_CMAKE) -DKILN_BUILD_FUZZERS=ON \
+	  -DKILN_BUILD_TOOLS=OFF -DKILN_BUILD_EXAMPLES=OFF -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build $(FUZZ_DIR)
+	$(PYTHON) scripts/fuzz_seeds.py $(FUZZ_DIR)/seeds
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_DIR)/corpus/$$t $(FUZZ_DIR)/artifacts/$$t; \
+	  dict=tests/fuzz/$$( [ $$t = npy ] && echo npy || echo manifest ).dict; \
+	  echo "fuzz_$$t: $(FUZZ_SECONDS) s"; \
+	  ASAN_OPTIONS=allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(FUZZ_DIR)/tests/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=65536 \
+	    -timeout=10 -print_final_stats=1 -dict=$$dict -artifact_prefix=$(FUZZ_DIR)/artifacts/$$t/ \
+	    $(FUZZ_DIR)/corpus/$$t $(FUZZ_DIR)/seeds/$$t 2>&1 | grep -E "^(stat::number_of_executed_units|stat::peak_rss|==[0-9]+==|SUMMARY|Done|.*ERROR)" ; \
+	  status=$${PIPESTATUS[0]}; \
+	  if [ $$status -ne 0 ]; then echo "fuzz_$$t FAILED (exit $$status); inputs in $(FUZZ_DIR)/artifacts/$$t/"; exit 1; fi; \
+	done
 
 lint: typestubs
 	$(VENV)/bin/ruff format --check python/kiln

@@ -271,7 +271,82 @@ def test_errors_from_the_callable_propagate():
 def test_generation_engine_dir_is_not_an_engine(tmp_path):
     from kiln.runtime import Engine
     (tmp_path / "manifest.json").write_text(
-        '{"format_version": 1, "kind": "generation", "name": "g", "family": "gpt2", "task": "text-generation",'
+        '{"format_version": 2, "kind": "generation", "name": "g", "family": "gpt2", "task": "text-generation",'
         ' "graphs": {"decoder": "decoder"}}')
     with pytest.raises(errors.ManifestError, match="generation engine with graphs \\[decoder"):
         Engine(tmp_path)
+
+
+# --- the binding's conversions: token ids, the stream callback, NaN logits -------------------
+
+def _counting_generator(vocab=10, nan_from_step=None):
+    """A decoder over plain numpy: logits favour (last id + 1) % vocab; NaN from a given step."""
+    calls = []
+
+    def decoder(inp):
+        ids, past = inp["input_ids"], inp["past_key_values"]
+        b, n = ids.shape
+        present = np.concatenate([past, np.zeros((1, 2, b, 1, n, 2), np.float32)], axis=4)
+        logits = np.zeros((b, n, vocab), np.float32)
+        logits[np.arange(b)[:, None], np.arange(n)[None, :], (ids + 1) % vocab] = 5.0
+        if nan_from_step is not None and len(calls) >= nan_from_step:
+            logits[1, -1, 4] = np.nan
+        calls.append(n)
+        return {"logits": logits, "present_key_values": present}
+
+    return Generator.from_functions(decoder, layers=1, heads=1, head_dim=2, vocab_size=vocab, max_positions=32)
+
+
+@pytest.mark.parametrize("prompt,needle", [
+    ([1, 2.5, 3], r"prompt 0 has 2\.5 \(float\) at position 1"),
+    ([1, 2**63], r"prompt 0 has token id 9223372036854775808 at position 1, which does not fit in 64 bits"),
+    ([1, -2**64], r"prompt 0 has token id -18446744073709551616 at position 1"),
+    ([True, 1], r"prompt 0 has True \(bool\) at position 0"),
+    (np.array([1.0, 2.0]), r"prompt 0 has np\.float64\(1\.0\) \(numpy\.float64\) at position 0"),
+    ([1, "2"], r"prompt 0 has '2' \(str\) at position 1"),
+], ids=["float", "2**63", "-2**64", "bool", "numpy-float", "str"])
+def test_prompt_ids_must_be_int64_integers(prompt, needle):
+    gen = _counting_generator()
+    with pytest.raises(errors.InputValueError, match=needle):
+        gen.generate([prompt], max_new_tokens=2)
+    with pytest.raises(errors.InputValueError, match=needle.replace("prompt 0", "prompt 1")):
+        gen._gen.generate([[4], prompt], gen._gen.defaults, None)  # the binding itself
+
+
+def test_integer_prompts_of_any_kind_are_taken():
+    gen = _counting_generator()
+    want = gen.generate([[1, 2]], max_new_tokens=3).sequences
+    assert want == [[3, 4, 5]]
+    assert gen.generate([np.array([1, 2], np.int32)], max_new_tokens=3).sequences == want
+    assert gen.generate([(np.int64(1), 2)], max_new_tokens=3).sequences == want
+    assert gen.generate([torch.tensor([1, 2])], max_new_tokens=3).sequences == want
+    with pytest.raises(errors.InputValueError, match=r"prompt 0 has tensor\(1\.5000\) \(torch\.Tensor\) at position 0"):
+        gen.generate([torch.tensor([1.5, 2.0])], max_new_tokens=3)
+
+
+@pytest.mark.parametrize("returned,type_name", [([], "list"), (0, "int"), ("stop", "str"), (1.0, "float")])
+def test_stream_callback_must_return_a_bool_or_none(returned, type_name):
+    gen = _counting_generator()
+    with pytest.raises(errors.InvalidArgumentError,
+                       match=rf"the on_tokens callback returned a {type_name} .*return True \(or None\) to continue"):
+        gen.generate([[1]], max_new_tokens=4, on_tokens=lambda tokens: returned)
+
+
+def test_stream_callback_bools():
+    gen = _counting_generator()
+    seen = []
+    assert gen.generate([[1]], max_new_tokens=4, on_tokens=seen.append).sequences == [[2, 3, 4, 5]]  # None
+    assert seen == [[2], [3], [4], [5]]
+    out = gen.generate([[1]], max_new_tokens=4, on_tokens=lambda t: np.bool_(t[0] < 3))
+    assert out.stopped and out.sequences == [[2, 3]]
+    out = gen.generate([[1]], max_new_tokens=4, on_tokens=lambda t: False)
+    assert out.stopped and out.sequences == [[2]]
+
+
+def test_nan_logits_are_a_runtime_error():
+    gen = _counting_generator(nan_from_step=3)
+    with pytest.raises(errors.RuntimeFailure, match=r"logits of row 1 at step 3 are NaN"):
+        gen.generate([[1], [2]], max_new_tokens=6)
+    # beam search and sampling check too
+    with pytest.raises(errors.RuntimeFailure, match="are NaN"):
+        _counting_generator(nan_from_step=0).generate([[1], [2]], max_new_tokens=3, num_beams=2)

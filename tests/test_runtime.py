@@ -9,7 +9,9 @@ import concurrent.futures
 import gc
 import importlib.util
 import json
+import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -84,7 +86,8 @@ def test_properties(engine_dir):
     assert e.outputs == [TensorSpec("logits", "float32", ("batch", 3)),
                          TensorSpec("hidden", "float32", ("batch", "sequence", 8))]
     m = e.manifest
-    assert m["format_version"] == 1 and m["dims"]["sequence"] == {"min": 1, "opt": 16, "max": 64}
+    assert m["format_version"] == 2 and m["dims"]["sequence"] == {"min": 1, "opt": 16, "max": 64}
+    assert m["inputs"][0]["values"] == {"min": 0, "max": 49} and "values" not in m["inputs"][2]
     assert {a["format"] for a in m["artifacts"]} == {"torchscript", "aoti"}
 
 
@@ -100,6 +103,15 @@ def test_num_threads_sets_libtorch_intra_op_threads(engine_dir):
         torch.set_num_threads(before)
     with pytest.raises(E.InvalidArgumentError, match="num_threads is -2"):
         Engine(engine_dir, num_threads=-2)
+
+
+@pytest.mark.parametrize("n", [100000, 20000])
+def test_num_threads_is_bounded(engine_dir, n):
+    # libgomp exits the process past its limit (20000) and a pool of 100000 crashed it
+    limit = 4 * (os.cpu_count() or 1)
+    with pytest.raises(E.InvalidArgumentError, match=rf"num_threads is {n}; use 0 \(leave as is\) or 1\.\.{limit}"):
+        Engine(engine_dir, num_threads=n)
+    assert Engine(engine_dir, backend="torchscript", num_threads=limit).backend == "torchscript"
 
 
 # --- numbers ------------------------------------------------------------------------------
@@ -236,12 +248,35 @@ def test_errors_are_also_builtin_exceptions(engine):
         engine.run({"input_ids": good_inputs()["input_ids"]})
 
 
-def test_backend_failure_is_a_runtime_error(engine):
+VALUE_ERRORS = [
+    ("input_ids", (0, 0), 1000, "'input_ids' has the value 1000 at [0, 0], outside its allowed range [0, 49]"),
+    ("input_ids", (1, 4), 50, "'input_ids' has the value 50 at [1, 4]"),
+    ("input_ids", (1, 0), -1, "'input_ids' has the value -1 at [1, 0]"),
+    ("attention_mask", (0, 3), 2, "'attention_mask' has the value 2 at [0, 3], outside its allowed range [0, 1]"),
+]
+
+
+@pytest.mark.parametrize("name,where,value,needle", VALUE_ERRORS, ids=[f"{v[0]}={v[2]}" for v in VALUE_ERRORS])
+def test_value_ranges_are_checked_before_running(engine, name, where, value, needle):
+    inputs = good_inputs()
+    inputs[name][where] = value
+    for call in (engine.run, engine.validate):
+        with pytest.raises(E.InputValueError) as info:
+            call(inputs)
+        assert needle in str(info.value) and "manifest.json inputs[" in str(info.value)
+        assert str(info.value).startswith("engine 'fixture-engine': ")
+
+
+def test_backend_failure_is_a_runtime_error(scratch, engine):
+    d, manifest, save = scratch  # without value ranges, a bad id reaches the kernel
+    for spec in manifest["inputs"]:
+        spec.pop("values", None)
+    save()
     inputs = good_inputs()
     inputs["input_ids"][0, 0] = 1000  # outside the embedding table (50 rows)
     with pytest.raises(E.RuntimeFailure) as info:
-        engine.run(inputs)
-    assert "fixture-engine" in str(info.value) and "index out of" in str(info.value)
+        Engine(d, backend=engine.backend).run(inputs)
+    assert "broken-engine" in str(info.value) and "index out of" in str(info.value)
     assert "Exception raised from" not in str(info.value)  # no C++ backtrace
 
 
@@ -263,11 +298,12 @@ def test_manifest_errors(scratch, tmp_path):
     d, manifest, save = scratch
     with pytest.raises(E.ManifestError, match="not a directory"):
         Engine(tmp_path / "nowhere")
-    manifest["format_version"] = 2
-    save()
-    with pytest.raises(E.ManifestError, match="format_version is 2, this runtime reads version 1"):
-        Engine(d)
     manifest["format_version"] = 1
+    save()
+    with pytest.raises(E.ManifestError, match="format_version 1, this runtime reads version 2; rebuild the engine "
+                                                "with `kiln build`"):
+        Engine(d)
+    manifest["format_version"] = 2
     del manifest["inputs"][2]["dtype"]
     save()
     with pytest.raises(E.ManifestError, match=r"'inputs\[2\]\.dtype' is missing"):
@@ -278,6 +314,79 @@ def test_manifest_errors(scratch, tmp_path):
     (d / "manifest.json").unlink()
     with pytest.raises(E.ManifestError, match="'broken-engine'.*manifest.json"):
         Engine(d)
+
+
+def test_manifest_with_invalid_utf8_is_a_manifest_error(scratch):
+    d, manifest, save = scratch
+    (d / "manifest.json").write_bytes(b'{"format_version": 2, "name": "\xff\xfe bad"}')
+    with pytest.raises(E.ManifestError) as info:
+        Engine(d)
+    assert "not valid JSON" in str(info.value) and "\ufffd" in str(info.value)
+    from kiln import _kiln
+    with pytest.raises(E.ManifestError):
+        _kiln.Generator(str(d))
+
+
+def test_manifest_v2_fields_are_checked(scratch):
+    d, manifest, save = scratch
+    manifest["inputs"][2]["values"] = {"min": 0, "max": 1}
+    save()
+    with pytest.raises(E.ManifestError, match=r"'inputs\[2\]\.values' is given for a float32 input"):
+        Engine(d)
+    del manifest["inputs"][2]["values"]
+    manifest["inputs"][0]["values"] = {"min": 3, "max": 2}
+    save()
+    with pytest.raises(E.ManifestError, match=r"'inputs\[0\]\.values' has min 3 > max 2"):
+        Engine(d)
+    manifest["inputs"][0]["values"] = {"min": 0, "max": 49}
+    manifest["dims"]["total"] = {"min": 1, "opt": 2, "max": 9, "sum": ["batch", "tokens"]}
+    save()
+    with pytest.raises(E.ManifestError, match=r"'dims\.total\.sum\[1\]' is 'tokens', which is not a dimension"):
+        Engine(d)
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda m: m["inputs"][0].update(dtype="int32"), "input 0 ('input_ids') as int64, manifest.json says int32"),
+    (lambda m: m["inputs"][1].update(shape=["batch"]), "input 1 ('attention_mask') with rank 2"),
+], ids=["dtype", "rank"])
+def test_aoti_artifact_and_manifest_disagree_at_open(scratch, edit, needle):
+    d, manifest, save = scratch
+    edit(manifest)
+    save()
+    with pytest.raises(E.ArtifactError, match=re.escape(needle)):
+        Engine(d, backend="aoti")
+
+
+def _kiln_aoti_dirs(tmp) -> list[str]:
+    return sorted(p.name for p in tmp.iterdir() if p.name.startswith("kiln-aoti-"))
+
+
+def test_aoti_package_is_unpacked_into_a_kiln_directory(engine_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    e = Engine(engine_dir, backend="aoti")
+    mine = _kiln_aoti_dirs(tmp_path)
+    assert len(mine) == 1 and mine[0].startswith(f"kiln-aoti-{os.getpid()}-")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("aotinductor_")]
+    del e
+    gc.collect()
+    assert _kiln_aoti_dirs(tmp_path) == []
+
+
+def test_a_crashed_process_leaves_a_directory_the_next_open_removes(engine_dir, tmp_path, monkeypatch):
+    code = ("import os, signal, kiln._kiln as k\n"
+            f"e = k.Engine({str(engine_dir)!r}, 'aoti')\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.communicate(timeout=120)
+    assert proc.returncode == -9
+    left = _kiln_aoti_dirs(tmp_path)
+    assert len(left) == 1 and left[0].startswith(f"kiln-aoti-{proc.pid}-")  # what a crash leaves
+    assert any((tmp_path / left[0]).rglob("*.so"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    e = Engine(engine_dir, backend="aoti")  # the next open sweeps it
+    assert [n for n in _kiln_aoti_dirs(tmp_path) if not n.startswith(f"kiln-aoti-{os.getpid()}-")] == []
+    del e
 
 
 def test_artifact_errors(scratch):

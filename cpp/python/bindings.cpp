@@ -234,6 +234,94 @@ kiln::RunFn python_run_fn(nb::object fn, std::string what) {
   };
 }
 
+// "numpy.float64", "torch.Tensor", "float": the module-qualified name of v's type (builtins bare).
+std::string type_of(nb::handle v) {
+  nb::handle t = v.type();
+  std::string name = nb::cast<std::string>(nb::str(nb::getattr(t, "__qualname__", nb::str("?"))));
+  std::string module = nb::cast<std::string>(nb::str(nb::getattr(t, "__module__", nb::str("builtins"))));
+  return module == "builtins" ? name : module + "." + name;
+}
+
+std::string short_repr(nb::handle v) {
+  std::string r = nb::repr(v).c_str();
+  return r.size() > 40 ? r.substr(0, 37) + "..." : r;
+}
+
+// Prompts from any Python sequence of sequences of ints (lists, tuples, numpy arrays, ...).
+// Token ids must be integers that fit int64: a float is refused (int() would truncate it
+// silently), and so is an int of 2^63 or more (nanobind would raise a bare TypeError).
+std::vector<std::vector<int64_t>> prompts_from_python(const kiln::Generator& g, nb::handle prompts) {
+  auto bad = [&](kiln::ErrorCode code, const std::string& what) {
+    throw kiln::Error(code, "generator '" + g.config().name + "': " + what);
+  };
+  if (PyUnicode_Check(prompts.ptr()) || PyBytes_Check(prompts.ptr()) || !PySequence_Check(prompts.ptr())) {
+    bad(kiln::ErrorCode::InvalidArgument, "prompts must be a list of token-id lists, got a " + type_of(prompts));
+  }
+  std::vector<std::vector<int64_t>> out;
+  const Py_ssize_t n = PySequence_Size(prompts.ptr());
+  if (n < 0) throw nb::python_error();
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    nb::object row = nb::steal(PySequence_GetItem(prompts.ptr(), i));
+    if (!row.is_valid()) throw nb::python_error();
+    const std::string which = "prompt " + std::to_string(i);
+    if (PyUnicode_Check(row.ptr()) || PyBytes_Check(row.ptr()) || !PySequence_Check(row.ptr())) {
+      bad(kiln::ErrorCode::InvalidArgument, which + " is a " + type_of(row) + " (" + short_repr(row) +
+                                                "), not a list of token ids");
+    }
+    const Py_ssize_t len = PySequence_Size(row.ptr());
+    if (len < 0) throw nb::python_error();
+    std::vector<int64_t> ids;
+    ids.reserve(static_cast<size_t>(len));
+    for (Py_ssize_t k = 0; k < len; ++k) {
+      nb::object v = nb::steal(PySequence_GetItem(row.ptr(), k));
+      if (!v.is_valid()) throw nb::python_error();
+      const std::string type = type_of(v);
+      const std::string where = which + " has " + short_repr(v) + " (" + type + ") at position " + std::to_string(k);
+      // bool is an int in Python, but True is no token id; floats and float arrays have no
+      // __index__ (numpy float64, torch float tensors), ints and 0-d int tensors do.
+      if (PyBool_Check(v.ptr()) || type == "numpy.bool_" || type == "numpy.bool" || !PyIndex_Check(v.ptr())) {
+        bad(kiln::ErrorCode::InputValue, where + "; token ids are integers in [0, " +
+                                             std::to_string(g.config().vocab_size) + ")");
+      }
+      nb::object index = nb::steal(PyNumber_Index(v.ptr()));
+      if (!index.is_valid()) {
+        PyErr_Clear();
+        bad(kiln::ErrorCode::InputValue, where + "; token ids are integers in [0, " +
+                                             std::to_string(g.config().vocab_size) + ")");
+      }
+      int overflow = 0;
+      long long id = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+      if (overflow != 0) {
+        bad(kiln::ErrorCode::InputValue, which + " has token id " + std::string(nb::str(index).c_str()) +
+                                             " at position " + std::to_string(k) +
+                                             ", which does not fit in 64 bits; token ids are in [0, " +
+                                             std::to_string(g.config().vocab_size) + ")");
+      }
+      if (id == -1 && PyErr_Occurred()) throw nb::python_error();
+      ids.push_back(static_cast<int64_t>(id));
+    }
+    out.push_back(std::move(ids));
+  }
+  return out;
+}
+
+// What on_tokens returned: True (or None) continues, False stops. Anything else is an error
+// rather than its truthiness: returning a list or 0 by mistake should not stop (or go on)
+// silently.
+bool callback_says_continue(const std::string& generator, nb::handle r) {
+  if (r.is_none()) return true;
+  if (PyBool_Check(r.ptr())) return r.ptr() == Py_True;
+  const std::string type = type_of(r);
+  if (type == "numpy.bool_" || type == "numpy.bool") {
+    int truth = PyObject_IsTrue(r.ptr());
+    if (truth < 0) throw nb::python_error();
+    return truth == 1;
+  }
+  throw kiln::Error(kiln::ErrorCode::InvalidArgument,
+                    "generator '" + generator + "': the on_tokens callback returned a " + type + " (" +
+                        short_repr(r) + "); return True (or None) to continue and False to stop");
+}
+
 nb::dict result_to_python(const kiln::GenerationResult& r) {
   nb::dict timings;
   timings["encoder_ms"] = r.timings.encoder_ms;
@@ -259,12 +347,18 @@ NB_MODULE(_kiln, m) {
     try {
       std::rethrow_exception(p);
     } catch (const kiln::Error& e) {
-      // The Python class for the code, so `except kiln.errors.InputShapeError` works.
+      // The Python class for the code, so `except kiln.errors.InputShapeError` works. Messages
+      // are valid UTF-8 (kiln::Error makes them so); decoding with "replace" keeps even a
+      // foreign message from turning into a UnicodeDecodeError here.
+      const char* what = e.what();
+      nb::object message = nb::steal(PyUnicode_DecodeUTF8(what, static_cast<Py_ssize_t>(std::strlen(what)), "replace"));
       try {
-        nb::object exc = nb::module_::import_("kiln.errors").attr("from_code")(static_cast<int>(e.code()), e.what());
+        if (!message.is_valid()) throw nb::python_error();
+        nb::object exc = nb::module_::import_("kiln.errors").attr("from_code")(static_cast<int>(e.code()), message);
         PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
       } catch (const nb::python_error&) {
-        PyErr_SetString(PyExc_RuntimeError, e.what());
+        PyErr_Clear();
+        PyErr_SetString(PyExc_RuntimeError, kiln::valid_utf8(what).c_str());
       }
     }
   });
@@ -390,15 +484,15 @@ NB_MODULE(_kiln, m) {
       })
       .def(
           "generate",
-          [](const kiln::Generator& g, const std::vector<std::vector<int64_t>>& prompts, const Opts& options,
-             nb::object on_tokens) {
+          [](const kiln::Generator& g, nb::handle prompts_in, const Opts& options, nb::object on_tokens) {
+            std::vector<std::vector<int64_t>> prompts = prompts_from_python(g, prompts_in);
             kiln::StreamCallback cb;
             if (!on_tokens.is_none()) {
               auto fn = gil_owned(new nb::object(std::move(on_tokens)));
-              cb = [fn](const std::vector<int64_t>& tokens) {
+              cb = [fn, name = g.config().name](const std::vector<int64_t>& tokens) {
                 nb::gil_scoped_acquire gil;
                 nb::object r = (*fn)(nb::cast(tokens));
-                return r.is_none() || nb::cast<bool>(r);
+                return callback_says_continue(name, r);
               };
             }
             kiln::GenerationResult result;
@@ -409,7 +503,9 @@ NB_MODULE(_kiln, m) {
             return result_to_python(result);
           },
           "prompts"_a, "options"_a, "on_tokens"_a.none() = nb::none(),
-          "Generate from token-id prompts; returns {sequences, scores, timings, steps, stopped}.");
+          "Generate from token-id prompts (sequences of ints); returns {sequences, scores, timings, steps, stopped}. "
+          "on_tokens(tokens) must return True or None to continue, False to stop (anything else is an "
+          "InvalidArgumentError).");
 
   m.def("available_backends", &kiln::available_backends,
         "Backends compiled into this build and usable on this machine, best first.");

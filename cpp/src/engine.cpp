@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <map>
+#include <thread>
 
 #include "backend.h"
 #include "backends/tensorrt_checks.h"
@@ -152,7 +153,22 @@ void check_artifact(const std::string& engine, const std::string& path, const Ar
   }
 }
 
+void check_num_threads(const std::string& engine, int n) {
+  const int64_t limit = max_num_threads();
+  if (n < 0 || n > limit) {
+    throw Error(ErrorCode::InvalidArgument,
+                "engine '" + engine + "': num_threads is " + std::to_string(n) + "; use 0 (leave as is) or 1.." +
+                    std::to_string(limit) + " (at most 4 x the " + std::to_string(limit / 4) +
+                    " hardware threads here)");
+  }
+}
+
 }  // namespace
+
+int max_num_threads() {
+  unsigned hw = std::thread::hardware_concurrency();
+  return 4 * static_cast<int>(hw == 0 ? 1 : std::min(hw, 1u << 20));
+}
 
 struct Engine::Impl {
   std::string dir, name, backend_name, precision;
@@ -161,6 +177,7 @@ struct Engine::Impl {
 
   // Validates and returns the size bound to each symbolic dimension.
   std::map<std::string, int64_t> bind(const std::map<std::string, Tensor>& inputs) const;
+  void check_values(const TensorSpec& spec, size_t index, const Tensor& t) const;
   [[noreturn]] void fail(ErrorCode code, const std::string& what) const {
     throw Error(code, "engine '" + name + "': " + what);
   }
@@ -170,11 +187,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& dir, const EngineOptions
   auto impl = std::make_unique<Impl>();
   impl->dir = dir;
   impl->name = detail::engine_name(dir);
-  if (options.num_threads < 0) {
-    throw Error(ErrorCode::InvalidArgument, "engine '" + impl->name + "': num_threads is " +
-                                                std::to_string(options.num_threads) +
-                                                "; use 0 (leave as is) or a positive count");
-  }
+  check_num_threads(impl->name, options.num_threads);
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) {
     throw Error(ErrorCode::Manifest, "engine '" + impl->name + "': " + dir +
@@ -195,6 +208,10 @@ std::unique_ptr<Engine> Engine::open(const std::string& dir, const EngineOptions
     throw Error(ErrorCode::Artifact, "engine '" + impl->name + "': backend '" + info.name +
                                          "' could not load " + path + ": " + e.what() +
                                          "; rebuild the engine with this kiln's torch version");
+  } catch (...) {
+    throw Error(ErrorCode::Artifact, "engine '" + impl->name + "': backend '" + info.name + "' could not load " +
+                                         path + " (it threw an exception that is not a std::exception); rebuild "
+                                         "the engine with this kiln's torch version");
   }
   impl->backend_name = info.name;
   impl->precision = artifact.precision.empty() ? "fp32" : artifact.precision;
@@ -244,6 +261,7 @@ std::map<std::string, int64_t> Engine::Impl::bind(const std::map<std::string, Te
   struct Bound {
     int64_t size;
     std::string input;
+    size_t axis;
   };
   std::map<std::string, Bound> bound;
   for (const auto& s : specs) {
@@ -278,7 +296,7 @@ std::map<std::string, int64_t> Engine::Impl::bind(const std::map<std::string, Te
                                         std::to_string(r.max) + "; use a " + d.symbol + " in that range "
                                         "(or rebuild the engine with a larger range)");
       }
-      auto [it, fresh] = bound.emplace(d.symbol, Bound{shape[i], s.name});
+      auto [it, fresh] = bound.emplace(d.symbol, Bound{shape[i], s.name, i});
       if (!fresh && it->second.size != shape[i]) {
         fail(ErrorCode::InputShape, where + " ('" + d.symbol + "') is " + std::to_string(shape[i]) +
                                         ", but input '" + it->second.input + "' has " + d.symbol + " = " +
@@ -287,9 +305,111 @@ std::map<std::string, int64_t> Engine::Impl::bind(const std::map<std::string, Te
       }
     }
   }
+  // Derived dimensions (total = past + new): the size bound from the inputs must be the sum
+  // of its terms' sizes (checked when the inputs bind the dimension and all its terms).
+  for (const auto& [symbol, range] : manifest.dims) {
+    if (!range.derived()) continue;
+    auto it = bound.find(symbol);
+    if (it == bound.end()) continue;
+    int64_t sum = 0;
+    bool all = true, overflow = false;
+    std::string names, values, sources;
+    for (const auto& term : range.sum) {
+      auto t = bound.find(term);
+      if (t == bound.end()) {
+        all = false;
+        break;
+      }
+      overflow = overflow || __builtin_add_overflow(sum, t->second.size, &sum);
+      names += (names.empty() ? "" : " + ") + term;
+      values += (values.empty() ? "" : " + ") + std::to_string(t->second.size);
+      sources += (sources.empty() ? "" : ", ") + term + " from input '" + t->second.input + "'";
+    }
+    if (!all || (!overflow && sum == it->second.size)) continue;
+    const Bound& b = it->second;
+    fail(ErrorCode::InputShape,
+         "input " + b.input + " dim " + std::to_string(b.axis) + " (" + symbol + ") is " + std::to_string(b.size) +
+             ", expected " + names + " = " + values + " = " + (overflow ? std::string("more than 2^63") : std::to_string(sum)) +
+             " (" + sources + "); '" + symbol + "' is the sum of those dimensions: make the inputs agree (e.g. the "
+             "attention mask covers the past and the new tokens)");
+  }
+
+  // Value ranges ("values" in the manifest): every element of an integer or bool input
+  // within [min, max], before any kernel sees it. An index outside a table is undefined
+  // behaviour in a compiled kernel, and AOTInductor's own bounds checks throw inside OpenMP
+  // regions, which terminates the process (see cpp/README.md).
+  for (size_t k = 0; k < specs.size(); ++k) {
+    const TensorSpec& s = specs[k];
+    if (!s.values) continue;
+    check_values(s, k, inputs.at(s.name));
+  }
+
   std::map<std::string, int64_t> sizes;
   for (const auto& [symbol, b] : bound) sizes[symbol] = b.size;
   return sizes;
+}
+
+namespace {
+
+// Range test of one element without overflow: v in [lo, hi] <=> v - lo <= hi - lo (mod 2^64).
+inline bool outside(uint64_t v, uint64_t lo, uint64_t span) { return v - lo > span; }
+
+// Index of the first element outside [lo, hi], or -1. The common case (all inside) is one
+// branch-free pass the compiler vectorises; only a failing input is scanned again.
+template <class T>
+int64_t first_outside(const T* p, int64_t n, int64_t lo, int64_t hi) {
+  const uint64_t ulo = static_cast<uint64_t>(lo), span = static_cast<uint64_t>(hi) - static_cast<uint64_t>(lo);
+  bool any = false;
+  for (int64_t i = 0; i < n; ++i) any |= outside(static_cast<uint64_t>(static_cast<int64_t>(p[i])), ulo, span);
+  if (!any) return -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (outside(static_cast<uint64_t>(static_cast<int64_t>(p[i])), ulo, span)) return i;
+  }
+  return -1;
+}
+
+std::string position(int64_t flat, const std::vector<int64_t>& shape) {
+  std::vector<int64_t> index(shape.size());
+  for (size_t i = shape.size(); i-- > 0;) {
+    index[i] = shape[i] ? flat % shape[i] : 0;
+    flat = shape[i] ? flat / shape[i] : 0;
+  }
+  return shape_to_string(index);
+}
+
+}  // namespace
+
+void Engine::Impl::check_values(const TensorSpec& s, size_t index, const Tensor& t) const {
+  const ValueRange& r = *s.values;
+  const int64_t n = t.numel();
+  int64_t bad = -1, value = 0;
+  switch (t.dtype()) {
+    case DType::Int64: {
+      const auto* p = static_cast<const int64_t*>(t.data());
+      if ((bad = first_outside(p, n, r.min, r.max)) >= 0) value = p[bad];
+      break;
+    }
+    case DType::Int32: {
+      const auto* p = static_cast<const int32_t*>(t.data());
+      if ((bad = first_outside(p, n, r.min, r.max)) >= 0) value = p[bad];
+      break;
+    }
+    case DType::Bool:
+    case DType::UInt8: {
+      const auto* p = static_cast<const uint8_t*>(t.data());
+      if ((bad = first_outside(p, n, r.min, r.max)) >= 0) value = p[bad];
+      break;
+    }
+    default:
+      return;  // the manifest parser refuses value ranges on float inputs
+  }
+  if (bad < 0) return;
+  fail(ErrorCode::InputValue,
+       "input '" + s.name + "' has the value " + std::to_string(value) + " at " + position(bad, t.shape()) +
+           ", outside its allowed range [" + std::to_string(r.min) + ", " + std::to_string(r.max) +
+           "] (manifest.json inputs[" + std::to_string(index) + "].values); pass values in that range (token ids "
+           "from this model's tokenizer, below its vocabulary size; masks of 0 and 1; positions below the model's "
+           "maximum)");
 }
 
 void Engine::validate(const std::map<std::string, Tensor>& inputs) const { impl_->bind(inputs); }
@@ -301,13 +421,21 @@ std::map<std::string, Tensor> Engine::run(const std::map<std::string, Tensor>& i
   ordered.reserve(im.manifest.inputs.size());
   for (const auto& s : im.manifest.inputs) ordered.push_back(inputs.at(s.name));
 
+  // Whatever escapes a backend becomes a kiln::Error: callers (and the Python bindings)
+  // handle one exception type.
   std::vector<Tensor> results;
   try {
     results = im.backend->run(ordered);
   } catch (const Error&) {
     throw;
+  } catch (const std::bad_alloc&) {
+    im.fail(ErrorCode::Runtime, "backend '" + im.backend_name + "' ran out of memory; use smaller inputs "
+                                "(batch, sequence) or free memory");
   } catch (const std::exception& e) {
     im.fail(ErrorCode::Runtime, "backend '" + im.backend_name + "' failed: " + e.what());
+  } catch (...) {
+    im.fail(ErrorCode::Runtime, "backend '" + im.backend_name + "' failed with an exception that is not a "
+                                "std::exception (no message)");
   }
 
   // The artifact and the manifest are written together; a disagreement means a stale or

@@ -6,15 +6,14 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <numeric>
 #include <random>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "kiln/error.h"
+#include "kiln/manifest.h"
 #include "util.h"
 
 namespace kiln {
@@ -28,19 +27,29 @@ GenerationOptions GenerationOptions::from_json(const std::string& json_text, con
   Json j;
   try {
     j = json_text.empty() ? Json::object() : Json::parse(json_text);
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {  // parse_error, or out_of_range for 1e400
     throw Error(ErrorCode::Manifest, origin + ": not valid JSON (" + e.what() + ")");
   }
+  auto shown = [](const Json& v) {  // never recursive: see manifest.cpp, brief()
+    if (v.is_array()) return "a list of " + std::to_string(v.size()) + " items";
+    if (v.is_object()) return "an object with " + std::to_string(v.size()) + " keys";
+    std::string t = v.dump(-1, ' ', false, Json::error_handler_t::replace);
+    return t.size() > 80 ? t.substr(0, 77) + "..." : t;
+  };
   if (j.is_null()) j = Json::object();
-  if (!j.is_object()) throw Error(ErrorCode::Manifest, origin + ": must be a JSON object, got " + j.dump());
+  if (!j.is_object()) throw Error(ErrorCode::Manifest, origin + ": must be a JSON object, got " + shown(j));
   auto bad = [&](const std::string& key, const std::string& want) {
-    throw Error(ErrorCode::Manifest, origin + ": '" + key + "' must be " + want + ", got " + j[key].dump() +
+    throw Error(ErrorCode::Manifest, origin + ": '" + key + "' must be " + want + ", got " + shown(j[key]) +
                                          "; fix the generation settings (generation_config.json)");
   };
   auto present = [&](const char* key) { return j.contains(key) && !j[key].is_null(); };
+  auto fits = [](const Json& v) {  // an integer JSON value that fits int64
+    return v.is_number_integer() &&
+           !(v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()));
+  };
   auto integer = [&](const char* key) -> std::optional<int64_t> {
     if (!present(key)) return std::nullopt;
-    if (!j[key].is_number_integer()) bad(key, "an integer");
+    if (!fits(j[key])) bad(key, j[key].is_number_integer() ? "an integer that fits 64 bits" : "an integer");
     return j[key].get<int64_t>();
   };
   auto number = [&](const char* key) -> std::optional<double> {
@@ -56,11 +65,11 @@ GenerationOptions GenerationOptions::from_json(const std::string& json_text, con
   auto ids = [&](const char* key) -> std::optional<std::vector<int64_t>> {
     if (!present(key)) return std::nullopt;
     const Json& v = j[key];
-    if (v.is_number_integer()) return std::vector<int64_t>{v.get<int64_t>()};
+    if (fits(v)) return std::vector<int64_t>{v.get<int64_t>()};
     if (!v.is_array()) bad(key, "an integer or a list of integers");
     std::vector<int64_t> out;
     for (const auto& x : v) {
-      if (!x.is_number_integer()) bad(key, "an integer or a list of integers");
+      if (!fits(x)) bad(key, "an integer or a list of integers");
       out.push_back(x.get<int64_t>());
     }
     return out;
@@ -75,7 +84,16 @@ GenerationOptions GenerationOptions::from_json(const std::string& json_text, con
   if (auto v = number("temperature")) o.temperature = *v;
   if (auto v = integer("top_k")) o.top_k = *v;
   if (auto v = number("top_p")) o.top_p = *v;
-  if (auto v = integer("seed")) o.seed = static_cast<uint64_t>(*v);
+  if (present("seed")) {
+    const Json& v = j["seed"];
+    if (v.is_number_unsigned()) {
+      o.seed = v.get<uint64_t>();
+    } else if (v.is_number_integer()) {
+      o.seed = static_cast<uint64_t>(v.get<int64_t>());
+    } else {
+      bad("seed", "an integer");
+    }
+  }
   if (auto v = integer("num_beams")) o.num_beams = *v;
   if (auto v = number("length_penalty")) o.length_penalty = *v;
   if (present("early_stopping")) {
@@ -337,7 +355,7 @@ std::optional<DimRange> input_range(const Engine& e, const std::string& input, s
   for (const auto& s : e.inputs()) {
     if (s.name != input || axis >= s.shape.size()) continue;
     const Dim& d = s.shape[axis];
-    if (!d.symbolic()) return DimRange{d.size, d.size, d.size};
+    if (!d.symbolic()) return DimRange{d.size, d.size, d.size, {}};
     auto it = e.manifest().dims.find(d.symbol);
     if (it != e.manifest().dims.end()) return it->second;
   }
@@ -360,8 +378,9 @@ struct Generator::Impl {
   }
 
   Plan plan(const std::vector<std::vector<int64_t>>& prompts, const GenerationOptions& options) const;
+  // `step`: 0 for the prompt's pass, k for the k-th decode step (named in errors).
   std::vector<float> run_decoder(DecoderState& st, const std::vector<int64_t>& ids, int64_t new_len,
-                                 const std::vector<int64_t>& positions) const;
+                                 const std::vector<int64_t>& positions, int64_t step) const;
   DecoderState prefill(const Plan& p, const std::vector<std::vector<int64_t>>& prompts, std::vector<float>& logits,
                        GenerationTimings& t) const;
   void sample_loop(const Plan& p, const std::vector<std::vector<int64_t>>& prompts, GenerationResult& res,
@@ -466,7 +485,7 @@ Plan Generator::Impl::plan(const std::vector<std::vector<int64_t>>& prompts, con
   if (o.max_new_tokens) {
     p.max_new = *o.max_new_tokens;
   } else if (o.max_length) {
-    p.max_new = *o.max_length - p.start_len;
+    if (__builtin_sub_overflow(*o.max_length, p.start_len, &p.max_new)) p.max_new = 0;
     if (p.max_new < 1) {
       bad("max_length is " + std::to_string(*o.max_length) + ", which leaves no room after the " +
           std::to_string(p.start_len) + "-token " + (cfg.encoder_decoder ? "decoder start" : "prompt") +
@@ -478,7 +497,9 @@ Plan Generator::Impl::plan(const std::vector<std::vector<int64_t>>& prompts, con
   if (p.max_new < 1) {
     bad("max_new_tokens is " + std::to_string(p.max_new) + "; use 1 or more");
   }
-  if (p.start_len + p.max_new > cfg.max_positions) {
+  // Written as differences: max_new_tokens may be anything up to 2^63 - 1, and the sums
+  // would wrap around. start_len <= max_positions (prompts were checked above).
+  if (p.max_new > cfg.max_positions - p.start_len) {
     bad("the " + std::string(cfg.encoder_decoder ? "decoder start token" : "longest prompt") + " (" +
         std::to_string(p.start_len) + " tokens) + max_new_tokens (" + std::to_string(p.max_new) +
         ") is more than the model's " + std::to_string(cfg.max_positions) +
@@ -487,31 +508,62 @@ Plan Generator::Impl::plan(const std::vector<std::vector<int64_t>>& prompts, con
   }
   // The longest sequence the decoder is fed is start_len + max_new - 1 (the last token is
   // chosen, never fed).
-  if (max_total > 0 && p.start_len + p.max_new - 1 > max_total) {
+  if (max_total > 0 && p.max_new - 1 > max_total - p.start_len) {
     bad("the " + std::string(cfg.encoder_decoder ? "decoder start token" : "longest prompt") + " (" +
         std::to_string(p.start_len) + " tokens) + max_new_tokens (" + std::to_string(p.max_new) +
         ") - 1 is more than the decoder engine's sequence range allows (" + std::to_string(max_total) +
         "); lower max_new_tokens to at most " + std::to_string(max_total + 1 - p.start_len) +
         " or rebuild the engine with a larger range");
   }
-  p.max_length = p.start_len + p.max_new;
-  p.min_length = o.min_new_tokens > 0 ? p.start_len + o.min_new_tokens : o.min_length;
+  p.max_length = p.start_len + p.max_new;  // <= max_positions
+  if (o.min_new_tokens > 0) {
+    if (__builtin_add_overflow(p.start_len, o.min_new_tokens, &p.min_length)) {
+      bad("min_new_tokens is " + std::to_string(o.min_new_tokens) + ", which with the " +
+          std::to_string(p.start_len) + "-token start overflows a 64-bit length; use at most max_new_tokens (" +
+          std::to_string(p.max_new) + ")");
+    }
+  } else {
+    p.min_length = o.min_length;
+  }
 
   p.prompts = static_cast<int64_t>(prompts.size());
   p.expand = p.beam ? o.num_beams : (o.do_sample ? o.num_return_sequences : 1);
-  p.rows = p.prompts * p.expand;
+  const std::string rows_text = std::to_string(p.prompts) + " prompt(s) x " + std::to_string(p.expand) +
+                                " (num_beams or num_return_sequences)";
+  if (__builtin_mul_overflow(p.prompts, p.expand, &p.rows)) {
+    bad(rows_text + " overflows a 64-bit row count; use fewer beams / return sequences");
+  }
   if (cfg.max_batch > 0 && p.rows > cfg.max_batch) {
     fail(ErrorCode::InputShape,
-         std::to_string(p.prompts) + " prompt(s) x " + std::to_string(p.expand) + " (num_beams or "
-         "num_return_sequences) = " + std::to_string(p.rows) + " rows, more than the decoder takes at once (" +
+         rows_text + " = " + std::to_string(p.rows) + " rows, more than the decoder takes at once (" +
          std::to_string(cfg.max_batch) + "); pass fewer prompts per call or rebuild the engine with a larger batch "
          "range");
+  }
+  // What the loop holds at once, at the longest: the logits of every row (twice for beam
+  // search's scores), and the cache going in and coming out of the decoder. Refused when it
+  // overflows or exceeds this machine's memory, instead of wrapping around or dying of
+  // std::bad_alloc (or the OOM killer) half-way.
+  uint64_t logits = 0, cache = 0, total = 0;
+  bool overflow = __builtin_mul_overflow(static_cast<uint64_t>(p.rows), static_cast<uint64_t>(V) * 8u, &logits);
+  uint64_t per_row = 2 * 4 * 2;  // keys and values, float32, past + present
+  for (int64_t f : {cfg.layers, cfg.heads, cfg.head_dim, p.max_length}) {
+    overflow = overflow || __builtin_mul_overflow(per_row, static_cast<uint64_t>(f), &per_row);
+  }
+  overflow = overflow || __builtin_mul_overflow(per_row, static_cast<uint64_t>(p.rows), &cache);
+  overflow = overflow || __builtin_add_overflow(logits, cache, &total);
+  const uint64_t memory = detail::physical_memory_bytes();
+  if (overflow || (memory > 0 && total > memory)) {
+    bad(rows_text + " = " + std::to_string(p.rows) + " rows of " + std::to_string(V) + " logits and a " +
+        std::to_string(p.max_length) + "-token cache would need " +
+        (overflow ? std::string("more than 2^64 bytes") : std::to_string(total >> 20) + " MiB") +
+        ", more than this machine's memory (" + std::to_string(memory >> 20) + " MiB); use fewer prompts, beams, "
+        "return sequences or new tokens");
   }
   return p;
 }
 
 std::vector<float> Generator::Impl::run_decoder(DecoderState& st, const std::vector<int64_t>& ids, int64_t new_len,
-                                                const std::vector<int64_t>& positions) const {
+                                                const std::vector<int64_t>& positions, int64_t step) const {
   const int64_t rows = st.rows;
   const int64_t total = static_cast<int64_t>(st.mask[0].size());
   std::vector<int64_t> mask;
@@ -550,7 +602,20 @@ std::vector<float> Generator::Impl::run_decoder(DecoderState& st, const std::vec
   std::vector<float> last(static_cast<size_t>(rows * V));
   const float* src = logits.data<float>();
   for (int64_t r = 0; r < rows; ++r) {
-    std::memcpy(&last[r * V], src + (r * new_len + new_len - 1) * V, static_cast<size_t>(V) * sizeof(float));
+    const float* row = src + (r * new_len + new_len - 1) * V;
+    // A NaN would make argmax pick token 0 (every comparison with NaN is false) and
+    // sampling draw garbage, silently; say so instead.
+    bool nan = false;
+    for (int64_t v = 0; v < V; ++v) nan |= std::isnan(row[v]);
+    if (nan) {
+      int64_t count = 0;
+      for (int64_t v = 0; v < V; ++v) count += std::isnan(row[v]) ? 1 : 0;
+      fail(ErrorCode::Runtime, "the decoder's logits of row " + std::to_string(r) + " at step " + std::to_string(step) +
+                                   " are NaN (" + std::to_string(count) + " of " + std::to_string(V) +
+                                   "; step 0 is the prompt's pass): the model computed NaN, e.g. an fp16/bf16 "
+                                   "overflow or NaN weights; check the engine with `kiln parity`");
+    }
+    std::memcpy(&last[r * V], row, static_cast<size_t>(V) * sizeof(float));
   }
   return last;
 }
@@ -614,7 +679,7 @@ DecoderState Generator::Impl::prefill(const Plan& p, const std::vector<std::vect
   }
   st.past = Tensor::zeros(DType::Float32, {cfg.layers, 2, U, cfg.heads, 0, cfg.head_dim});
   auto t_pre = Clock::now();
-  std::vector<float> first = run_decoder(st, ids, new_len, positions);
+  std::vector<float> first = run_decoder(st, ids, new_len, positions, 0);
   t.prefill_ms = ms_since(t_pre);
 
   if (p.expand == 1) {
@@ -691,7 +756,7 @@ void Generator::Impl::sample_loop(const Plan& p, const std::vector<std::vector<i
       positions[r] = st.next_position[r]++;
       st.mask[r].push_back(1);
     }
-    logits = run_decoder(st, tokens, 1, positions);
+    logits = run_decoder(st, tokens, 1, positions, step + 1);
     ++res.steps;
   }
 }
@@ -707,9 +772,10 @@ void Generator::Impl::beam_loop(const Plan& p, const std::vector<std::vector<int
 
   // Keep (eos ids + 1) x beams candidates (at least 2 x beams), so that num_beams of them
   // can continue even when the best ones all end.
-  const int64_t n_eos = static_cast<int64_t>(o.eos_token_ids.size());
-  const int64_t K = std::max<int64_t>(2, 1 + n_eos) * NB;
-  const float lp = static_cast<float>(o.length_penalty);
+  // (At most every token of every beam: a list of more eos ids than the vocabulary has
+  // cannot ask for more candidates than exist.)
+  const int64_t n_eos = std::min<int64_t>(static_cast<int64_t>(o.eos_token_ids.size()), V);
+  const int64_t K = std::min(std::max<int64_t>(2, 1 + n_eos) * NB, NB * V);
 
   struct Hyp {
     std::vector<int64_t> tokens;  // generated tokens
@@ -852,7 +918,7 @@ void Generator::Impl::beam_loop(const Plan& p, const std::vector<std::vector<int
         st.mask[r].push_back(1);
       }
     }
-    logits = run_decoder(st, ids, 1, positions);
+    logits = run_decoder(st, ids, 1, positions, step + 1);
     ++res.steps;
   }
 
@@ -910,65 +976,24 @@ std::unique_ptr<Generator> Generator::open(const std::string& dir, const EngineO
   namespace fs = std::filesystem;
   const std::string name = detail::engine_name(dir);
   const std::string path = (fs::path(dir) / "manifest.json").string();
+  const GenerationManifest gm = GenerationManifest::load(dir);
   auto fail = [&](const std::string& what) -> void {
     throw Error(ErrorCode::Manifest, "generator '" + name + "': " + path + ": " + what +
                                          "; rebuild the engine with `kiln build` (see engines/README.md)");
   };
-  std::ifstream f(path, std::ios::binary);
-  if (!f) {
-    throw Error(ErrorCode::Manifest, "generator '" + name + "': " + path +
-                                         " cannot be read (missing?); pass a generation engine directory written "
-                                         "by `kiln build` (engines/<name>/)");
-  }
-  std::stringstream ss;
-  ss << f.rdbuf();
-  Json j;
-  try {
-    j = Json::parse(ss.str());
-  } catch (const Json::parse_error& e) {
-    fail(std::string("not valid JSON (") + e.what() + ")");
-  }
-  if (!j.is_object()) fail("the top level must be a JSON object");
-  if (j.value("kind", std::string()) != "generation") {
-    throw Error(ErrorCode::Manifest, "generator '" + name + "': " + path +
-                                         " is not a generation engine (no \"kind\": \"generation\"); open it with "
-                                         "kiln::Engine / kiln.Engine, or pass a generation engine directory");
-  }
-  auto integer = [&](const Json& obj, const char* key, const std::string& where) -> int64_t {
-    if (!obj.contains(key) || !obj[key].is_number_integer() || obj[key].get<int64_t>() < 1) {
-      fail("field '" + where + key + "' must be a positive integer" +
-           (obj.contains(key) ? ", got " + obj[key].dump() : std::string(" (missing)")));
-    }
-    return obj[key].get<int64_t>();
-  };
-  if (!j.contains("graphs") || !j["graphs"].is_object() || !j["graphs"].contains("decoder") ||
-      !j["graphs"]["decoder"].is_string()) {
-    fail("field 'graphs' must be an object naming at least the \"decoder\" subdirectory");
-  }
-  if (!j.contains("cache") || !j["cache"].is_object()) fail("field 'cache' {layers, heads, head_dim} is missing");
 
   GeneratorConfig cfg;
   cfg.name = name;
-  cfg.layers = integer(j["cache"], "layers", "cache.");
-  cfg.heads = integer(j["cache"], "heads", "cache.");
-  cfg.head_dim = integer(j["cache"], "head_dim", "cache.");
-  cfg.vocab_size = integer(j, "vocab_size", "");
-  cfg.max_positions = integer(j, "max_positions", "");
-  const Json& graphs = j["graphs"];
-  cfg.encoder_decoder = graphs.contains("encoder");
-  if (cfg.encoder_decoder && !graphs["encoder"].is_string()) fail("field 'graphs.encoder' must be a string");
-  if (j.contains("generation") && !j["generation"].is_null()) {
-    cfg.defaults = GenerationOptions::from_json(j["generation"].dump(), "generator '" + name + "': " + path + ": generation");
-  }
+  cfg.layers = gm.cache.layers;
+  cfg.heads = gm.cache.heads;
+  cfg.head_dim = gm.cache.head_dim;
+  cfg.vocab_size = gm.vocab_size;
+  cfg.max_positions = gm.max_positions;
+  cfg.encoder_decoder = gm.encoder_decoder;
+  cfg.defaults = GenerationOptions::from_json(gm.generation, "generator '" + name + "': " + path + ": generation");
 
   auto impl = std::make_unique<Impl>();
-  auto sub = [&](const std::string& graph) {
-    std::string file = graphs[graph].get<std::string>();
-    if (file.empty() || file.find("..") != std::string::npos || file[0] == '/') {
-      fail("field 'graphs." + graph + "' must name a subdirectory of the engine, got '" + file + "'");
-    }
-    return (fs::path(dir) / file).string();
-  };
+  auto sub = [&](const std::string& graph) { return (fs::path(dir) / gm.graphs.at(graph)).string(); };
   impl->decoder_engine = Engine::open(sub("decoder"), options);
   if (cfg.encoder_decoder) impl->encoder_engine = Engine::open(sub("encoder"), options);
 
@@ -987,6 +1012,7 @@ std::unique_ptr<Generator> Generator::open(const std::string& dir, const EngineO
   if (impl->encoder_engine) {
     if (auto r = input_range(*impl->encoder_engine, "input_ids", 1)) impl->max_source = r->max;
   }
+  if (cfg.max_positions < 2) fail("field 'max_positions' must be at least 2, got " + std::to_string(cfg.max_positions));
   impl->cfg = std::move(cfg);
   impl->decoder = [e = impl->decoder_engine.get()](const std::map<std::string, Tensor>& in) { return e->run(in); };
   if (impl->encoder_engine) {
@@ -1000,10 +1026,15 @@ GenerationResult Generator::generate(const std::vector<std::vector<int64_t>>& pr
   auto t0 = Clock::now();
   Plan p = impl_->plan(prompts, options);
   GenerationResult res;
-  if (p.beam) {
-    impl_->beam_loop(p, prompts, res, on_tokens, t0);
-  } else {
-    impl_->sample_loop(p, prompts, res, on_tokens, t0);
+  try {
+    if (p.beam) {
+      impl_->beam_loop(p, prompts, res, on_tokens, t0);
+    } else {
+      impl_->sample_loop(p, prompts, res, on_tokens, t0);
+    }
+  } catch (const std::bad_alloc&) {
+    impl_->fail(ErrorCode::Runtime, "out of memory while generating " + std::to_string(p.rows) + " rows of up to " +
+                                        std::to_string(p.max_length) + " tokens; use fewer prompts, beams or new tokens");
   }
   res.timings.total_ms = ms_since(t0);
   return res;

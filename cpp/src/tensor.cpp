@@ -49,31 +49,58 @@ std::string shape_to_string(const std::vector<int64_t>& shape) {
 
 int64_t Tensor::numel() const noexcept {
   int64_t n = 1;
-  for (int64_t d : shape_) n *= d;
+  for (int64_t d : shape_) n *= d;  // cannot overflow: checked when the tensor was made
   return n;
 }
 
-static void check_shape(const std::vector<int64_t>& shape) {
+namespace {
+
+// The largest tensor kiln makes or borrows, in bytes: what a signed 64-bit byte count (and
+// ptrdiff_t) can address, less the allocator's alignment padding.
+constexpr uint64_t kMaxTensorBytes = (uint64_t(1) << 62);
+
+// Elements and bytes of a shape, refusing negative dimensions and any product that would
+// overflow (a shape from a file or a command line can ask for anything).
+size_t checked_nbytes(DType dtype, const std::vector<int64_t>& shape, const char* what) {
   for (int64_t d : shape) {
     if (d < 0) {
       throw Error(ErrorCode::InvalidArgument,
-                  "tensor shape " + shape_to_string(shape) + " has a negative dimension");
+                  std::string(what) + ": tensor shape " + shape_to_string(shape) + " has a negative dimension");
     }
   }
+  int64_t n = 1;
+  bool overflow = false;
+  for (int64_t d : shape) overflow = overflow || __builtin_mul_overflow(n, d, &n);
+  uint64_t bytes = 0;
+  overflow = overflow || __builtin_mul_overflow(static_cast<uint64_t>(n), static_cast<uint64_t>(dtype_size(dtype)), &bytes);
+  if (overflow || bytes > kMaxTensorBytes) {
+    throw Error(ErrorCode::InvalidArgument,
+                std::string(what) + ": a " + dtype_name(dtype) + " tensor of shape " + shape_to_string(shape) +
+                    " would need " + (overflow ? std::string("more than 2^64") : std::to_string(bytes)) +
+                    " bytes, more than the 2^62 bytes a tensor may have; check the sizes");
+  }
+  return static_cast<size_t>(bytes);
 }
 
+}  // namespace
+
 Tensor Tensor::zeros(DType dtype, std::vector<int64_t> shape) {
-  check_shape(shape);
+  const size_t nbytes = checked_nbytes(dtype, shape, "Tensor::zeros");
   Tensor t;
   t.dtype_ = dtype;
   t.shape_ = std::move(shape);
   t.defined_ = true;
   // 64-byte alignment: what SIMD kernels and backends that borrow this memory prefer.
+  // nbytes <= 2^62, so rounding up cannot overflow.
   constexpr size_t kAlign = 64;
-  size_t bytes = (t.nbytes() + kAlign - 1) / kAlign * kAlign;
+  size_t bytes = (nbytes + kAlign - 1) / kAlign * kAlign;
   if (bytes == 0) bytes = kAlign;
   void* p = std::aligned_alloc(kAlign, bytes);
-  if (!p) throw std::bad_alloc();
+  if (!p) {
+    throw Error(ErrorCode::InvalidArgument, "Tensor::zeros: cannot allocate " + std::to_string(bytes) +
+                                                " bytes for a " + dtype_name(dtype) + " tensor of shape " +
+                                                shape_to_string(t.shape_) + " (out of memory)");
+  }
   std::memset(p, 0, bytes);
   t.owner_ = std::shared_ptr<void>(p, std::free);
   t.data_ = p;
@@ -82,7 +109,7 @@ Tensor Tensor::zeros(DType dtype, std::vector<int64_t> shape) {
 
 Tensor Tensor::borrow(void* data, DType dtype, std::vector<int64_t> shape,
                       std::shared_ptr<void> owner) {
-  check_shape(shape);
+  checked_nbytes(dtype, shape, "Tensor::borrow");
   Tensor t;
   t.data_ = data;
   t.dtype_ = dtype;

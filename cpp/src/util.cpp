@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <memory>
 
+#include <unistd.h>
+
 #include "kiln/error.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -207,6 +209,11 @@ std::string sha256_file(const std::string& path) {
   while ((n = std::fread(buf.data(), 1, buf.size(), f.get())) > 0) h.update(buf.data(), n);
   if (std::ferror(f.get())) throw Error(ErrorCode::Artifact, "error reading " + path);
   return h.hex();
+}
+
+uint64_t physical_memory_bytes() {
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 0;
 }
 
 }  // namespace kiln::detail

@@ -17,5 +17,7 @@ size_t edit_distance(const std::string& a, const std::string& b);
 std::string sha256_file(const std::string& path);
 // allow_sha_ni=false forces the portable code (the tests compare both).
 std::string sha256_hex(const void* data, size_t size, bool allow_sha_ni = true);
+// This machine's physical memory in bytes (0 if unknown).
+uint64_t physical_memory_bytes();
 
 }  // namespace kiln::detail

@@ -1,6 +1,8 @@
 // kiln-run: run an engine directory on .npy inputs or generated ones, print the outputs'
 // statistics and the latency.
 #include <algorithm>
+#include <climits>
+#include <cstdint>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -9,6 +11,7 @@
 #include <iostream>
 #include <map>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -23,8 +26,10 @@ const char* kUsage =
     "                [--dim NAME=N ...] [--iters N] [--warmup N] [--threads N] [--seed N]\n"
     "                [--save-outputs DIR] [--no-verify]\n"
     "Inputs not given as .npy are generated: shapes from the dims' opt values (or --batch,\n"
-    "--seq, --dim, or the sizes of the given inputs), token ids at random within the\n"
-    "config's vocab_size, attention_mask ones, token_type_ids zeros, floats N(0, 1).\n";
+    "--seq, --dim, or the sizes of the given inputs; a derived dim such as total = past + new\n"
+    "is the sum of its terms), every size within its dim's range; integers within the input's\n"
+    "manifest value range: token ids at random below the config's vocab_size, attention masks\n"
+    "ones, token_type_ids zeros, position_ids the column index; floats N(0, 1).\n";
 
 struct Args {
   std::string dir, backend = "auto", precision = "auto", save_dir;
@@ -48,6 +53,12 @@ int64_t to_int(const std::string& flag, const std::string& v) {
   } catch (const std::exception&) {
   }
   usage_error(flag + " takes a non-negative integer, got '" + v + "'");
+}
+
+int to_small_int(const std::string& flag, const std::string& v) {
+  int64_t n = to_int(flag, v);
+  if (n > 1000000000) usage_error(flag + " is " + v + "; use at most 1000000000");
+  return static_cast<int>(n);
 }
 
 std::pair<std::string, std::string> split_eq(const std::string& flag, const std::string& v) {
@@ -82,11 +93,11 @@ Args parse(int argc, char** argv) {
       auto [name, n] = split_eq(arg, value());
       a.dims[name] = to_int(arg, n);
     } else if (arg == "--iters") {
-      a.iters = static_cast<int>(to_int(arg, value()));
+      a.iters = to_small_int(arg, value());
     } else if (arg == "--warmup") {
-      a.warmup = static_cast<int>(to_int(arg, value()));
+      a.warmup = to_small_int(arg, value());
     } else if (arg == "--threads") {
-      a.threads = static_cast<int>(to_int(arg, value()));
+      a.threads = to_small_int(arg, value());
     } else if (arg == "--seed") {
       a.seed = static_cast<uint64_t>(to_int(arg, value()));
     } else if (arg == "--save-outputs") {
@@ -162,35 +173,53 @@ int64_t config_int(const nlohmann::json& manifest, const char* key, int64_t fall
   return v != config->end() && v->is_number_integer() && v->get<int64_t>() > 0 ? v->get<int64_t>() : fallback;
 }
 
+// Generated inputs respect the manifest: a "values" range bounds every element; within it,
+// attention masks are ones, token types zeros, positions the column index, other ids uniform
+// below the config's vocab_size.
 kiln::Tensor generate(const kiln::TensorSpec& spec, const std::vector<int64_t>& shape,
                       const nlohmann::json& manifest, std::mt19937_64& rng) {
   kiln::Tensor t = kiln::Tensor::zeros(spec.dtype, shape);
   const int64_t n = t.numel();
   const std::string& name = spec.name;
-  bool integer = spec.dtype == kiln::DType::Int64 || spec.dtype == kiln::DType::Int32;
+  const bool integer = spec.dtype == kiln::DType::Int64 || spec.dtype == kiln::DType::Int32 ||
+                       spec.dtype == kiln::DType::Bool || spec.dtype == kiln::DType::UInt8;
   if (integer) {
-    int64_t fill = -1, high = 2;  // fill >= 0: constant; else uniform in [0, high)
-    if (name == "attention_mask") {
-      fill = 1;
+    // The dtype's own range, then the name's usual values, then the manifest's range.
+    int64_t lo = 0, hi = 1;
+    if (spec.dtype == kiln::DType::Int64) lo = INT64_MIN, hi = INT64_MAX;
+    if (spec.dtype == kiln::DType::Int32) lo = INT32_MIN, hi = INT32_MAX;
+    if (spec.dtype == kiln::DType::UInt8) lo = 0, hi = 255;
+    const int64_t type_lo = lo, type_hi = hi;
+    bool positions = false;
+    if (name == "attention_mask" || name == "encoder_attention_mask" || spec.dtype == kiln::DType::Bool) {
+      lo = hi = 1;
     } else if (name == "token_type_ids") {
-      fill = 0;
+      lo = hi = 0;
+    } else if (name == "position_ids") {
+      positions = true;
     } else if (name.size() >= 3 && name.compare(name.size() - 3, 3, "ids") == 0) {
-      high = config_int(manifest, "vocab_size", 100);
+      lo = 0, hi = config_int(manifest, "vocab_size", 100) - 1;
+    } else if (spec.dtype != kiln::DType::UInt8) {
+      lo = 0, hi = 1;
     }
-    std::uniform_int_distribution<int64_t> dist(0, high - 1);
-    for (int64_t i = 0; i < n; ++i) {
-      int64_t v = fill >= 0 ? fill : dist(rng);
-      if (spec.dtype == kiln::DType::Int64) {
-        t.data<int64_t>()[i] = v;
+    if (spec.values) {
+      const int64_t vlo = std::max(spec.values->min, type_lo), vhi = std::min(spec.values->max, type_hi);
+      if (std::max(lo, vlo) <= std::min(hi, vhi)) {
+        lo = std::max(lo, vlo), hi = std::min(hi, vhi);
       } else {
-        t.data<int32_t>()[i] = static_cast<int32_t>(v);
+        lo = vlo, hi = vhi;  // the usual values are outside the range: the range wins
       }
     }
-  } else if (spec.dtype == kiln::DType::Bool) {
-    std::fill_n(static_cast<uint8_t*>(t.data()), n, 1);
-  } else if (spec.dtype == kiln::DType::UInt8) {
-    std::uniform_int_distribution<int> dist(0, 255);
-    for (int64_t i = 0; i < n; ++i) t.data<uint8_t>()[i] = static_cast<uint8_t>(dist(rng));
+    std::uniform_int_distribution<int64_t> dist(lo, hi);
+    const int64_t columns = shape.empty() ? 1 : std::max<int64_t>(shape.back(), 1);
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t v = positions ? std::clamp<int64_t>(i % columns, lo, hi) : (lo == hi ? lo : dist(rng));
+      switch (spec.dtype) {
+        case kiln::DType::Int64: t.data<int64_t>()[i] = v; break;
+        case kiln::DType::Int32: t.data<int32_t>()[i] = static_cast<int32_t>(v); break;
+        default: static_cast<uint8_t*>(t.data())[i] = static_cast<uint8_t>(v); break;
+      }
+    }
   } else {
     std::normal_distribution<float> dist(0.f, 1.f);
     for (int64_t i = 0; i < n; ++i) {
@@ -206,6 +235,12 @@ kiln::Tensor generate(const kiln::TensorSpec& spec, const std::vector<int64_t>& 
     }
   }
   return t;
+}
+
+std::string kiln_detail_join(const std::vector<std::string>& items, const std::string& sep) {
+  std::string s;
+  for (size_t i = 0; i < items.size(); ++i) s += (i ? sep : "") + items[i];
+  return s;
 }
 
 double percentile(std::vector<double> v, double q) {  // nearest rank
@@ -244,17 +279,52 @@ int run(const Args& a) {
     }
   }
 
-  // Sizes of symbolic dims: --batch/--seq/--dim, then the given .npy inputs, then opt.
+  // Sizes of symbolic dims: --batch/--seq/--dim, then the given .npy inputs, then opt; a
+  // derived dimension (total = past + new) is the sum of its terms. Every size must lie in
+  // its dimension's range before anything is allocated.
   std::map<std::string, kiln::Tensor> inputs;
   std::map<std::string, int64_t> sizes = a.dims;
+  std::set<std::string> from_files;
   for (const auto& spec : engine->inputs()) {
     auto it = a.npy.find(spec.name);
     if (it == a.npy.end()) continue;
     kiln::Tensor t = kiln::load_npy(it->second);
     for (size_t i = 0; i < spec.shape.size() && i < t.ndim(); ++i) {
-      if (spec.shape[i].symbolic()) sizes.emplace(spec.shape[i].symbol, t.shape()[i]);
+      if (spec.shape[i].symbolic() && sizes.emplace(spec.shape[i].symbol, t.shape()[i]).second) {
+        from_files.insert(spec.shape[i].symbol);  // the engine's validation names the input
+      }
     }
     inputs[spec.name] = t;
+  }
+  for (const auto& [dim, range] : m.dims) {
+    if (sizes.count(dim)) continue;
+    if (!range.derived()) {
+      sizes[dim] = range.opt;
+      continue;
+    }
+    int64_t sum = 0;
+    bool overflow = false;
+    for (const auto& term : range.sum) {
+      int64_t v = sizes.count(term) ? sizes[term] : m.dims.at(term).opt;
+      overflow = overflow || __builtin_add_overflow(sum, v, &sum);
+    }
+    if (overflow) sum = INT64_MAX;
+    sizes[dim] = sum;
+  }
+  for (const auto& [dim, size] : sizes) {
+    auto range = m.dims.find(dim);
+    if (range == m.dims.end() || from_files.count(dim)) continue;
+    if (size < range->second.min || size > range->second.max) {
+      std::string from = dim == "batch" && a.dims.count(dim) ? "--batch"
+                         : dim == "sequence" && a.dims.count(dim) ? "--seq"
+                         : a.dims.count(dim) ? "--dim " + dim
+                         : range->second.derived() ? "the sum " + kiln_detail_join(range->second.sum, " + ")
+                                                   : "the manifest's opt";
+      throw kiln::Error(kiln::ErrorCode::InputShape,
+                        "engine '" + engine->name() + "': dimension '" + dim + "' is " + std::to_string(size) +
+                            " (from " + from + "), outside the engine's range " + std::to_string(range->second.min) +
+                            ".." + std::to_string(range->second.max) + "; choose a size in that range");
+    }
   }
   std::mt19937_64 rng(a.seed);
   for (const auto& spec : engine->inputs()) {
@@ -265,7 +335,7 @@ int run(const Args& a) {
     }
     std::vector<int64_t> shape;
     for (const auto& d : spec.shape) {
-      shape.push_back(d.symbolic() ? (sizes.count(d.symbol) ? sizes[d.symbol] : m.dims.at(d.symbol).opt) : d.size);
+      shape.push_back(d.symbolic() ? sizes.at(d.symbol) : d.size);
     }
     inputs[spec.name] = generate(spec, shape, manifest_json, rng);
     std::printf("  input  %-16s %-8s %-14s generated\n", spec.name.c_str(), kiln::dtype_name(spec.dtype),

@@ -16,6 +16,7 @@ takes and returns a dict of numpy arrays following the graph contract in kiln/ge
 from __future__ import annotations
 
 import json
+import operator
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,10 +59,10 @@ def _wrap(fn: Callable[[dict], Mapping[str, Any]]) -> Callable[[dict], dict]:
 
 
 def _ids(name: str, value: Any) -> list[int]:
-    if isinstance(value, (int, np.integer)):
-        return [int(value)]
+    """A token id or a list of them (an option such as eos_token_id); floats are refused, not truncated."""
+    values = [value] if isinstance(value, (int, np.integer)) else value
     try:
-        return [int(v) for v in value]
+        return [operator.index(v) for v in values]
     except TypeError:
         raise InvalidArgumentError(f"{name} must be a token id or a list of token ids, got {value!r}") from None
 
@@ -171,8 +172,13 @@ class Generator:
         """Generate from token-id prompts (the encoder input for BART). None keeps the engine's default.
 
         on_tokens(tokens) is called after each step with each row's new token (-1 for a row
-        already finished); beam search calls it per position of the final sequences. Return
-        False to stop.
+        already finished); beam search calls it per position of the final sequences. It returns
+        True or None to continue, False to stop; anything else (a list, 0, a string) is an
+        InvalidArgumentError rather than a guess from its truthiness.
+
+        Token ids are ints (numpy / torch integers too); a float, a bool or an int outside
+        int64 is an InputValueError naming the prompt and the position. NaN logits from the
+        model are a RuntimeFailure naming the row and the step.
         """
         if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
             raise InvalidArgumentError(f"prompts must be a list of token-id lists, got {type(prompts).__name__}")
@@ -182,7 +188,11 @@ class Generator:
                 raise InvalidArgumentError(
                     f"prompt {i} is a single id ({p}); prompts is a list of prompts, pass [[ids...]]"
                 )
-            rows.append(_ids(f"prompt {i}", p))
+            # The runtime converts the ids and refuses what is not an int64 token id (a float,
+            # 2**63, True) with an InputValueError naming the prompt and the position.
+            if not isinstance(p, (list, tuple, np.ndarray, str, bytes)) and hasattr(p, "__iter__"):
+                p = list(p)  # a torch tensor or an iterator
+            rows.append(p)
         o = self._gen.defaults
         plain = dict(
             max_new_tokens=max_new_tokens,

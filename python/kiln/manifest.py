@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import ArtifactError, InvalidArgumentError, ManifestError
 
-FORMAT_VERSION = 1  # DEV: 2 once the C++ runtime reads it
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool", "uint8")
 INTEGER_DTYPES = ("int64", "int32", "bool", "uint8")

@@ -53,7 +53,8 @@ class Engine:
 
     backend: "auto" (the best available here: AOTInductor before TorchScript) or a name
     from available_backends(). num_threads: intra-op threads, 0 leaves the setting as it
-    is (process-wide in libtorch). verify_sha256: check the artifact's hash at open (its
+    is (process-wide in libtorch); at most 4 x the hardware threads (InvalidArgumentError
+    beyond). verify_sha256: check the artifact's hash at open (its
     size is always checked). `run` is safe to call from several threads; it releases the GIL.
     """
 
@@ -105,7 +106,9 @@ class Engine:
         return self._manifest
 
     def validate(self, inputs: Mapping[str, Any]) -> None:
-        """Raise the error `run` would raise for these inputs, without running."""
+        """Raise the error `run` would raise for these inputs, without running: names, dtypes,
+        shapes, derived dims (total = past + new) and the manifest's value ranges (token ids
+        below the vocabulary size, masks of 0 and 1, ...)."""
         self._engine.validate({name: _as_array(v) for name, v in inputs.items()})
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -2,10 +2,12 @@
 
     python tests/cpp/make_fixture_engine.py OUTDIR [--force]
 
-OUTDIR gets manifest.json (engines/README.md, format_version 1), model.ts (torch.jit.trace),
+OUTDIR gets manifest.json (engines/README.md, format_version 2, with value ranges on the
+integer inputs), model.ts (torch.jit.trace),
 model.pt2 (torch.export + AOTInductor, dynamic batch 1..8 and sequence 1..64) and
 reference/<case>/*.npy: inputs and the eager model's outputs for each case, so the tests
-compare numbers. An OUTDIR built by the same script and torch is reused unless --force:
+compare numbers, and generation/: a tiny generation engine (a TorchScript decoder with the
+derived dim total = past + new). An OUTDIR built by the same script and torch is reused unless --force:
 the AOTInductor compile takes 10-30 s.
 """
 from __future__ import annotations
@@ -32,8 +34,8 @@ import torch  # noqa: E402
 VOCAB, HIDDEN, FEATURES, CLASSES = 50, 8, 4, 3
 DIMS = {"batch": {"min": 1, "opt": 2, "max": 8}, "sequence": {"min": 1, "opt": 16, "max": 64}}
 INPUTS = [
-    {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
-    {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "sequence"]},
+    {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"], "values": {"min": 0, "max": VOCAB - 1}},
+    {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "sequence"], "values": {"min": 0, "max": 1}},
     {"name": "features", "dtype": "float32", "shape": ["batch", FEATURES]},
 ]
 OUTPUTS = [
@@ -56,6 +58,74 @@ class FixtureModel(torch.nn.Module):
         mask = attention_mask.to(hidden.dtype)[:, :, None]  # (B, T, 1)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, H)
         return self.head(pooled), hidden
+
+
+# A tiny generation engine (generation/: the top-level manifest and decoder/ with a
+# TorchScript decoder following kiln's graph contract, engines/README.md): derived dim
+# total = past + new and value ranges on every integer input, for Generator::open and
+# `kiln-run generation/decoder`. TorchScript only: tracing takes a moment, no compile.
+GEN_VOCAB, GEN_HEADS, GEN_HEAD_DIM, GEN_POSITIONS = 64, 2, 4, 32
+GEN_DIMS = {"batch": {"min": 1, "opt": 2, "max": 4}, "new": {"min": 1, "opt": 4, "max": 16},
+            "past": {"min": 0, "opt": 5, "max": 31},
+            "total": {"min": 1, "opt": 9, "max": GEN_POSITIONS, "sum": ["past", "new"]}}
+GEN_INPUTS = [
+    {"name": "input_ids", "dtype": "int64", "shape": ["batch", "new"], "values": {"min": 0, "max": GEN_VOCAB - 1}},
+    {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "total"], "values": {"min": 0, "max": 1}},
+    {"name": "position_ids", "dtype": "int64", "shape": ["batch", "new"],
+     "values": {"min": 0, "max": GEN_POSITIONS - 1}},
+    {"name": "past_key_values", "dtype": "float32", "shape": [1, 2, "batch", GEN_HEADS, "past", GEN_HEAD_DIM]},
+]
+GEN_OUTPUTS = [
+    {"name": "logits", "dtype": "float32", "shape": ["batch", "new", GEN_VOCAB]},
+    {"name": "present_key_values", "dtype": "float32", "shape": [1, 2, "batch", GEN_HEADS, "total", GEN_HEAD_DIM]},
+]
+
+
+class FixtureDecoder(torch.nn.Module):
+    """One attention layer over the cache: enough to follow the contract, not to be a model."""
+
+    def __init__(self):
+        super().__init__()
+        width = GEN_HEADS * GEN_HEAD_DIM
+        self.embed = torch.nn.Embedding(GEN_VOCAB, width)
+        self.pos = torch.nn.Embedding(GEN_POSITIONS, width)
+        self.head = torch.nn.Linear(width, GEN_VOCAB)
+
+    def forward(self, input_ids, attention_mask, position_ids, past_key_values):
+        b, n = input_ids.shape
+        x = self.embed(input_ids) + self.pos(position_ids)  # (B, new, H*D)
+        kv = x.view(b, n, GEN_HEADS, GEN_HEAD_DIM).transpose(1, 2)  # (B, H, new, D)
+        present = torch.cat([past_key_values, torch.stack([kv, kv]).unsqueeze(0)], dim=4)  # (1, 2, B, H, total, D)
+        scores = kv @ present[0, 0].transpose(-1, -2) / GEN_HEAD_DIM ** 0.5  # (B, H, new, total)
+        scores = scores + (1.0 - attention_mask[:, None, None, :].to(scores.dtype)) * -1e4
+        ctx = scores.softmax(-1) @ present[0, 1]  # (B, H, new, D)
+        return self.head(ctx.transpose(1, 2).reshape(b, n, GEN_HEADS * GEN_HEAD_DIM)), present
+
+
+def build_generation(out: pathlib.Path) -> None:
+    torch.manual_seed(1)
+    model = FixtureDecoder().eval()
+    dec = out / "decoder"
+    dec.mkdir(parents=True)
+    b, past, n = 2, 3, 2
+    example = (torch.randint(0, GEN_VOCAB, (b, n)), torch.ones(b, past + n, dtype=torch.int64),
+               torch.arange(past, past + n).expand(b, n).contiguous(),
+               torch.randn(1, 2, b, GEN_HEADS, past, GEN_HEAD_DIM))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DeprecationWarning (torch.jit), TracerWarning (sizes are traced)
+        traced = torch.jit.trace(model, example)
+        traced.save(str(dec / "model.ts"))
+    common = {"format_version": 2, "family": "fixture", "task": "text-generation",
+              "config": {"vocab_size": GEN_VOCAB, "n_positions": GEN_POSITIONS}, "weights": "random"}
+    (dec / "manifest.json").write_text(json.dumps({
+        **common, "name": "fixture-generation/decoder", "graph": "decoder", "dims": GEN_DIMS,
+        "inputs": GEN_INPUTS, "outputs": GEN_OUTPUTS,
+        "artifacts": [_file_entry(dec / "model.ts", "torchscript")]}, indent=2) + "\n")
+    (out / "manifest.json").write_text(json.dumps({
+        **common, "kind": "generation", "name": "fixture-generation", "graphs": {"decoder": "decoder"},
+        "cache": {"layers": 1, "heads": GEN_HEADS, "head_dim": GEN_HEAD_DIM},
+        "vocab_size": GEN_VOCAB, "max_positions": GEN_POSITIONS, "encoder_decoder": False, "dims": GEN_DIMS,
+        "generation": {"eos_token_id": 3, "pad_token_id": 0, "max_new_tokens": 8}}, indent=2) + "\n")
 
 
 def build_model() -> FixtureModel:
@@ -141,7 +211,7 @@ def build(out: pathlib.Path) -> None:
                 np.save(ref / case / f"{name}.npy", value)
 
         manifest = {
-            "format_version": 1,
+            "format_version": 2,
             "name": out.name,
             "family": "fixture",
             "task": "feature-extraction",
@@ -161,6 +231,7 @@ def build(out: pathlib.Path) -> None:
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        build_generation(tmp / "generation")
         (tmp / ".fixture-stamp").write_text(_stamp())
         if out.exists():
             shutil.rmtree(out)

@@ -2,7 +2,11 @@
 //   kiln_tests FIXTURE_DIR CASE            CASE: see kCases below
 //   kiln_tests FIXTURE_DIR compare OUT_DIR REFERENCE_DIR
 // Plain checks, no framework: every failed check prints where and why; exit 1 if any failed.
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
 
 #include <atomic>
 #include <cmath>
@@ -201,7 +205,8 @@ void test_manifest(const std::string& fixture) {
   std::ifstream in(fs::path(fixture) / "manifest.json");
   const nlohmann::json good = nlohmann::json::parse(in);
   kiln::Manifest m = kiln::Manifest::parse(good.dump(), "test");
-  CHECK(m.format_version == 1 && m.inputs.size() == 3 && m.outputs.size() == 2 && m.artifacts.size() == 2);
+  CHECK(m.format_version == 2 && m.inputs.size() == 3 && m.outputs.size() == 2 && m.artifacts.size() == 2);
+  CHECK(m.inputs[0].values && m.inputs[0].values->max == 49 && m.inputs[1].values->max == 1 && !m.inputs[2].values);
   CHECK(m.dims.at("sequence").max == 64 && m.dims.at("batch").opt == 2);
   CHECK(m.inputs[2].name == "features" && m.inputs[2].dtype == DType::Float32 && m.inputs[2].shape_string() == "[batch, 4]");
   CHECK(m.inputs[2].shape[1].size == 4 && m.inputs[0].shape[1].symbol == "sequence");
@@ -215,7 +220,8 @@ void test_manifest(const std::string& fixture) {
   };
   expect_error("manifest: bad JSON", ErrorCode::Manifest, {"m.json", "not valid JSON"},
                [] { kiln::Manifest::parse("{\"format_version\": 1,", "m.json"); });
-  broken("format_version 2", [](auto& j) { j["format_version"] = 2; }, {"format_version is 2", "version 1"});
+  broken("format_version 1", [](auto& j) { j["format_version"] = 1; },
+         {"format_version 1, this runtime reads version 2", "kiln build"});
   broken("no format_version", [](auto& j) { j.erase("format_version"); }, {"'format_version' is missing"});
   broken("no inputs", [](auto& j) { j.erase("inputs"); }, {"'inputs' is missing"});
   broken("no name", [](auto& j) { j.erase("name"); }, {"'name' is missing"});
@@ -324,15 +330,151 @@ void test_validation(const std::string& fixture) {
     in = good_inputs();
     in["features"] = floats({2, 5});
     expect_error(b + "validate() without running", ErrorCode::InputShape, {who, "'features'"}, [&] { engine->validate(in); });
-    // A backend failure while running is a Runtime error with the backend's message.
+    // Value ranges (manifest "values"): refused before any kernel runs.
     in = good_inputs();
+    in["input_ids"].data<int64_t>()[7] = 1000;
+    expect_error(b + "token id past the vocabulary", ErrorCode::InputValue,
+                 {who, "'input_ids' has the value 1000 at [1, 2]", "allowed range [0, 49]"}, run(in));
+    in = good_inputs(8, 64);
+    in["input_ids"].data<int64_t>()[8 * 64 - 1] = 50;
+    expect_error(b + "token id = vocab size, last element", ErrorCode::InputValue, {"value 50 at [7, 63]"}, run(in));
+    in = good_inputs();
+    in["attention_mask"].data<int64_t>()[0] = -1;
+    expect_error(b + "mask of -1", ErrorCode::InputValue, {"'attention_mask' has the value -1 at [0, 0]", "[0, 1]"}, run(in));
+  }
+  // Without value ranges in the manifest, a backend failure while running is a Runtime error
+  // with the backend's message.
+  ScratchEngine s(fixture, "no-values");
+  for (auto& spec : s.manifest["inputs"]) spec.erase("values");
+  s.save();
+  for (const char* backend : {"torchscript", "aoti"}) {
+    auto engine = open_with(s.path(), backend);
+    Inputs in = good_inputs();
     in["input_ids"] = ids({2, 5}, 1000);
     if (std::string(backend) == "torchscript") {
-      expect_error(b + "backend failure", ErrorCode::Runtime, {who, "TorchScript", "index out of range"}, run(in));
+      expect_error("torchscript: backend failure", ErrorCode::Runtime, {"'no-values'", "TorchScript", "index out of range"},
+                   [&] { engine->run(in); });
     } else {
-      expect_error(b + "backend failure", ErrorCode::Runtime, {who, "AOTInductor", "index out of bounds"}, run(in));
+      expect_error("aoti: backend failure", ErrorCode::Runtime, {"'no-values'", "AOTInductor", "index out of bounds"},
+                   [&] { engine->run(in); });
     }
   }
+}
+
+// AOTInductor's package goes into $TMPDIR/kiln-aoti-<pid>-XXXXXX, which goes when the engine
+// closes; directories of processes that are gone are swept at the next open.
+void test_aoti_extraction(const std::string& fixture) {
+  fs::path tmp = fs::temp_directory_path() / ("kiln-test-tmpdir-" + std::to_string(getpid()));
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  const char* old_tmpdir = std::getenv("TMPDIR");
+  std::string saved = old_tmpdir ? old_tmpdir : "";
+  setenv("TMPDIR", tmp.c_str(), 1);
+  auto listing = [&] {
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(tmp)) names.push_back(e.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+  };
+  // a stale directory: its process has exited (and been reaped)
+  pid_t child = fork();
+  if (child == 0) _exit(0);
+  waitpid(child, nullptr, 0);
+  fs::path stale = tmp / ("kiln-aoti-" + std::to_string(child) + "-AbCdEf");
+  fs::create_directories(stale / "model" / "data");
+  std::ofstream(stale / "model" / "data" / "big.so") << std::string(4096, 'x');
+  // a directory of a live process (this test's parent) and an unrelated one stay
+  fs::path live = tmp / ("kiln-aoti-" + std::to_string(getppid()) + "-GhIjKl");
+  fs::create_directories(live);
+  fs::create_directories(tmp / "aotinductor_other");
+  {
+    auto engine = open_with(fixture, "aoti");
+    auto names = listing();
+    std::string mine = "kiln-aoti-" + std::to_string(getpid()) + "-";
+    size_t ours = std::count_if(names.begin(), names.end(), [&](const std::string& n) { return n.rfind(mine, 0) == 0; });
+    CHECK(ours == 1);
+    CHECK(!fs::exists(stale));
+    CHECK(fs::exists(live) && fs::exists(tmp / "aotinductor_other"));
+    CHECK(engine->run(good_inputs()).count("logits"));
+    // torch's own extraction directory (aotinductor_*) is not used
+    CHECK(std::none_of(names.begin(), names.end(), [](const std::string& n) { return n.rfind("aotinductor_", 0) == 0 && n != "aotinductor_other"; }));
+    std::printf("while open: %s\n", kiln::detail::join(names).c_str());
+  }
+  auto after = listing();
+  CHECK((after == std::vector<std::string>{"aotinductor_other", live.filename().string()}));
+  std::printf("after close: %s\n", kiln::detail::join(after).c_str());
+  if (old_tmpdir) {
+    setenv("TMPDIR", saved.c_str(), 1);
+  } else {
+    unsetenv("TMPDIR");
+  }
+  fs::remove_all(tmp);
+}
+
+// A manifest whose input dtype, rank or fixed size is not what the AOTInductor artifact was
+// compiled for is refused at open (the compiled model would read the memory as what it
+// expects: wrong results or an abort).
+void test_aoti_mismatch(const std::string& fixture) {
+  auto mismatch = [&](const std::string& label, const std::function<void(nlohmann::json&)>& edit,
+                      const std::vector<std::string>& needles) {
+    ScratchEngine s(fixture, "mismatch");
+    edit(s.manifest);
+    s.save();
+    expect_error("aoti: " + label, ErrorCode::Artifact, needles, [&] { open_with(s.path(), "aoti"); });
+    CHECK(open_with(s.path(), "torchscript") != nullptr);  // TorchScript checks at run time
+  };
+  mismatch("dtype", [](auto& m) { m["inputs"][0]["dtype"] = "int32"; m["inputs"][0].erase("values"); },
+           {"'mismatch'", "model.pt2", "input 0 ('input_ids') as int64", "manifest.json says int32 [batch, sequence]",
+            "rebuild"});
+  mismatch("rank", [](auto& m) { m["inputs"][1]["shape"] = {"batch"}; }, {"input 1 ('attention_mask') with rank 2", "[batch]"});
+  mismatch("rank 3", [](auto& m) { m["inputs"][2]["shape"] = {"batch", 4, 1}; }, {"input 2 ('features') with rank 2"});
+  mismatch("fixed size", [](auto& m) { m["inputs"][2]["shape"][1] = 5; }, {"'features') with dimension 1 of size 4", "[batch, 5]"});
+  mismatch("input count", [](auto& m) { m["inputs"].erase(2); }, {"takes 3 inputs, manifest.json lists 2"});
+}
+
+// The tiny generation engine (fixture/generation): GenerationManifest, Generator::open, the
+// loop through Engine::run with the decoder's value ranges and total = past + new checked on
+// every call.
+void test_generation(const std::string& fixture) {
+  const std::string dir = (fs::path(fixture) / "generation").string();
+  auto gm = kiln::GenerationManifest::load(dir);
+  CHECK(gm.name == "fixture-generation" && gm.graphs.at("decoder") == "decoder" && gm.vocab_size == 64);
+  auto gen = kiln::Generator::open(dir);
+  CHECK(gen->config().max_batch == 4 && gen->config().max_positions == 32 && gen->defaults().pad_token_id == 0);
+  kiln::GenerationOptions o = gen->defaults();
+  o.eos_token_ids.clear();
+  auto r = gen->generate({{5, 6, 7}, {9}}, o);
+  CHECK(r.sequences.size() == 2 && r.sequences[0].size() == 8 && r.sequences[1].size() == 8);
+  o.num_beams = 2;
+  CHECK(gen->generate({{5, 6, 7}, {9}}, o).sequences.size() == 2);
+  expect_error("generator: token id past the vocabulary", ErrorCode::InputValue, {"token id 64", "[0, 64)"},
+               [&] { gen->generate({{64}}, o); });
+  // The decoder engine itself refuses a mask longer than past + new.
+  const kiln::Engine& dec = *gen->decoder_engine();
+  Inputs in{{"input_ids", ids({1, 2}, 1)}, {"attention_mask", ids({1, 5}, 1)}, {"position_ids", ids({1, 2}, 0)},
+            {"past_key_values", floats({1, 2, 1, 2, 2, 4})}};
+  expect_error("decoder: total != past + new", ErrorCode::InputShape,
+               {"attention_mask dim 1 (total) is 5, expected past + new = 2 + 2 = 4"}, [&] { dec.run(in); });
+  in["attention_mask"] = ids({1, 4}, 1);
+  in["position_ids"] = ids({1, 2}, 32);
+  expect_error("decoder: position past the model's", ErrorCode::InputValue, {"'position_ids' has the value 32", "[0, 31]"},
+               [&] { dec.run(in); });
+  // A broken top-level manifest names the field.
+  fs::path broken = fs::temp_directory_path() / ("kiln-test-gen-" + std::to_string(getpid()));
+  fs::remove_all(broken);
+  fs::copy(dir, broken, fs::copy_options::recursive);
+  std::ifstream f(broken / "manifest.json");
+  nlohmann::json top = nlohmann::json::parse(f);
+  top["cache"]["heads"] = 0;
+  std::ofstream(broken / "manifest.json") << top.dump();
+  expect_error("generator: cache.heads 0", ErrorCode::Manifest, {"'cache.heads' must be a positive integer"},
+               [&] { kiln::Generator::open(broken.string()); });
+  top["cache"]["heads"] = 2;
+  top["graphs"]["decoder"] = "nowhere";
+  std::ofstream(broken / "manifest.json") << top.dump();
+  expect_error("generator: graph dir missing", ErrorCode::Manifest, {"'nowhere'", "not a directory"},
+               [&] { kiln::Generator::open(broken.string()); });
+  fs::remove_all(broken);
 }
 
 void test_artifacts(const std::string& fixture) {
@@ -349,10 +491,11 @@ void test_artifacts(const std::string& fixture) {
     expect_error("manifest bad JSON", ErrorCode::Manifest, {"'bad-json'", "not valid JSON"}, [&] { Engine::open(s.path()); });
   }
   {
-    ScratchEngine s(fixture, "version-2");
-    s.manifest["format_version"] = 2;
+    ScratchEngine s(fixture, "version-1");
+    s.manifest["format_version"] = 1;
     s.save();
-    expect_error("manifest format_version 2", ErrorCode::Manifest, {"'version-2'", "format_version is 2"},
+    expect_error("manifest format_version 1", ErrorCode::Manifest,
+                 {"'version-1'", "format_version 1, this runtime reads version 2; rebuild the engine with `kiln build`"},
                  [&] { Engine::open(s.path()); });
   }
   {
@@ -446,6 +589,9 @@ const std::map<std::string, std::function<void(const std::string&)>> kCases = {
     {"parity_aoti", [](const std::string& f) { test_parity(f, "aoti"); }},
     {"backend_choice", test_backend_choice},
     {"validation", test_validation},
+    {"aoti_extraction", test_aoti_extraction},
+    {"aoti_mismatch", test_aoti_mismatch},
+    {"generation", test_generation},
     {"artifacts", test_artifacts},
     {"threads", test_threads},
 };

@@ -3,6 +3,7 @@
 // The fake cache (1, 2, rows, 1, seq, 2) records each row's tokens and positions ([0, 0])
 // and attention mask ([0, 1]), so the decoder sees exactly the history the loop kept for a
 // row: a wrong cache (reordering, padding, positions) changes the tokens.
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -471,13 +472,98 @@ void test_errors() {
                [&] { GenerationOptions::from_json(R"({"num_beams": "four"})"); });
 }
 
+// Options that would wrap around 64-bit arithmetic, or ask for more memory than exists, are
+// named InvalidArgument errors before anything runs.
+void test_overflow() {
+  Fake fake;
+  auto gen = Generator::from_functions(fake.decoder(), nullptr, config());  // max_batch 0: no engine limit
+  auto with = [&](std::function<void(GenerationOptions&)> f) {
+    GenerationOptions x = options(5);
+    f(x);
+    return x;
+  };
+  const int64_t big = INT64_MAX;
+  expect_error("max_new_tokens 2^63-1", ErrorCode::InvalidArgument, {"max_new_tokens (9223372036854775807)", "at most 61"},
+               [&] { gen->generate({{1, 2, 3}}, with([&](auto& x) { x.max_new_tokens = big; })); });
+  expect_error("max_length INT64_MIN", ErrorCode::InvalidArgument, {"max_length is -9223372036854775808", "no room"},
+               [&] { gen->generate({{1, 2, 3}}, with([&](auto& x) { x.max_new_tokens.reset(), x.max_length = INT64_MIN; })); });
+  expect_error("min_new_tokens 2^63-1", ErrorCode::InvalidArgument, {"min_new_tokens is 9223372036854775807", "overflows"},
+               [&] { gen->generate({{1, 2, 3}}, with([&](auto& x) { x.min_new_tokens = big; })); });
+  expect_error("prompts x num_beams overflows", ErrorCode::InvalidArgument, {"3 prompt(s) x 4611686018427387904", "overflows"},
+               [&] { gen->generate({{1}, {2}, {3}}, with([&](auto& x) { x.num_beams = INT64_C(1) << 62; })); });
+  expect_error("num_beams near 2^62: memory", ErrorCode::InvalidArgument, {"rows of 32 logits", "more than this machine's memory"},
+               [&] { gen->generate({{1}}, with([&](auto& x) { x.num_beams = INT64_C(1) << 40, x.num_return_sequences = 1; })); });
+  expect_error("sampling: num_return_sequences x prompts", ErrorCode::InvalidArgument, {"overflows"}, [&] {
+    gen->generate({{1}, {2}}, with([&](auto& x) { x.do_sample = true, x.num_return_sequences = big; }));
+  });
+  GeneratorConfig wide = config();
+  wide.layers = INT64_C(1) << 40, wide.heads = INT64_C(1) << 40;
+  auto huge = Generator::from_functions(fake.decoder(), nullptr, wide);
+  expect_error("cache size overflows", ErrorCode::InvalidArgument, {"more than 2^64 bytes"},
+               [&] { huge->generate({{1}}, options(5)); });
+  CHECK(fake.calls == 0);  // nothing ran
+  // more eos ids than the vocabulary: beam search asks for at most every candidate there is
+  GenerationOptions many = options(4);
+  many.num_beams = 2;
+  for (int64_t i = 0; i < 40; ++i) many.eos_token_ids.push_back(i % V);
+  auto r = gen->generate({{3}}, many);
+  CHECK(r.sequences.size() == 1);
+  std::printf("ok     planner arithmetic is overflow-checked\n");
+}
+
+// NaN logits are an error naming the row and the step, not token 0.
+void test_nan_logits() {
+  Fake fake;
+  fake.scores = [](const Ids& h, const Ids& src) {
+    std::vector<float> s = hash_scores(h, src);
+    if (h.size() >= 4 && h[0] == 9) s[7] = NAN;  // row of prompt {9, ...} from its 4th token on
+    return s;
+  };
+  auto gen = Generator::from_functions(fake.decoder(), nullptr, config());
+  expect_error("NaN logits (greedy)", ErrorCode::Runtime, {"logits of row 1 at step 2 are NaN", "1 of 32", "generator 'fake'"},
+               [&] { gen->generate({{3, 5}, {9, 1}}, options(8)); });
+  expect_error("NaN logits in the prompt's pass", ErrorCode::Runtime, {"logits of row 0 at step 0 are NaN"},
+               [&] { gen->generate({{9, 1, 2, 3}}, options(8)); });
+  GenerationOptions beams = options(8);
+  beams.num_beams = 2;
+  expect_error("NaN logits (beam search)", ErrorCode::Runtime, {"at step 2 are NaN"},
+               [&] { gen->generate({{9, 1}}, beams); });
+  GenerationOptions sample = options(8);
+  sample.do_sample = true;
+  expect_error("NaN logits (sampling)", ErrorCode::Runtime, {"row 0 at step 2 are NaN"},
+               [&] { gen->generate({{9, 1}}, sample); });
+  std::printf("ok     NaN logits are refused\n");
+}
+
+// The stream callback's own errors (the Python bindings raise one for a callback that
+// returns something other than True / False / None) stop generation and propagate as they are.
+void test_callback() {
+  Fake fake;
+  auto gen = Generator::from_functions(fake.decoder(), nullptr, config());
+  int calls = 0;
+  expect_error("callback error propagates", ErrorCode::InvalidArgument, {"on_tokens returned a list"}, [&] {
+    gen->generate({{3, 5}}, options(8), [&](const Ids&) -> bool {
+      if (++calls == 2) throw kiln::Error(ErrorCode::InvalidArgument, "on_tokens returned a list");
+      return true;
+    });
+  });
+  CHECK(calls == 2);
+  GenerationOptions beams = options(4);
+  beams.num_beams = 2;
+  expect_error("beam callback error propagates", ErrorCode::InvalidArgument, {"stop here"}, [&] {
+    gen->generate({{3, 5}}, beams, [](const Ids&) -> bool { throw kiln::Error(ErrorCode::InvalidArgument, "stop here"); });
+  });
+  std::printf("ok     callback errors propagate\n");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const std::map<std::string, std::function<void()>> cases = {
       {"greedy", test_greedy},         {"eos_pad", test_eos_and_pad},     {"min_length", test_min_length},
       {"processors", test_processors}, {"beam", test_beam},               {"encoder_decoder", test_encoder_decoder},
-      {"sampling", test_sampling},     {"errors", test_errors},
+      {"sampling", test_sampling},     {"errors", test_errors},           {"overflow", test_overflow},
+      {"nan_logits", test_nan_logits}, {"callback", test_callback},
   };
   std::vector<std::string> run;
   if (argc == 2 && cases.count(argv[1])) {

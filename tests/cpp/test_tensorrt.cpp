@@ -56,7 +56,7 @@ nlohmann::json plan_entry(const std::string& file, const std::string& bytes_of) 
 }
 
 nlohmann::json manifest_json(const nlohmann::json& artifact) {
-  return {{"format_version", 1},
+  return {{"format_version", kiln::kManifestFormatVersion},
           {"name", "trt-fixture"},
           {"family", "bert"},
           {"task", "text-classification"},

@@ -18,7 +18,9 @@ struct EngineOptions {
   std::string backend = "auto";
   // Intra-op threads. 0 leaves the setting as it is. libtorch's thread pool is
   // process-wide, so this affects every engine in the process; AOTInductor kernels
-  // use the thread count they were compiled with.
+  // use the thread count they were compiled with. Allowed: 0 .. max_num_threads() (4 x the
+  // hardware threads); anything else is an InvalidArgument error at open, which states the
+  // limit (a huge pool makes libgomp abort or the process crash).
   int num_threads = 0;
   // Check the artifact's sha256 against the manifest at open (its size is always checked).
   bool verify_sha256 = true;
@@ -45,14 +47,17 @@ class Engine {
   const std::vector<TensorSpec>& inputs() const noexcept;
   const std::vector<TensorSpec>& outputs() const noexcept;
 
-  // Checks names, dtypes, ranks, fixed sizes, dimension ranges and that inputs agree on
-  // shared symbolic dimensions. Throws kiln::Error (InputName, InputDType, InputShape,
-  // InputValue) naming the engine, the input and what was expected.
+  // Checks names, dtypes, ranks, fixed sizes, dimension ranges, that inputs agree on
+  // shared symbolic dimensions, that derived dimensions equal the sum of their terms
+  // (total = past + new) and that every element of an input with a value range lies in it
+  // (token ids below the vocabulary size, ...). Throws kiln::Error (InputName, InputDType,
+  // InputShape, InputValue) naming the engine, the input and what was expected.
   void validate(const std::map<std::string, Tensor>& inputs) const;
 
-  // validate(), then run. Outputs are keyed by the manifest's output names and own their
-  // memory. Safe to call from several threads at once. Backend failures are thrown as
-  // kiln::Error(Runtime) with the backend's message.
+  // validate(), then run: no kernel sees an input that validate() refuses. Outputs are keyed
+  // by the manifest's output names and own their memory. Safe to call from several threads
+  // at once. Anything a backend throws becomes a kiln::Error (Runtime unless the backend
+  // says more), with the backend's message.
   std::map<std::string, Tensor> run(const std::map<std::string, Tensor>& inputs) const;
 
  private:
@@ -63,5 +68,8 @@ class Engine {
 
 // The backends compiled into this build and usable on this machine, best first.
 std::vector<std::string> available_backends();
+
+// The largest EngineOptions::num_threads accepted: 4 x std::thread::hardware_concurrency().
+int max_num_threads();
 
 }  // namespace kiln

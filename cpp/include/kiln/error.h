@@ -2,6 +2,7 @@
 // kiln's one error type. Codes are shared with python/kiln/errors.py (ErrorCode).
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace kiln {
 
@@ -22,10 +23,15 @@ enum class ErrorCode : int {
 
 const char* error_code_name(ErrorCode code) noexcept;
 
+// `text` with every byte sequence that is not valid UTF-8 replaced by U+FFFD, so a message
+// that quotes a file's bytes (a manifest, a path) can always become a Python str.
+std::string valid_utf8(std::string_view text);
+
 class Error : public std::runtime_error {
  public:
+  // The message is stored as valid UTF-8 (see valid_utf8).
   Error(ErrorCode code, const std::string& message)
-      : std::runtime_error(message), code_(code) {}
+      : std::runtime_error(valid_utf8(message)), code_(code) {}
   ErrorCode code() const noexcept { return code_; }
 
  private:

@@ -4,6 +4,7 @@
 // the whole text stays available in Manifest::json for the rest (config, labels, ...).
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -12,8 +13,14 @@
 
 namespace kiln {
 
+constexpr int kManifestFormatVersion = 2;
+
 struct DimRange {
   int64_t min = 1, opt = 1, max = 1;
+  // A derived dimension ("sum": ["past", "new"]): its size must equal the sum of these
+  // dimensions' sizes (each a key of the same manifest's dims). Empty for an ordinary one.
+  std::vector<std::string> sum;
+  bool derived() const noexcept { return !sum.empty(); }
 };
 
 // One entry of a spec's shape: a symbolic dimension (a key of Manifest::dims) or a fixed size.
@@ -24,10 +31,17 @@ struct Dim {
   std::string to_string() const;  // "batch" or "4"
 };
 
+// Inclusive bounds every element of an integer or bool input must satisfy
+// ("values": {"min": 0, "max": 30521}): token ids below the vocabulary size, masks in {0, 1}.
+struct ValueRange {
+  int64_t min = 0, max = 0;
+};
+
 struct TensorSpec {
   std::string name;
   DType dtype = DType::Float32;
   std::vector<Dim> shape;
+  std::optional<ValueRange> values;  // inputs of an integer or bool dtype only
   std::string shape_string() const;  // "[batch, 4]"
 };
 
@@ -53,10 +67,33 @@ struct Manifest {
 
   // Reads DIR/manifest.json. Throws kiln::Error(Manifest) naming the file and the problem.
   static Manifest load(const std::string& dir);
-  // Parses manifest text; `origin` names it in error messages.
+  // Parses manifest text; `origin` names it in error messages. A generation engine's
+  // top-level manifest is refused with a message pointing to GenerationManifest / Generator.
   static Manifest parse(const std::string& text, const std::string& origin);
 };
 
-constexpr int kManifestFormatVersion = 1;
+// The top-level manifest of a generation engine ("kind": "generation", engines/README.md
+// "Generation engines"): it names the graph subdirectories (each an ordinary engine
+// directory with its own Manifest) and what the generation loop needs to know.
+struct GenerationManifest {
+  struct Cache {
+    int64_t layers = 0, heads = 0, head_dim = 0;
+  };
+  int format_version = 0;
+  std::string name, family, task;
+  std::map<std::string, std::string> graphs;  // graph name ("decoder", "encoder") -> subdirectory
+  Cache cache;
+  int64_t vocab_size = 0;
+  int64_t max_positions = 0;
+  bool encoder_decoder = false;
+  std::string generation;  // the "generation" object as JSON text ("{}" when absent or null)
+  std::string json;        // the whole manifest.json as read
+
+  // Reads DIR/manifest.json. Throws kiln::Error(Manifest) naming the file and the field.
+  static GenerationManifest load(const std::string& dir);
+  // Parses manifest text; `origin` names it in error messages. An ordinary engine's
+  // manifest is refused with a message pointing to Engine.
+  static GenerationManifest parse(const std::string& text, const std::string& origin);
+};
 
 }  // namespace kiln

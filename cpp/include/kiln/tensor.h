@@ -34,10 +34,13 @@ class Tensor {
  public:
   Tensor() = default;
 
-  // A new zero-filled tensor that owns its memory.
+  // A new zero-filled tensor that owns its memory. Throws kiln::Error(InvalidArgument) for a
+  // negative dimension, a size whose element count x element size overflows or exceeds 2^62
+  // bytes, or memory that cannot be allocated.
   static Tensor zeros(DType dtype, std::vector<int64_t> shape);
   // A view of `data` (C-contiguous, `dtype`, `shape`); `owner` is held as long as any copy
-  // of the Tensor lives. Pass no owner when the caller keeps the memory alive.
+  // of the Tensor lives. Pass no owner when the caller keeps the memory alive. The shape is
+  // checked as zeros() checks it.
   static Tensor borrow(void* data, DType dtype, std::vector<int64_t> shape,
                        std::shared_ptr<void> owner = nullptr);
   template <class T>
