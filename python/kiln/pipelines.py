@@ -112,6 +112,10 @@ class Pipeline(Generic[M]):
             say(f"[bold]{escape(text)}[/]")
             say(f"  {escape(str(answer))}")
 
+    def json_header(self) -> dict:
+        """What every `kiln run --json` answer starts with: which engine, task, backend, weights."""
+        return {"engine": self.name, "task": self.task, "backend": self.backend, "weights": self.manifest.weights}
+
     def answers_json(self, inputs: list[str], answers: list) -> dict:
         return {"results": answers}
 
@@ -124,10 +128,7 @@ class Pipeline(Generic[M]):
             print(
                 json.dumps(
                     {
-                        "engine": self.name,
-                        "task": self.task,
-                        "backend": self.backend,
-                        "weights": self.manifest.weights,
+                        **self.json_header(),
                         "inputs": inputs,
                         **self.answers_json(inputs, answers),
                     }
@@ -588,10 +589,7 @@ class TextGenerationPipeline(Pipeline[GenerationManifest]):
             print(
                 json.dumps(
                     {
-                        "engine": self.name,
-                        "task": self.task,
-                        "backend": self.backend,
-                        "weights": self.manifest.weights,
+                        **self.json_header(),
                         "options": options,
                         "results": results,
                     }

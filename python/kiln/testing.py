@@ -32,14 +32,6 @@ LABELS = {
 CTC_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", *"ETAONIHSRDLUMWCFGYPBVK'XJQZ"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 BPE_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
-GENERATION_KEYS = (
-    "bos_token_id",
-    "eos_token_id",
-    "pad_token_id",
-    "decoder_start_token_id",
-    "forced_bos_token_id",
-    "forced_eos_token_id",
-)
 
 
 def minilm_path() -> Path:
@@ -135,10 +127,10 @@ def make_checkpoint(d: Deployable, out: Path, seed: int = 0, **config: Any) -> t
     torch.manual_seed(seed)
     model = getattr(transformers, d.reference_class)(cfg).eval()
     perturb(model, seed)
-    if d.generation is not None:  # the special tokens a generation_config.json carries
-        for key in GENERATION_KEYS:
-            if key in kwargs:
-                setattr(model.generation_config, key, kwargs[key])
+    if d.generation is not None:  # the special tokens a generation_config.json carries: the family's
+        # (transformers 5 keeps generation settings out of config.json: read them from what was asked)
+        for key, value in d.generation.defaults(d.config_class.from_dict({**cfg.to_dict(), **kwargs})).items():
+            setattr(model.generation_config, key, value)
     model.save_pretrained(out)
     _write_processing(d, out)
     return out, model
