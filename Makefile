@@ -21,18 +21,20 @@ BENCH_DIR := build/bench
 ASAN_DIR := build/asan
 FUZZ_DIR := build/fuzz
 FUZZ_SECONDS ?= 60
+FUZZ_CALLS ?= 5000
 FUZZ_TARGETS := manifest generation_manifest npy
 CCACHE := $(shell command -v ccache 2>/dev/null)
 CORE_CMAKE := -G Ninja -DKILN_WITH_TORCH=OFF -DKILN_BUILD_PYTHON=OFF -DKILN_SANITIZE=address,undefined \
 	-DKILN_WARNINGS_AS_ERRORS=ON $(if $(CCACHE),-DCMAKE_CXX_COMPILER_LAUNCHER=$(CCACHE))
 
-.PHONY: help setup apt apt-fuzz deps cpp checkpoints typestubs demo test lint sanitize fuzz-cpp test-gpu bench bench-generation check-tensorrt clean
+.PHONY: help setup apt apt-fuzz deps cpp checkpoints typestubs demo test lint sanitize fuzz fuzz-cpp test-gpu bench bench-generation check-tensorrt clean
 
 help:
 	@echo "make demo   build the deployables, semantic search through the C++ runtime, parity table"
 	@echo "make test   the whole test suite (lint, pytest, ctest, make sanitize)"
 	@echo "make lint   ruff (format and lint) and mypy on the kiln package"
 	@echo "make sanitize  the torch-free core's ctest under ASan + UBSan (build/asan)"
+	@echo "make fuzz   FUZZ_CALLS=$(FUZZ_CALLS) hostile calls through every entry point of every family (build/fuzz-py), then make fuzz-cpp"
 	@echo "make fuzz-cpp  libFuzzer on the manifest, generation manifest and .npy parsers, FUZZ_SECONDS=$(FUZZ_SECONDS) each"
 	@echo "make bench  benchmark MiniLM on every backend (writes $(BENCH_DIR)/minilm.json)"
 	@echo "make bench-generation  GPT-2 small and BART-base generation, transformers vs kiln ($(BENCH_DIR)/generation-*.json)"
@@ -88,6 +90,14 @@ sanitize: apt
 	  "-DCMAKE_CXX_FLAGS_DEBUG=-g -O1" >/dev/null
 	cmake --build $(ASAN_DIR)
 	ctest --test-dir $(ASAN_DIR) --output-on-failure -j2
+
+# Tiny engines of every deployable (built once into build/fuzz-py/engines), FUZZ_CALLS randomized
+# hostile calls in worker processes (a crash is counted with its seed), the report in
+# build/fuzz-py/report.json; any crash, hang or unnamed error fails. Then the C++ parsers' fuzzers.
+fuzz: setup
+	$(PY) -m kiln.fuzz --build --engines build/fuzz-py/engines --calls $(FUZZ_CALLS) --seed 0 \
+	  --json build/fuzz-py/report.json
+	$(MAKE) --no-print-directory fuzz-cpp
 
 # clang and its runtime libraries (libFuzzer) only for fuzz-cpp; the runtime package matches
 # clang's major version.

@@ -194,6 +194,9 @@ def test_pipeline_input_errors(tiny_engines):
         pipe(["word " * 200])
     with pytest.raises(InputValueError, match="no text given"):
         pipe([])
+    for bad in (None, 3, b"bytes"):  # found by the fuzzer: a TypeError from list(...) before
+        with pytest.raises(InputValueError, match="expected a str or a list of str"):
+            pipe(bad)
     with pytest.raises(InputValueError, match="at most 32"):
         pipe(["hi"] * 33)
     # truncation is the documented way through

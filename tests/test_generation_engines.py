@@ -148,6 +148,7 @@ def test_kiln_run_generates(gpt2, bart):
     ({"top_p": 1.5, "do_sample": True}, errors.InvalidArgumentError, "top_p"),
     ({"top_p": 0.0, "do_sample": True}, errors.InvalidArgumentError, "top_p"),
     ({"max_new_tokens": 200}, errors.InvalidArgumentError, "max_new_tokens .200. is more than the model's 128"),
+    ({"max_new_token": 5}, errors.InvalidArgumentError, r"unknown generation option\(s\) \['max_new_token'\]"),
 ])
 def test_bad_generation_options(gpt2, gpt2_prompts, options, error, needle):
     gen = Generator(gpt2[0])

@@ -9,6 +9,7 @@ layer scale shows.
 from __future__ import annotations
 
 import io
+import zlib
 import json
 
 import numpy as np
@@ -188,6 +189,20 @@ def test_image_errors_name_the_input(tmp_path):
         proc([good, good, np.zeros((8, 8, 3))])
     with pytest.raises(InputValueError, match=r"image 0: got int"):
         proc([3])
+    with pytest.raises(InputValueError, match=r"image 0 \(é+\.\.\.\): not a usable file path \(File name too long\)"):  # found by the fuzzer
+        proc(["é" * 3000])
+    def declared(side: int) -> bytes:  # a 4x4 PNG whose valid header declares side x side pixels
+        png = io.BytesIO()
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(png, format="PNG")
+        head = bytearray(png.getvalue())
+        head[16:24] = side.to_bytes(4, "big") * 2  # IHDR's width and height
+        head[29:33] = zlib.crc32(bytes(head[12:29])).to_bytes(4, "big")  # and its CRC
+        return bytes(head)
+
+    with pytest.raises(InputValueError, match=r"9000x9000 pixels, more than kiln decodes \(64 megapixels\)"):
+        proc([declared(9000)])  # refused from the header, before decoding allocates
+    with pytest.raises(InputValueError, match=r"decompression bomb"):
+        proc([declared(100_000)])
 
 
 # --- engines end to end ----------------------------------------------------------------------

@@ -67,6 +67,32 @@ def _ids(name: str, value: Any) -> list[int]:
         raise InvalidArgumentError(f"{name} must be a token id or a list of token ids, got {value!r}") from None
 
 
+GENERATION_OPTIONS = (
+    "max_new_tokens",
+    "max_length",
+    "min_length",
+    "min_new_tokens",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "seed",
+    "num_beams",
+    "length_penalty",
+    "early_stopping",
+    "num_return_sequences",
+    "no_repeat_ngram_size",
+    "repetition_penalty",
+    "eos_token_id",
+    "pad_token_id",
+    "bos_token_id",
+    "decoder_start_token_id",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "on_tokens",
+)
+
+
 class Generator:
     """A generation engine (decoder, and encoder for BART) and the loop that drives it.
 
@@ -168,6 +194,7 @@ class Generator:
         forced_bos_token_id: int | None = None,
         forced_eos_token_id: int | Sequence[int] | None = None,
         on_tokens: Callable[[list[int]], bool | None] | None = None,
+        **unknown: Any,
     ) -> GenerationResult:
         """Generate from token-id prompts (the encoder input for BART). None keeps the engine's default.
 
@@ -180,6 +207,10 @@ class Generator:
         int64 is an InputValueError naming the prompt and the position. NaN logits from the
         model are a RuntimeFailure naming the row and the step.
         """
+        if unknown:  # options come from users (pipelines, servers): a misspelt one is named, not a TypeError
+            raise InvalidArgumentError(
+                f"unknown generation option(s) {sorted(unknown)}; the options are {', '.join(GENERATION_OPTIONS)}"
+            )
         if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
             raise InvalidArgumentError(f"prompts must be a list of token-id lists, got {type(prompts).__name__}")
         rows = []

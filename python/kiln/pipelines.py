@@ -197,9 +197,9 @@ class TextPipeline(EnginePipeline):
         self.min_length = seq.min
 
     def _texts(self, texts) -> list[str]:
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
+        from .processing.text import as_text_list
+
+        texts = as_text_list(texts)
         if not texts:
             raise InputValueError(f"{self.name}: no text given; expected one or more strings")
         self._check_batch(len(texts), "texts")
@@ -518,7 +518,9 @@ class TextGenerationPipeline(Pipeline[GenerationManifest]):
         return self.generator.backend if self.generator else None
 
     def preprocess(self, texts) -> tuple[list[list[int]], dict]:
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        from .processing.text import as_text_list
+
+        texts = as_text_list(texts)
         if not texts:
             raise InputValueError("texts: expected at least one prompt")
         return [self.tokenizer.encode(t, name=f"prompt {i}") for i, t in enumerate(texts)], {"texts": texts}

@@ -190,7 +190,8 @@ def center_crop(x: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def _describe(image, index: int) -> str:
     if isinstance(image, (str, os.PathLike)):
-        return f"image {index} ({os.fspath(image)})"
+        name = str(os.fspath(image))
+        return f"image {index} ({name if len(name) <= 120 else name[:117] + '...'})"
     return f"image {index}"
 
 
@@ -207,8 +208,13 @@ def load_image(image, index: int = 0):
     what = _describe(image, index)
     img: Image.Image
     if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
-        if isinstance(image, (str, os.PathLike)) and not Path(image).is_file():
-            raise InputValueError(f"{what}: no such file; expected a JPEG or PNG image file")
+        if isinstance(image, (str, os.PathLike)):
+            try:
+                found = Path(image).is_file()
+            except (OSError, ValueError) as e:  # a name too long, a NUL byte: not a path at all
+                raise InputValueError(f"{what}: not a usable file path ({e.strerror or e})") from None
+            if not found:
+                raise InputValueError(f"{what}: no such file; expected a JPEG or PNG image file")
         source = image if isinstance(image, (str, os.PathLike)) else io.BytesIO(bytes(image))
         try:
             img = Image.open(source)  # reads the header only

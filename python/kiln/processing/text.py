@@ -247,9 +247,7 @@ class TextTokenizer:
         return self._pad(encs, pad_to)
 
     def _check_texts(self, texts: list[str] | str, name: str) -> list[str]:
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
+        texts = as_text_list(texts, name)
         if not texts:
             raise InputValueError(f"{name}: an empty list; expected at least one text")
         for i, t in enumerate(texts):
@@ -325,6 +323,15 @@ def _wordpiece_from_vocab(vocab_file: Path, config: dict, special: dict):
 
 
 # --- decoders -----------------------------------------------------------------------------------
+
+
+def as_text_list(texts: Any, name: str = "texts") -> list:
+    """One text or a list (tuple) of them, as a list; anything else is an InputValueError."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (list, tuple)):
+        return list(texts)
+    raise InputValueError(f"{name}: got {type(texts).__name__}; expected a str or a list of str")
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
