@@ -212,7 +212,7 @@ def load_image(image, index: int = 0):
             try:
                 found = Path(image).is_file()
             except (OSError, ValueError) as e:  # a name too long, a NUL byte: not a path at all
-                raise InputValueError(f"{what}: not a usable file path ({e.strerror or e})") from None
+                raise InputValueError(f"{what}: not a usable file path ({getattr(e, 'strerror', None) or e})") from None
             if not found:
                 raise InputValueError(f"{what}: no such file; expected a JPEG or PNG image file")
         source = image if isinstance(image, (str, os.PathLike)) else io.BytesIO(bytes(image))
