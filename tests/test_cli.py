@@ -72,6 +72,8 @@ def test_run_errors_name_the_problem(capsys, tiny_engines):
     assert code == 2 and "--top-k 0" in err
     code, _, err = run(capsys, "run", engine, "hello", "--precision", "fp16")
     assert code == 2 and "fp16" in err
+    code, _, err = run(capsys, "run", engine, "hello", "--save", "out.png")
+    assert code == 2 and "not a picture" in err
 
 
 def test_parity_writes_json_and_sets_the_exit_code(capsys, tiny_engines, tmp_path):

@@ -421,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="labels to show (classification tasks, >= 1); sampling from the k best tokens (generation)",
     )
     s.add_argument("--threads", type=int, default=0, help="intra-op threads (0: leave as is)")
+    s.add_argument(
+        "--save",
+        help="write the answer as a picture (detection boxes, segment masks, depth maps) to "
+        "this file; several inputs get numbered files",
+    )
+    s.add_argument("--threshold", type=float, help="score threshold of the answers kept (detection, segmentation)")
     s.add_argument("--json", action="store_true", help="print JSON instead of text")
     g = s.add_argument_group(
         "generation (text-generation, summarization, translation engines; defaults: the engine's generation_config)"

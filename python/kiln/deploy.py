@@ -107,6 +107,8 @@ class Deployable:
     labels: bool = False  # the config's id2label are the answer's labels
     generation: Generation | None = None
     tiny: Mapping[str, Any] = field(default_factory=dict)  # a tiny config (config.json keys) for tests
+    # the preprocessor_config.json of a tiny checkpoint (tests; default: the modality's)
+    tiny_preprocessor: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         names = [g.name for g in self.graphs]

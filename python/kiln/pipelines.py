@@ -24,6 +24,7 @@ from .manifest import GenerationManifest, Manifest, read_graph_manifest, read_ma
 
 Say = Callable[[str], None]
 M = TypeVar("M", Manifest, GenerationManifest)
+PIPELINES: dict[str, type[Pipeline[Any]]] = {}  # task -> pipeline class, filled as the classes are defined
 
 
 def top_labels(logits: np.ndarray, labels: list[str], top_k: int | None) -> list[list[dict]]:
@@ -41,6 +42,12 @@ class Pipeline(Generic[M]):
     manifest: M
     preprocess: Callable[..., tuple[Any, dict]]
     postprocess: Callable[..., Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A pipeline class naming a task serves every engine of that task (PIPELINES)."""
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("task"):
+            PIPELINES[cls.task] = cls
 
     def __init__(
         self,
@@ -119,11 +126,18 @@ class Pipeline(Generic[M]):
     def answers_json(self, inputs: list[str], answers: list) -> dict:
         return {"results": answers}
 
+    def save(self, inputs: list[str], answers: list, path: Path) -> list[Path]:
+        """`kiln run --save PATH`: the answers as pictures (one file per input; PATH gets its
+        index before the suffix when there are several). Pipelines whose answer is a picture
+        override this."""
+        raise InvalidArgumentError(f"--save: a {self.task} answer is not a picture; drop --save (or use --json)")
+
     def cli(self, inputs: list[str], args: Any, console: Any) -> int:
-        """`kiln run ENGINE INPUTS...`: the answers, shown or as JSON."""
+        """`kiln run ENGINE INPUTS...`: the answers, shown or as JSON (and drawn, with --save)."""
         t = time.perf_counter()
         answers = self.cli_answers(inputs, args)
         ms = (time.perf_counter() - t) * 1e3
+        saved = self.save(inputs, answers, Path(args.save)) if getattr(args, "save", None) else []
         if args.json:
             print(
                 json.dumps(
@@ -131,6 +145,7 @@ class Pipeline(Generic[M]):
                         **self.json_header(),
                         "inputs": inputs,
                         **self.answers_json(inputs, answers),
+                        **({"saved": [str(p) for p in saved]} if saved else {}),
                     }
                 )
             )
@@ -139,6 +154,8 @@ class Pipeline(Generic[M]):
             console.print(f"[yellow]note:[/] {self.random_weights_note}")
         console.print(f"[dim]{self.name} · {self.task} · C++ runtime backend {self.backend} · {ms:.1f} ms[/]")
         self.show(inputs, answers, lambda line: console.print(line, soft_wrap=True))  # no folding inside an answer
+        for path in saved:
+            console.print(f"wrote {path}")
         return 0
 
 
@@ -625,24 +642,6 @@ class Text2TextGenerationPipeline(TextGenerationPipeline):
 
 class TranslationPipeline(TextGenerationPipeline):
     task = "translation"
-
-
-PIPELINES: dict[str, type[Pipeline[Any]]] = {
-    cls.task: cls
-    for cls in (
-        TextClassificationPipeline,
-        TokenClassificationPipeline,
-        QuestionAnsweringPipeline,
-        FeatureExtractionPipeline,
-        FillMaskPipeline,
-        ImageClassificationPipeline,
-        SpeechRecognitionPipeline,
-        AudioClassificationPipeline,
-        TextGenerationPipeline,
-        Text2TextGenerationPipeline,
-        TranslationPipeline,
-    )
-}
 
 
 def pipeline(

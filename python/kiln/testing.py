@@ -86,6 +86,8 @@ def _write_processing(d: Deployable, out: Path) -> None:
     if d.modality == "text":  # the real MiniLM WordPiece vocabulary, so real text goes in
         for f in TOKENIZER_FILES:
             shutil.copy2(minilm_path() / f, out / f)
+    if d.tiny_preprocessor is not None:  # the family says what its checkpoints carry
+        (out / "preprocessor_config.json").write_text(json.dumps(dict(d.tiny_preprocessor)))
     elif d.modality == "image":
         size = d.tiny.get("image_size", 224)
         (out / "preprocessor_config.json").write_text(
