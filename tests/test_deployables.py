@@ -31,10 +31,8 @@ def _torch(feed: dict) -> dict:
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feed.items()}
 
 
-@pytest.mark.parametrize("d", DEPLOYABLES, ids=ids)
-@torch.no_grad()
-def test_loads_strictly_and_computes_what_transformers_does(d, tmp_path):
-    ckpt, hf = make_checkpoint(d, tmp_path / "ckpt")
+def _graphs_equal_transformers(d, ckpt, hf) -> None:
+    """kiln loads the checkpoint strictly, and every graph computes transformers' outputs."""
     model = load_model(d.model, ckpt)
     assert model.random_keys == [], "every weight comes from the checkpoint"
     config = model.config
@@ -58,6 +56,54 @@ def test_loads_strictly_and_computes_what_transformers_does(d, tmp_path):
             err = np.abs(got - ref)
             assert np.all(err <= tol.atol + tol.rtol * np.abs(ref)), (graph.name, name, float(err.max()))
             assert np.abs(ref).max() > 1e-2, f"{graph.name} {name}: the reference is trivial"
+
+
+@pytest.mark.parametrize("d", DEPLOYABLES, ids=ids)
+@torch.no_grad()
+def test_loads_strictly_and_computes_what_transformers_does(d, tmp_path):
+    ckpt, hf = make_checkpoint(d, tmp_path / "ckpt")
+    _graphs_equal_transformers(d, ckpt, hf)
+
+
+GENERATION = [d for d in DEPLOYABLES if d.generation is not None]
+
+
+@pytest.mark.parametrize("d", GENERATION, ids=[deployable_id(d) for d in GENERATION])
+@torch.no_grad()
+def test_an_untied_output_head_is_the_checkpoints_own(d, tmp_path):
+    """tie_word_embeddings false: the checkpoint's lm_head is loaded (not the embeddings), and a
+    checkpoint without one is refused, naming the key."""
+    ckpt, hf = make_checkpoint(d, tmp_path / "ckpt", tie_word_embeddings=False)
+    assert not torch.equal(hf.get_output_embeddings().weight, hf.get_input_embeddings().weight)
+    _graphs_equal_transformers(d, ckpt, hf)
+    from safetensors.torch import load_file, save_file
+
+    from kiln.errors import CheckpointError
+
+    state = load_file(ckpt / "model.safetensors")
+    del state["lm_head.weight"]
+    save_file(state, ckpt / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="missing key 'lm_head.weight'"):
+        load_model(d.model, ckpt)
+
+
+@pytest.mark.parametrize("d", GENERATION, ids=[deployable_id(d) for d in GENERATION])
+@torch.no_grad()
+def test_a_tied_head_stored_with_values_of_its_own_is_untied(d, tmp_path):
+    """A config that says tied, with an lm_head.weight in the checkpoint unlike the embeddings (a
+    head fine-tuned apart, a checkpoint re-saved by transformers 5): the head is the checkpoint's,
+    as transformers loads it, never silently the embeddings."""
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    ckpt, _ = make_checkpoint(d, tmp_path / "ckpt")
+    state = load_file(ckpt / "model.safetensors")
+    embeddings = next(k for k in ("transformer.wte.weight", "model.shared.weight") if k in state)
+    state["lm_head.weight"] = torch.randn(state[embeddings].shape, generator=torch.Generator().manual_seed(7))
+    save_file(state, ckpt / "model.safetensors", metadata={"format": "pt"})
+    hf = getattr(transformers, d.reference_class).from_pretrained(ckpt).eval()
+    assert torch.equal(hf.get_output_embeddings().weight, state["lm_head.weight"])
+    _graphs_equal_transformers(d, ckpt, hf)
 
 
 @pytest.mark.parametrize("d", DEPLOYABLES, ids=ids)

@@ -163,6 +163,21 @@ def _to_model_names(
     return out
 
 
+def _untie(model: nn.Module, key: str) -> None:
+    """Give the parameter `key` a tensor of its own where it shares one with another name: a
+    module shared by two paths (BART's embed_tokens is `shared`) is copied first."""
+    import copy
+
+    owner_path, _, attr = key.rpartition(".")
+    owner = model.get_submodule(owner_path)
+    shared_module = any(m is owner for name, m in model.named_modules(remove_duplicate=False) if name != owner_path)
+    if shared_module:
+        parent_path, _, child = owner_path.rpartition(".")
+        owner = copy.deepcopy(owner)
+        setattr(model.get_submodule(parent_path), child, owner)
+    setattr(owner, attr, nn.Parameter(getattr(owner, attr).detach().clone()))
+
+
 def load_model(
     model_cls: type[KilnModel],
     path: str | os.PathLike,
@@ -200,11 +215,26 @@ def load_model(
         state.update(_read_weight_file(file))
 
     model_state = model.state_dict()
-    tied = dict(getattr(model, "tied_keys", {}))
+    given = _to_model_names(state, model, set(model_state))
+    # a tied key the checkpoint stores with values of its own is not a duplicate: it was trained
+    # apart from its source (transformers does the same and unties it); give it its own tensor
+    untied = [
+        k
+        for k, src in getattr(model, "tied_keys", {}).items()
+        if k in given
+        and src in given
+        and given[k][1].shape == given[src][1].shape
+        and not torch.equal(given[k][1], given[src][1])
+    ]
+    for key in untied:
+        _untie(model, key)
+    if untied:
+        model_state = model.state_dict()
+    tied = {k: v for k, v in getattr(model, "tied_keys", {}).items() if k not in untied}
+    model.tied_keys = tied
     expected = {k: v.shape for k, v in model_state.items() if k not in tied}
     ignorable = set(getattr(model, "ignored_keys", ()))
     head = set(getattr(model, "head_keys", ()))
-    given = _to_model_names(state, model, set(model_state))
 
     where = files[0] if len(files) == 1 else path
     problems: list[str] = []

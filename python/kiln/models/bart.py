@@ -186,8 +186,11 @@ class BartModel(nn.Module):
     def __init__(self, config: BartConfig):
         super().__init__()
         self.shared = nn.Embedding(config.vocab_size, config.d_model)
-        self.encoder = BartEncoder(config, self.shared)
-        self.decoder = BartDecoder(config, self.shared)
+        # tie_word_embeddings false (transformers 5): the encoder, the decoder and the LM head each
+        # have their own table, loaded from the checkpoint; `shared` is then stored but unused
+        tied = config.tie_word_embeddings
+        self.encoder = BartEncoder(config, self.shared if tied else nn.Embedding(config.vocab_size, config.d_model))
+        self.decoder = BartDecoder(config, self.shared if tied else nn.Embedding(config.vocab_size, config.d_model))
 
 
 class BartForConditionalGeneration(KilnModel):
@@ -210,7 +213,10 @@ class BartForConditionalGeneration(KilnModel):
         super().__init__(config)
         self.model = BartModel(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.lm_head.weight = self.model.shared.weight
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.shared.weight
+        else:  # a fine-tuned head of its own: loaded from the checkpoint, whose lack of it is an error
+            self.tied_keys = {}
         self.register_buffer("final_logits_bias", torch.zeros(1, config.vocab_size))
 
     @property

@@ -154,7 +154,10 @@ class GPT2LMHeadModel(KilnModel):
         super().__init__(config)
         self.transformer = GPT2Model(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        else:  # a fine-tuned head of its own: loaded from the checkpoint, whose lack of it is an error
+            self.tied_keys = {}
         # the causal-mask buffers older checkpoints carry: known, unused
         self.ignored_keys = tuple(
             f"transformer.h.{i}.attn.{b}" for i in range(config.n_layer) for b in ("bias", "masked_bias")
