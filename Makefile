@@ -37,7 +37,7 @@ help:
 	@echo "make fuzz   FUZZ_CALLS=$(FUZZ_CALLS) hostile calls through every entry point of every family (build/fuzz-py), then make fuzz-cpp"
 	@echo "make fuzz-cpp  libFuzzer on the manifest, generation manifest and .npy parsers, FUZZ_SECONDS=$(FUZZ_SECONDS) each"
 	@echo "make bench  benchmark MiniLM on every backend (writes $(BENCH_DIR)/minilm.json)"
-	@echo "make bench-generation  GPT-2 small and BART-base generation, transformers vs kiln ($(BENCH_DIR)/generation-*.json)"
+	@echo "make bench-generation  GPT-2 small, BART-base and t5-small generation, transformers vs kiln ($(BENCH_DIR)/generation-*.json)"
 	@echo "make test-gpu  on a GPU host with TensorRT: every deployable with TensorRT plans, parity, bench"
 	@echo "make setup  .venv, C++ build, checkpoints (run by the targets above)"
 
@@ -71,9 +71,10 @@ $(VENV)/.kiln-built: $(VENV)/.deps $(CPP_SOURCES)
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	touch $@
 
-CHECKPOINT_FILES := $(KILN_CACHE)/checkpoints/all-MiniLM-L6-v2/config.json $(KILN_CACHE)/tokenizers/bart/tokenizer.json
+CHECKPOINT_FILES := $(KILN_CACHE)/checkpoints/all-MiniLM-L6-v2/config.json $(KILN_CACHE)/tokenizers/bart/tokenizer.json \
+	$(KILN_CACHE)/tokenizers/t5/tokenizer.json $(KILN_CACHE)/tokenizers/mbart/tokenizer.json
 checkpoints: $(CHECKPOINT_FILES)
-$(CHECKPOINT_FILES) &: scripts/fetch_checkpoints.py python/kiln/processing/bpe.py | $(VENV)/.deps
+$(CHECKPOINT_FILES) &: scripts/fetch_checkpoints.py python/kiln/processing/bpe.py python/kiln/processing/sentencepiece.py | $(VENV)/.deps
 	$(PY) scripts/fetch_checkpoints.py --pip $(PIP)
 
 demo: setup
@@ -150,6 +151,8 @@ bench-generation: setup
 	$(KILN) bench engines/gpt2-text-generation --batch 1,8 --seq 32 --new-tokens 64 --json $(BENCH_DIR)/generation-gpt2.json --markdown
 	$(KILN) build export/bart-summarization.toml
 	$(KILN) bench engines/bart-summarization --batch 1 --seq 512 --new-tokens 64 --beams 4 --json $(BENCH_DIR)/generation-bart.json --markdown
+	$(KILN) build export/t5-summarization.toml
+	$(KILN) bench engines/t5-summarization --batch 1 --seq 512 --new-tokens 64 --beams 4 --json $(BENCH_DIR)/generation-t5.json --markdown
 
 # The TensorRT backend built against the lean runtime (no GPU needed): compiles, links and
 # refuses with a Device error. TENSORRT_INCLUDE_DIR: the NvInfer*.h directory (never committed).

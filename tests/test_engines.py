@@ -159,6 +159,29 @@ def test_parity_refuses_artifacts_outside_the_engine_or_altered(tiny_engines, tm
     assert not report.passed and "sha256" in report.backends["onnxruntime"].error
 
 
+def test_onnx_weights_beside_the_graph(tmp_path, monkeypatch):
+    """Weights over 1.5 GiB (real mBART-large: protobuf stops at 2 GB) are saved beside the graph
+    as model.onnx.data; forced here on a tiny model. The manifest records the file, ONNX Runtime
+    and the TensorRT check read it, and an altered one is refused like the graph."""
+    from kiln.check_trt import check_engine
+
+    monkeypatch.setenv("KILN_ONNX_EXTERNAL_DATA", "1")
+    d = registry.get("bert", "text-classification")
+    ckpt, _ = make_checkpoint(d, tmp_path / "ckpt")
+    engine = build(Recipe.for_checkpoint(ckpt), output=tmp_path / "engine", formats=["onnx"]).path
+    art = read_manifest(engine).artifact("onnx")
+    data = engine / "model.onnx.data"
+    assert art.extra["external_data"]["file"] == "model.onnx.data" and data.stat().st_size > 10 * (engine / "model.onnx").stat().st_size
+    report = run_parity(engine, backends=["onnxruntime"])
+    assert report.passed, report.backends["onnxruntime"].error
+    assert check_engine(engine).passed
+    with open(data, "r+b") as f:
+        f.seek(1024)
+        f.write(bytes(1024))
+    report = run_parity(engine, backends=["onnxruntime"])
+    assert not report.passed and "model.onnx.data does not have the sha256" in report.backends["onnxruntime"].error
+
+
 # --- the real MiniLM through the C++ runtime ------------------------------------------------
 
 def test_semantic_search_through_the_cpp_runtime(minilm_engine, minilm_dir):

@@ -288,11 +288,10 @@ def _generation_prompts(engine_dir: Path, batch: int, length: int) -> list[list[
     from .processing.bpe import BPETokenizer
 
     tok = BPETokenizer.from_dir(engine_dir)
-    ids = tok.encode(" ".join([samples.ARTICLE] * (2 + (length * (batch + 1)) // 150)))
-    if tok.flavour == "bart":  # keep <s> ... </s> around each cut
-        body = ids[1:-1]
-        return [[ids[0], *body[i * 7 : i * 7 + length - 2], ids[-1]] for i in range(batch)]
-    return [ids[i * 7 : i * 7 + length] for i in range(batch)]
+    body = tok.encode(" ".join([samples.ARTICLE] * (2 + (length * (batch + 1)) // 150)), add_special_tokens=False)
+    lead, trail = tok.special_ends()  # kept around each cut (BART's <s> ... </s>, T5's ... </s>)
+    n = length - len(lead) - len(trail)
+    return [[*lead, *body[i * 7 : i * 7 + n], *trail] for i in range(batch)]
 
 
 Generate = Callable[[list[list[int]], int, int], tuple[float, float, float]]  # -> total s, ttft ms, per token ms

@@ -198,8 +198,9 @@ def check_graph(onnx_path: str | Path, table: dict[str, set[str]]) -> list[Findi
     return findings
 
 
-def fold_constants(onnx_path: str | Path, out_path: str | Path) -> Finding:
-    """`polygraphy surgeon sanitize --fold-constants`, as a user would run it."""
+def fold_constants(onnx_path: str | Path, out_path: str | Path, external_data: bool = False) -> Finding:
+    """`polygraphy surgeon sanitize --fold-constants`, as a user would run it (weights saved
+    beside the output where the model keeps them beside it: over 1.5 GiB)."""
     # the polygraphy console script of this interpreter's environment (the package has no __main__)
     cmd = [
         sys.executable,
@@ -211,6 +212,7 @@ def fold_constants(onnx_path: str | Path, out_path: str | Path) -> Finding:
         "--fold-constants",
         "-o",
         str(out_path),
+        *(["--save-external-data"] if external_data else []),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not Path(out_path).is_file():
@@ -243,7 +245,7 @@ def check_engine(engine_dir: str | Path, table_path: str | Path | None = None) -
     report.findings += check_graph(onnx_path, load_ops_table(table_path))
     with tempfile.TemporaryDirectory() as tmp:
         folded = Path(tmp) / "folded.onnx"
-        fold = fold_constants(onnx_path, folded)
+        fold = fold_constants(onnx_path, folded, external_data="external_data" in art.extra)
         report.findings.append(fold)
         if fold.ok:
             name = "onnxruntime-folded"

@@ -151,6 +151,10 @@ def cmd_run(args) -> int:
     if args.threads < 0:
         raise InvalidArgumentError(f"--threads {args.threads}: expected 0 (leave as is) or a positive count")
     pipe = pipeline(args.engine, backend=args.backend, num_threads=args.threads, precision=args.precision)
+    if (args.src_lang or args.tgt_lang) and "languages" not in pipe.manifest.processing:
+        raise InvalidArgumentError(
+            f"--src-lang / --tgt-lang: {args.engine} has no language codes (they are for mBART translation engines)"
+        )
     return pipe.cli(_read_inputs(args), args, _console())
 
 
@@ -441,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--repetition-penalty", type=float, help="penalise tokens already present (> 1)")
     g.add_argument("--no-repeat-ngram-size", type=int, help="never repeat an n-gram of this size")
     g.add_argument("--length-penalty", type=float, help="beam search: exponent of the length normaliser")
+    g.add_argument("--src-lang", help="the source language code (mBART: en_XX, ...; default the tokenizer's)")
+    g.add_argument("--tgt-lang", help="the target language code (mBART: fr_XX, ...; default the engine's)")
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser(

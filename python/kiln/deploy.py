@@ -90,7 +90,12 @@ class Generation:
     max_positions: Callable[[Any], int]
     encoder_decoder: bool
     defaults: Callable[[Any], dict]  # generation settings the config carries (special tokens)
-    tokenizer: str  # the BPE vocabulary fetched at set-up ($KILN_CACHE/tokenizers/<name>)
+    # the vocabulary `make setup` lays out in $KILN_CACHE/tokenizers/<name>: random weights use it
+    # where the checkpoint has no tokenizer (real weights must bring their own)
+    tokenizer: str
+    # (config, task) -> what the checkpoint says for the task (T5's task_specific_params): "prefix",
+    # the text put before every input ("summarize: "), and generation settings (num_beams, ...)
+    task_settings: Callable[[Any, str], dict] = lambda config, task: {}
 
 
 @dataclass(frozen=True)
@@ -583,6 +588,7 @@ def seq2seq(
     positions: Callable[[Any], int],
     defaults: Callable[[Any], dict],
     tokenizer: str,
+    task_settings: Callable[[Any, str], dict] = lambda config, task: {},
     encoder_case: Callable[[Any, Any, np.random.Generator], tuple[Feed, dict]],
     decoder_case: Callable[[Any, Any, np.random.Generator], tuple[Feed, dict]],
     tiny: Mapping[str, Any],
@@ -653,6 +659,7 @@ def seq2seq(
         encoder_decoder=True,
         defaults=defaults,
         tokenizer=tokenizer,
+        task_settings=task_settings,
     )
     return Deployable(
         model,

