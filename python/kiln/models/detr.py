@@ -288,25 +288,34 @@ class DetrConvEncoder(nn.Module):
         return self.model(pixel_values)
 
 
+def nearest_rows(size_in: int, size_out: int, device: torch.device) -> torch.Tensor:
+    """(size_out, size_in) float32 selection matrix of "nearest" resampling: row i is one-hot at
+    transformers' source index r = floor(i * size_in / size_out), i.e. where
+    0 <= i * size_in - r * size_out < size_out."""
+    i = torch.arange(size_out, device=device)[:, None] * size_in  # (out, 1)
+    r = torch.arange(size_in, device=device)[None, :] * size_out  # (1, in)
+    return ((i >= r) & (i - r < size_out)).to(torch.float32)  # (out, in)
+
+
 def downsample_mask(pixel_mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """[B, H, W] mask -> [B, height, width] bool, the pixel nearest each feature position as
+    """[B, H, W] 0/1 mask -> [B, height, width] bool, the pixel nearest each feature position as
     transformers computes it (F.interpolate, "nearest": source index floor(i * H / height)).
 
-    export: integer arithmetic and a gather rather than interpolate. The exporters each lower
-    "nearest" their own way: ONNX Resize computes i / (height / H) in float32, which rounds below
-    an exact integer at 430 of the 26,684 (H, i) pairs of H in 320..1333 (the mask then moves one
-    feature row at the padding's edge), and a reduced-precision TensorRT plan may compute the
-    index in fp16. (i * H) // height is exact in int64 in every backend, and equals PyTorch's
-    float32 floor(i * (H / height)) for every H up to 20,000 through a ResNet's /32 (measured;
-    tests/test_detr.py checks it against F.interpolate).
+    export: integer comparisons and one-hot selection matmuls rather than interpolate. The
+    exporters each lower "nearest" their own way: ONNX Resize computes i / (height / H) in
+    float32, which rounds below an exact integer at 430 of the 26,684 (H, i) pairs of H in
+    320..1333 (the mask then moves one feature row at the padding's edge), and a reduced-precision
+    TensorRT plan may compute the index in fp16. The exact index floor(i * H / height), found by
+    integer products and comparisons in int64, equals PyTorch's float32 floor(i * (H / height))
+    for every H up to 20,000 through a ResNet's /32 (measured; tests/test_detr.py checks it
+    against F.interpolate). No division and no gather: Inductor fails to compile an integer
+    division of symbolic sizes (truncdiv: sympy "Invalid NaN comparison" in its value-range
+    analysis at ResNet-50 size), and the matmul of 0/1 values is exact in any precision.
     """
-    # export: truncating division (both operands are >= 0): ONNX's integer Div; floor division
-    # exports with sign fix-ups (an Equal on booleans, which TensorRT's parser refuses)
-    rows = torch.div(
-        torch.arange(height, device=pixel_mask.device) * pixel_mask.shape[1], height, rounding_mode="trunc"
-    )
-    cols = torch.div(torch.arange(width, device=pixel_mask.device) * pixel_mask.shape[2], width, rounding_mode="trunc")
-    return pixel_mask.index_select(1, rows).index_select(2, cols).to(torch.bool)  # (B, height, width)
+    m = pixel_mask.to(torch.float32)  # (B, H, W)
+    rows = nearest_rows(pixel_mask.shape[1], height, pixel_mask.device)  # (height, H)
+    cols = nearest_rows(pixel_mask.shape[2], width, pixel_mask.device)  # (width, W)
+    return (rows @ m @ cols.transpose(0, 1)).to(torch.bool)  # (B, height, width)
 
 
 class DetrSinePositionEmbedding(nn.Module):
