@@ -492,3 +492,15 @@ def test_the_recipe_builds_a_checkpoint_transformers_saved(tiny, tmp_path):
     assert (m.weights, m.random_keys) == ("real", [])
     assert m.labels[:3] == ["N/A", "person", "bicycle"] and m.config["num_queries"] == 12
     assert {s.name: s.values for s in m.inputs}["pixel_mask"].max == 1
+
+
+def test_tensorrt_profiles_span_the_processors_range():
+    """The TensorRT optimisation profile is the recipe's real H, W range (shortest edge 800,
+    longest 1333, padded up to 320), for both inputs."""
+    from kiln.gpu import profiles_for
+    from kiln.recipe import load_recipe
+
+    dims = {n: r.to_json() for n, r in load_recipe("detr-object-detection").dims.items()}
+    (profile,) = profiles_for([s.to_json() for s in D.graphs[0].input_specs(DetrConfig())], dims)
+    assert profile["pixel_values"] == {"min": [1, 3, 320, 320], "opt": [1, 3, 800, 1066], "max": [8, 3, 1333, 1333]}
+    assert profile["pixel_mask"] == {"min": [1, 320, 320], "opt": [1, 800, 1066], "max": [8, 1333, 1333]}
