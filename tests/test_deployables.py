@@ -215,6 +215,38 @@ def _image_classification(pipe, ckpt, hf):
     _classification(pipe, ckpt, photos)
 
 
+def _object_detection(pipe, ckpt, hf):
+    """Every query (threshold 0) of every photo, one photo per call as transformers' pipeline runs
+    them: the same labels, scores and whole-pixel boxes; and kiln's post-processing of the engine's
+    outputs against transformers' of its own model's: the same label ids, boxes within 1e-3 px."""
+    import transformers
+    from PIL import Image
+
+    from kiln.processing.detection import post_process_object_detection
+
+    photos = [Image.fromarray(p) for p in samples.photos()]
+    ours = pipe(photos, threshold=0.0)
+    theirs = _hf_pipeline("object-detection", ckpt)(photos, threshold=0.0)
+    queries = pipe.manifest.config["num_queries"]
+    processor = transformers.AutoImageProcessor.from_pretrained(str(ckpt))
+    for photo, o, t in zip(photos, ours, theirs):
+        assert len(o) == len(t) == queries
+        assert [x["label"] for x in o] == [x["label"] for x in t]
+        np.testing.assert_allclose([x["score"] for x in o], [x["score"] for x in t], atol=1e-5)
+        corners = ("xmin", "ymin", "xmax", "ymax")
+        box_o = np.array([[x["box"][k] for k in corners] for x in o])
+        box_t = np.array([[x["box"][k] for k in corners] for x in t])
+        assert np.abs(box_o - box_t).max() <= 1  # whole pixels of floats within 1e-3 px
+        feed, ctx = pipe.preprocess([photo])
+        out = pipe.run(feed)
+        raw = post_process_object_detection(out["logits"], out["pred_boxes"], 0.0, ctx["sizes"])[0]
+        with torch.no_grad():
+            hf_out = hf(**processor(photo, return_tensors="pt"))
+        ref = processor.post_process_object_detection(hf_out, 0.0, [(photo.height, photo.width)])[0]
+        assert raw["labels"].tolist() == ref["labels"].tolist()
+        assert np.abs(raw["boxes"] - ref["boxes"].numpy()).max() <= 1e-3
+
+
 def _speech_recognition(pipe, ckpt, hf):
     import transformers
 
@@ -269,6 +301,7 @@ ANSWERS = {
     "fill-mask": _fill_mask,
     "feature-extraction": _feature_extraction,
     "image-classification": _image_classification,
+    "object-detection": _object_detection,
     "automatic-speech-recognition": _speech_recognition,
     "audio-classification": _audio_classification,
     "text-generation": _generation,

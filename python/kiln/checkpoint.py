@@ -153,6 +153,8 @@ def _to_model_names(
         for old, new in renames:
             if name.endswith(old):
                 name = name[: -len(old)] + new
+        if isinstance(model, KilnModel):
+            name = model.checkpoint_key(name)
         if model_has_prefix and not ckpt_has_prefix:  # a base checkpoint into a task model
             name = prefix + name
         elif ckpt_has_prefix and not model_has_prefix and name.startswith(prefix):

@@ -417,7 +417,7 @@ class Worker:
                 pipe(
                     [_hostile_text(rng) for _ in range(n)], [_hostile_text(rng) for _ in range(int(rng.integers(0, 3)))]
                 )
-            elif manifest.task == "image-classification":
+            elif manifest.task in ("image-classification", "object-detection"):
                 pipe([_hostile_image(rng, self.tmp) for _ in range(int(rng.integers(1, 3)))])
             elif manifest.task in ("automatic-speech-recognition", "audio-classification"):
                 pipe([_hostile_audio(rng, self.tmp) for _ in range(int(rng.integers(1, 3)))])

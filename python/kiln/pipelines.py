@@ -438,6 +438,105 @@ class ImageClassificationPipeline(_Classification):
         return [photos, photos[:1]]
 
 
+class ObjectDetectionPipeline(EnginePipeline):
+    """Images (paths, bytes, PIL images, HxWxC uint8 arrays) -> per image the detections above a
+    threshold, [{"score", "label", "box": {"xmin", "ymin", "xmax", "ymax"}}] in the original
+    image's pixels, as transformers' object-detection pipeline answers; pre- and post-processed
+    as the engine's preprocessor_config.json says (kiln.processing.detection).
+
+    Calling the pipeline runs each image alone, as transformers' pipeline does, so an image's
+    answer never depends on its companions; `preprocess` pads a batch to its largest image (and
+    to the engine's smallest size) with the pixel mask, as DetrImageProcessor does: what parity
+    feeds and what a caller batching for throughput runs."""
+
+    task = "object-detection"
+    default_threshold = 0.5
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from .processing.detection import DetrImageProcessor
+
+        self.processor = DetrImageProcessor.from_dir(self.dir)
+
+    def preprocess(self, images):
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        self._check_batch(len(images), "images")
+        dims = self.manifest.dims
+        batch = self.processor(images, min_size=(dims["height"].min, dims["width"].min))
+        h, w = batch.pixel_mask.shape[1:]
+        if h > dims["height"].max or w > dims["width"].max:
+            raise InputValueError(
+                f"{self.name}: the images are processed to {h}x{w} (height x width) but the engine takes at most "
+                f"{dims['height'].max}x{dims['width'].max}; check preprocessor_config.json's size"
+            )
+        return batch.feed(), {"sizes": batch.sizes}
+
+    def postprocess(self, outputs, ctx, threshold: float = 0.5):
+        from .processing.detection import detections, post_process_object_detection
+
+        raw = post_process_object_detection(outputs["logits"], outputs["pred_boxes"], threshold, ctx["sizes"])
+        return [detections(r, self.labels) for r in raw]
+
+    def __call__(self, images, threshold: float = 0.5) -> list[list[dict]]:
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+            raise InvalidArgumentError(f"threshold {threshold!r}: expected a score in [0, 1]")
+        self._check_batch(len(images), "images")
+        if not images:
+            self.preprocess(images)  # the processor's error for no image
+        answers = []
+        for image in images:
+            feed, ctx = self.preprocess([image])
+            answers += self.postprocess(self.run(feed), ctx, threshold)
+        return answers
+
+    def parity_samples(self) -> list:
+        photos = samples.photos()
+        return [photos[:2], photos[2:3]]  # two photos of different sizes padded into one batch; one alone
+
+    def cli_answers(self, inputs: list[str], args: Any) -> list:
+        if not inputs:
+            raise InvalidArgumentError(
+                f"{self.task} needs at least one image file (as an argument or on standard input)"
+            )
+        threshold = self.default_threshold if args.threshold is None else args.threshold
+        if not 0.0 <= threshold <= 1.0:  # NaN included
+            raise InvalidArgumentError(f"--threshold {args.threshold}: expected a score in [0, 1]")
+        return self(inputs, threshold=threshold)
+
+    def show(self, inputs: list[str], answers: list, say: Say) -> None:
+        from rich.markup import escape
+
+        for name, found in zip(inputs, answers):
+            say(f"[bold]{escape(name)}[/]: {len(found)} detection{'s' if len(found) != 1 else ''}")
+            for a in found:
+                b = a["box"]
+                say(
+                    f"  {escape(a['label']):<16} {a['score']:.4f}  "
+                    f"\\[{b['xmin']}, {b['ymin']}, {b['xmax']}, {b['ymax']}] (xmin, ymin, xmax, ymax)"
+                )
+
+    def save(self, inputs: list[str], answers: list, path: Path) -> list[Path]:
+        """Each photo with its detections drawn (boxes, labels, scores), at the photo's size;
+        several inputs give PATH's stem numbered: boxes-0.png, boxes-1.png, ..."""
+        from .processing.detection import draw_detections
+        from .processing.image import load_image
+
+        paths = (
+            [path]
+            if len(inputs) == 1
+            else [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(len(inputs))]
+        )
+        for i, (image, found, out) in enumerate(zip(inputs, answers, paths)):
+            try:
+                draw_detections(load_image(image, i), found).save(out)
+            except (OSError, ValueError) as e:  # an unwritable path, an unknown suffix
+                raise InvalidArgumentError(f"--save {out}: cannot write the picture ({e})") from None
+        return paths
+
+
 class AudioPipeline(EnginePipeline):
     """WAV paths or arrays in (kiln.processing.audio, as the engine's preprocessor_config.json
     says): decoded, mixed to mono, resampled, normalised, padded to the longest and to the

@@ -28,6 +28,8 @@ LABELS = {
     "token-classification": ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"],
     "image-classification": ["cat", "dog", "rocket", "coffee", "astronaut", "clock", "tree", "car", "boat", "bird"],
     "audio-classification": ["speech", "music", "noise"],
+    # COCO-style: id 0 is "N/A" (an unused id the real checkpoints keep)
+    "object-detection": ["N/A", "person", "bicycle", "car", "cat", "dog", "cup", "rocket", "clock", "potted plant"],
 }
 CTC_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", *"ETAONIHSRDLUMWCFGYPBVK'XJQZ"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")

@@ -98,6 +98,12 @@ class KilnModel(nn.Module):
         self.ignored_checkpoint_keys = []
         self.random_weights = False
 
+    def checkpoint_key(self, name: str) -> str:
+        """The model name of a checkpoint key, where a family's checkpoints spell one tensor in
+        more than one layout (DETR's timm and transformers ResNet backbones); identity by default.
+        Applied after `checkpoint_renames`, before the base-model prefix is matched."""
+        return name
+
     def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module, generator: torch.Generator) -> None:
         """Initialise one state-dict entry in place as transformers does for this family."""
         raise NotImplementedError
