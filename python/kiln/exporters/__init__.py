@@ -107,14 +107,23 @@ def dynamic_shapes(graph: Graph, config: Any, dims: dict[str, DimRange]) -> tupl
     """torch.export dynamic shapes for the graph's symbolic dims, one per positional input (one
     Dim object per name, so inputs sharing a dim are tied together), nested once for
     FlatOutputs.forward(*args). A derived dim (total = past + new) is Dim.AUTO: torch.export
-    derives it from the graph instead of checking an independent range."""
-    objs = {
-        name: torch.export.Dim.AUTO if r.sum else torch.export.Dim(name, min=r.min, max=r.max)
-        for name, r in dims.items()
-    }
+    derives it from the graph instead of checking an independent range. A dim of multiples
+    (GLPN's H and W) is `multiple * Dim(min / multiple, max / multiple)`, so the graph may rely
+    on it (every stride-2 stage halves it exactly); a dim whose range is one size is static."""
+
+    def dim(name: str, r: DimRange) -> Any:
+        if r.sum:
+            return torch.export.Dim.AUTO
+        if r.multiple > 1:
+            return r.multiple * torch.export.Dim(
+                f"{name}_{r.multiple}", min=r.min // r.multiple, max=r.max // r.multiple
+            )
+        return torch.export.Dim(name, min=r.min, max=r.max)
+
+    objs = {name: dim(name, r) for name, r in dims.items() if r.sum or r.min != r.max}
     return (
         tuple(
-            {axis: objs[d] for axis, d in enumerate(spec.shape) if isinstance(d, str)}
+            {axis: objs[d] for axis, d in enumerate(spec.shape) if isinstance(d, str) and d in objs}
             for spec in graph.input_specs(config)
         ),
     )
@@ -122,8 +131,9 @@ def dynamic_shapes(graph: Graph, config: Any, dims: dict[str, DimRange]) -> tupl
 
 def example_sizes(dims: dict[str, DimRange], batch: int = 2) -> dict[str, int]:
     """Export sizes inside the ranges: batch 2 (an example batch of 1 would specialise the dim)
-    and every other dim at min(max(min, 16), max); a derived dim is the sum of its terms."""
-    sizes = {name: min(max(r.min, 16), r.max) for name, r in dims.items() if not r.sum}
+    and every other dim at min(max(min, 16), max), rounded up to its multiple; a derived dim is
+    the sum of its terms."""
+    sizes = {name: min(-(-max(r.min, 16) // r.multiple) * r.multiple, r.max) for name, r in dims.items() if not r.sum}
     if "batch" in dims:
         sizes["batch"] = min(max(batch, dims["batch"].min), dims["batch"].max)
     for name, r in dims.items():
