@@ -216,7 +216,8 @@ def run_parity(
         details = []
         res.task_match = True
         for it, feed in enumerate(feeds):
-            ok, detail = graph.check.check(dict(ref_iters[it]), dict(iters[runner.name][it]), feed)
+            check = graph.check.check_for(precision[runner.name])
+            ok, detail = check(dict(ref_iters[it]), dict(iters[runner.name][it]), feed)
             res.task_match &= ok
             details.append(detail)
         res.task_detail = f"{graph.check.name}: " + "; ".join(f"batch {i}: {d}" for i, d in enumerate(details))

@@ -101,7 +101,21 @@ class Recipe:
             task=d.task,
             checkpoint=str(path),
             description=f"{d.name} from the checkpoint {path}",
+            dims=processor_dims(d, path) or {},
         )
+
+
+def processor_dims(d: Deployable, checkpoint: str | Path) -> dict[str, DimRange] | None:
+    """The dims the checkpoint's preprocessor_config.json fixes for this deployable (a SegFormer's
+    image size), or None where the family declares none or the checkpoint has no such file."""
+    from .processing import PREPROCESSOR_FILE, read_preprocessor_config
+
+    if d.processor_dims is None or not (Path(checkpoint) / PREPROCESSOR_FILE).is_file():
+        return None
+    try:
+        return d.processor_dims(read_preprocessor_config(checkpoint, ""))
+    except InvalidArgumentError as e:
+        raise InvalidArgumentError(f"{Path(checkpoint) / PREPROCESSOR_FILE}: {e}") from None
 
 
 def _with_rules(where: str, lo: int, opt: int, hi: int, declared: DimRange) -> DimRange:

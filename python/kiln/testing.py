@@ -28,6 +28,7 @@ LABELS = {
     "token-classification": ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"],
     "image-classification": ["cat", "dog", "rocket", "coffee", "astronaut", "clock", "tree", "car", "boat", "bird"],
     "audio-classification": ["speech", "music", "noise"],
+    "semantic-segmentation": ["wall", "sky", "floor", "person", "cat", "cup", "rocket", "plant"],
 }
 CTC_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", *"ETAONIHSRDLUMWCFGYPBVK'XJQZ"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")

@@ -224,6 +224,22 @@ def _export_graph(
     return artifacts, skipped, seconds
 
 
+def _check_processor_dims(recipe: Recipe, ckpt: Path, dims: dict[str, DimRange]) -> None:
+    """An engine must take what its own pre-processing makes: where the checkpoint's
+    preprocessor_config.json fixes dims (a SegFormer's image size), the engine's dims are those."""
+    from ..recipe import processor_dims
+
+    fixed = processor_dims(recipe.deployable, ckpt) or {}
+    wrong = {n: r for n, r in fixed.items() if n in dims and (dims[n].min, dims[n].max) != (r.min, r.max)}
+    if wrong:
+        have = ", ".join(f"{n} {dims[n].min}..{dims[n].max}" for n in wrong)
+        want = " ".join(f"{n}={r.min}:{r.opt}:{r.max}" for n, r in wrong.items())
+        raise InvalidArgumentError(
+            f"{recipe.name}: the checkpoint's preprocessor_config.json makes images of {want.replace(' ', ', ')} but "
+            f"the engine's dims are {have}; build with --dims {want}"
+        )
+
+
 def _copy_processing(d: Deployable, recipe: Recipe, ckpt: Path, out: Path) -> dict:
     """Tokenizer / preprocessor files from the checkpoint; where it has no tokenizer, those of the
     recipe's `tokenizer` (or the family's BPE vocabulary): a directory fetched by `make setup`
@@ -315,6 +331,7 @@ def build(
     dims, clamped = clamp_dims(d, recipe.dims, config)
     for line in clamped.values():
         progress(f"dims: {line}")
+    _check_processor_dims(recipe, ckpt, dims)
     random_keys = sorted(getattr(model, "random_keys", []))
     seconds = {"load": time.perf_counter() - t0}
     common: dict[str, Any] = dict(
