@@ -3,7 +3,8 @@
     python3 scripts/fuzz_seeds.py OUTDIR      -> OUTDIR/{manifest,generation_manifest,npy}/seed-*
 
 Seeds are valid inputs of each parser (manifest.json of an engine and of a generation engine
-as kiln build writes them, format_version 2 with value ranges and a derived dim; .npy files of
+as kiln build writes them, format_version 2 with value ranges, a derived dim and dims of
+multiples; .npy files of
 every dtype kiln reads, format versions 1.0, 2.0 and 3.0) plus a few near misses. Standard
 library only.
 """
@@ -60,6 +61,17 @@ GENERATION = {
     "processing": {"tokenizer": "tokenizer.json"},
 }
 
+# an image engine whose height and width take multiples of 32 only (GLPN)
+DEPTH = {
+    "format_version": 2, "name": "glpn-depth-estimation", "family": "glpn", "task": "depth-estimation",
+    "config": {}, "dims": {"batch": {"min": 1, "opt": 1, "max": 4},
+                           "height": {"min": 64, "opt": 480, "max": 1024, "multiple": 32},
+                           "width": {"min": 64, "opt": 640, "max": 1344, "multiple": 32}},
+    "inputs": [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}],
+    "outputs": [{"name": "predicted_depth", "dtype": "float32", "shape": ["batch", "height", "width"]}],
+    "artifacts": [{"format": "aoti", "file": "model.pt2", "sha256": "cd" * 32, "bytes": 10}],
+}
+
 BART = {
     **GENERATION, "name": "bart-summarization", "family": "bart", "task": "summarization",
     "graphs": {"encoder": "encoder", "decoder": "decoder"}, "encoder_decoder": True,
@@ -89,7 +101,7 @@ def main(argv: list[str]) -> int:
     near["inputs"][0]["values"] = {"min": 5, "max": 4}
     seeds["manifest"] += [json.dumps(ENGINE).encode(), json.dumps(DECODER, indent=2).encode(),
                           json.dumps(near).encode(), json.dumps({**ENGINE, "format_version": 1}).encode(),
-                          json.dumps(GENERATION).encode()]
+                          json.dumps(GENERATION).encode(), json.dumps(DEPTH).encode()]
     seeds["generation_manifest"] += [json.dumps(GENERATION).encode(), json.dumps(BART, indent=2).encode(),
                                      json.dumps({**GENERATION, "generation": None}).encode(),
                                      json.dumps(DECODER).encode()]

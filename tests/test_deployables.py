@@ -294,6 +294,62 @@ def _generation(pipe, ckpt, hf):
     assert out[0]["tokens"] == ref[0]
 
 
+def _semantic_segmentation(pipe, ckpt, hf):
+    """Photo by photo, kiln's label map (the C++ runtime, kiln's processing) against transformers'
+    image-segmentation pipeline's masks: every pixel where transformers' own upsampled scores are
+    decisive (top-2 margin > 1e-3) has transformers' label; near-ties may differ, and are rare."""
+    import transformers
+    from PIL import Image
+    from transformers.modeling_outputs import SemanticSegmenterOutput
+
+    photos = [Image.fromarray(p) for p in samples.photos()]
+    ours = pipe(photos)
+    hf_pipe = _hf_pipeline("image-segmentation", ckpt)
+    proc = transformers.AutoImageProcessor.from_pretrained(str(ckpt))
+    label_ids = {label: i for i, label in enumerate(pipe.labels)}
+    decisive_total = 0
+    for photo, answer in zip(photos, ours):
+        theirs = np.full((photo.height, photo.width), -1)
+        for seg in hf_pipe(photo):
+            theirs[np.array(seg["mask"]) == 255] = label_ids[seg["label"]]
+        assert (theirs >= 0).all() and answer["segmentation"].shape == theirs.shape
+        with torch.no_grad():
+            logits = hf(**proc(images=photo, return_tensors="pt")).logits
+        scores = proc.post_process_semantic_segmentation(
+            SemanticSegmenterOutput(logits=logits), target_sizes=[(photo.height, photo.width)],
+            return_segmentation_scores=True,
+        )[0]["segmentation_scores"].numpy()
+        top2 = np.sort(scores, axis=0)[-2:]
+        decisive = top2[1] - top2[0] > 1e-3
+        differ = answer["segmentation"] != theirs
+        assert not (differ & decisive).any(), int((differ & decisive).sum())
+        assert differ.mean() < 1e-3
+        decisive_total += int(decisive.sum())
+        present = {s["label"] for s in answer["segments"]}
+        assert {pipe.labels[i] for i in np.unique(theirs[decisive])} <= present
+    assert decisive_total > 0.9 * sum(p.width * p.height for p in photos), "the tiny model's answers are decisive"
+
+
+def _depth_estimation(pipe, ckpt, hf):
+    """Photo by photo (four sizes, so four batches), kiln's depth at the image's size against
+    transformers' depth-estimation pipeline: AbsRel <= 1e-4, the 0-255 picture within 1 level on
+    >= 99.9 % of its pixels."""
+    from PIL import Image
+
+    photos = [Image.fromarray(p) for p in samples.photos()]
+    ours = pipe(photos)
+    hf_pipe = _hf_pipeline("depth-estimation", ckpt)
+    for photo, answer in zip(photos, ours):
+        theirs = hf_pipe(photo)
+        ref = theirs["predicted_depth"].numpy()
+        got = answer["predicted_depth"]
+        assert got.shape == ref.shape == (photo.height, photo.width)
+        assert np.mean(np.abs(got - ref) / ref) <= 1e-4
+        levels = np.abs(answer["depth"].astype(int) - np.array(theirs["depth"]).astype(int))
+        assert (levels <= 1).mean() >= 0.999, (levels <= 1).mean()
+        assert ref.max() - ref.min() > 0.1, "the tiny model's depth is not flat"
+
+
 ANSWERS = {
     "text-classification": _text_classification,
     "token-classification": _token_classification,
@@ -307,6 +363,8 @@ ANSWERS = {
     "text-generation": _generation,
     "summarization": _generation,
     "translation": _generation,
+    "semantic-segmentation": _semantic_segmentation,
+    "depth-estimation": _depth_estimation,
 }
 
 

@@ -296,6 +296,14 @@ std::map<std::string, int64_t> Engine::Impl::bind(const std::map<std::string, Te
                                         std::to_string(r.max) + "; use a " + d.symbol + " in that range "
                                         "(or rebuild the engine with a larger range)");
       }
+      if (shape[i] % r.multiple != 0) {
+        const int64_t below = shape[i] / r.multiple * r.multiple;
+        fail(ErrorCode::InputShape, where + " ('" + d.symbol + "') is " + std::to_string(shape[i]) +
+                                        ", not a multiple of " + std::to_string(r.multiple) + "; the engine takes " +
+                                        d.symbol + " in multiples of " + std::to_string(r.multiple) + " only (e.g. " +
+                                        std::to_string(std::max(below, r.min)) + " or " +
+                                        std::to_string(std::min(below + r.multiple, r.max)) + ")");
+      }
       auto [it, fresh] = bound.emplace(d.symbol, Bound{shape[i], s.name, i});
       if (!fresh && it->second.size != shape[i]) {
         fail(ErrorCode::InputShape, where + " ('" + d.symbol + "') is " + std::to_string(shape[i]) +

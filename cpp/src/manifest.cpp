@@ -136,6 +136,18 @@ class Reader {
         fail("'" + path + "' needs 0 <= min <= opt <= max, got min " + std::to_string(d.min) + ", opt " +
              std::to_string(d.opt) + ", max " + std::to_string(d.max));
       }
+      // "multiple": every size a multiple of it (GLPN's H and W: 32); min, opt and max too
+      if (it->contains("multiple")) {
+        d.multiple = positive(*it, "multiple", path + ".");
+        if (it->contains("sum")) fail("field '" + path + ".multiple' is set on a derived dimension (sum); drop one");
+        const std::pair<const char*, int64_t> bounds[] = {{"min", d.min}, {"opt", d.opt}, {"max", d.max}};
+        for (const auto& [name, v] : bounds) {
+          if (v % d.multiple != 0) {
+            fail("field '" + path + "." + name + "' is " + std::to_string(v) + ", not a multiple of '" + path +
+                 ".multiple' (" + std::to_string(d.multiple) + ")");
+          }
+        }
+      }
       out[it.key()] = d;
     }
     // "sum": the terms of a derived dimension (total = past + new), each an ordinary

@@ -325,6 +325,12 @@ int run(const Args& a) {
                             " (from " + from + "), outside the engine's range " + std::to_string(range->second.min) +
                             ".." + std::to_string(range->second.max) + "; choose a size in that range");
     }
+    if (size % range->second.multiple != 0) {
+      throw kiln::Error(kiln::ErrorCode::InputShape,
+                        "engine '" + engine->name() + "': dimension '" + dim + "' is " + std::to_string(size) +
+                            ", not a multiple of " + std::to_string(range->second.multiple) +
+                            " (the manifest's dims." + dim + ".multiple); choose a multiple of it");
+    }
   }
   std::mt19937_64 rng(a.seed);
   for (const auto& spec : engine->inputs()) {

@@ -35,16 +35,16 @@ Check = Callable[[Feed, Feed, Feed], tuple[bool, str]]  # (reference, test, inpu
 
 @dataclass(frozen=True)
 class TaskCheck:
-    """The answer-level comparison of a backend against eager fp32 (same label, span, tokens)."""
+    """The answer-level comparison of a backend against eager fp32 (same label, span, tokens).
+    `by_precision`: the check a reduced-precision backend (a TensorRT fp16 / bf16 plan) is held
+    to, where its thresholds differ from fp32's (`check`)."""
 
     name: str
     check: Check
-    # precision -> the check a plan of that precision is held to, where the margin that makes the
-    # reference decisive depends on the precision (fp16 / bf16 TensorRT plans); `check` otherwise
-    precisions: Mapping[str, Check] = field(default_factory=dict)
+    by_precision: Mapping[str, Check] = field(default_factory=dict)
 
-    def for_precision(self, precision: str) -> Check:
-        return self.precisions.get(precision, self.check)
+    def check_for(self, precision: str) -> Check:
+        return self.by_precision.get(precision, self.check)
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,9 @@ class Deployable:
     tiny: Mapping[str, Any] = field(default_factory=dict)  # a tiny config (config.json keys) for tests
     # the preprocessor_config.json of a tiny checkpoint (tests; default: the modality's)
     tiny_preprocessor: Mapping[str, Any] | None = None
+    # dims a checkpoint's preprocessor_config.json fixes (a SegFormer's image size): the defaults
+    # of `kiln build --checkpoint DIR`, and what a build checks the engine's dims against
+    processor_dims: Callable[[Mapping[str, Any]], dict[str, DimRange]] | None = None
 
     def __post_init__(self) -> None:
         names = [g.name for g in self.graphs]
@@ -824,4 +827,221 @@ def seq2seq(
         limits=lambda c: {**positions_limits(positions(c)), "source": positions(c)},
         generation=generation,
         tiny=tiny,
+    )
+
+
+# --- dense vision: semantic segmentation (SegFormer) and depth estimation (GLPN) -----------------
+# Task checks hold a backend to the reference where the reference is decisive and count the rest:
+# a pixel whose top-2 logit margin is below the precision's epsilon is a near-tie (either label
+# is right); a depth pixel whose 0-255 value lies within epsilon of a truncation boundary may
+# round either way. Thresholds per precision, with the reasons (fp16 / bf16 are TensorRT plans,
+# not measurable on kiln's CPU machines: the GPU suite confirms them).
+
+# precision -> (margin epsilon in logit units, mIoU floor over all pixels)
+SEGMENTATION_THRESHOLDS: dict[str, tuple[float, float]] = {
+    "fp32": (1e-3, 0.999),  # fp32 reorderings move logits by ~1e-6: a flip needs a margin below that
+    "fp16": (5e-2, 0.99),  # 11-bit mantissa over ~20 layers: logits of magnitude ~10 move by ~1e-2
+    "bf16": (2e-1, 0.99),  # 8-bit mantissa: 8x coarser than fp16
+}
+# precision -> (AbsRel bound, 0-255 levels allowed, share of decisive pixels within them, epsilon in levels)
+DEPTH_THRESHOLDS: dict[str, tuple[float, int, float, float]] = {
+    "fp32": (1e-4, 1, 0.999, 1e-3),  # fp32 rounding moves depth by ~1e-6 relative
+    # fp16's relative step 4.9e-4, accumulated over the MiT stages and the decoder: ~5e-3 of the
+    # depth, i.e. under one level of a 0-255 image spanning a few metres
+    "fp16": (5e-3, 1, 0.99, 5e-2),
+    "bf16": (2e-2, 3, 0.99, 2e-1),  # 8x fp16's step: ~2e-2 of the depth, up to ~3 levels
+}
+
+
+def _top2_margin(logits: np.ndarray, axis: int) -> np.ndarray:
+    top2 = np.partition(logits, -2, axis=axis)
+    return np.take(top2, -1, axis=axis) - np.take(top2, -2, axis=axis)
+
+
+def mean_iou(ref: np.ndarray, test: np.ndarray) -> float:
+    """Mean over the labels present in either map of |ref = c and test = c| / |ref = c or test = c|."""
+    labels = np.union1d(np.unique(ref), np.unique(test))
+    ious = [np.logical_and(ref == c, test == c).sum() / np.logical_or(ref == c, test == c).sum() for c in labels]
+    return float(np.mean(ious)) if ious else 1.0
+
+
+def segmentation_check(margin: float = 1e-3, min_miou: float = 0.999, output: str = "logits") -> Check:
+    """Logits (B, L, h, w) on the model's grid: every pixel where the reference's top-2 margin
+    exceeds `margin` has the reference's label, and the mIoU of the label maps over every pixel
+    is at least `min_miou`. The answer (kiln.processing.segmentation) upsamples these logits
+    bilinearly before the argmax: a convex combination of grid values, so grid logits within
+    the tolerance give the same upsampled labels wherever the reference is decisive."""
+
+    def check(ref: Feed, test: Feed, inputs: Feed) -> tuple[bool, str]:
+        r, t = ref[output], test[output]
+        decisive = _top2_margin(r, 1) > margin
+        rl, tl = r.argmax(1), t.argmax(1)
+        differ = int(((rl != tl) & decisive).sum())
+        miou = mean_iou(rl, tl)
+        return differ == 0 and miou >= min_miou, (
+            f"{int(decisive.sum())} decisive pixels, {differ} differ ({int((~decisive).sum())} near-ties "
+            f"skipped, {int((rl != tl).sum())} of all pixels differ); mIoU {miou:.6f} (>= {min_miou})"
+        )
+
+    return check
+
+
+def depth_image(depth: np.ndarray) -> np.ndarray:
+    """The 0-255 picture transformers' depth-estimation pipeline makes of one depth map:
+    (d - min) / (max - min) * 255 in float32, truncated to uint8. A constant map gives zeros
+    (transformers divides by zero there)."""
+    d = np.asarray(depth, dtype=np.float32)
+    lo, hi = d.min(), d.max()
+    if not hi > lo:
+        return np.zeros(d.shape, np.uint8)
+    return (((d - lo) / (hi - lo)) * np.float32(255)).astype(np.uint8)
+
+
+def depth_check(
+    max_abs_rel: float = 1e-4,
+    levels: int = 1,
+    min_share: float = 0.999,
+    eps: float = 1e-3,
+    output: str = "predicted_depth",
+) -> Check:
+    """Depth (B, H, W): the mean relative error mean(|test - ref| / ref) at most `max_abs_rel`,
+    and each image's 0-255 picture within `levels` of the reference's on at least `min_share` of
+    the decisive pixels; a pixel whose reference value is within `eps` of a truncation boundary
+    is a near-tie, counted and not held."""
+
+    def check(ref: Feed, test: Feed, inputs: Feed) -> tuple[bool, str]:
+        r = ref[output].astype(np.float64)
+        t = test[output].astype(np.float64)
+        abs_rel = float(np.mean(np.abs(t - r) / np.maximum(np.abs(r), 1e-12)))
+        held = within = equal = ties = 0
+        for rb, tb in zip(ref[output], test[output]):
+            rd, td = rb.astype(np.float32), tb.astype(np.float32)
+            span = rd.max() - rd.min()
+            scaled = (rd - rd.min()) / span * np.float32(255) if span > 0 else np.zeros_like(rd)
+            frac = scaled - np.floor(scaled)
+            decisive = (frac > eps) & (frac < 1 - eps)
+            diff = np.abs(depth_image(td).astype(np.int32) - depth_image(rd).astype(np.int32))[decisive]
+            held += int(decisive.sum())
+            ties += int((~decisive).sum())
+            within += int((diff <= levels).sum())
+            equal += int((diff == 0).sum())
+        share = within / max(held, 1)
+        return abs_rel <= max_abs_rel and share >= min_share, (
+            f"AbsRel {abs_rel:.1e} (<= {max_abs_rel:.0e}), 0-255 image within {levels} level on {share:.4%} "
+            f"(>= {min_share:.1%}) and equal on {equal / max(held, 1):.4%} of {held} pixels ({ties} near-ties not held)"
+        )
+
+    return check
+
+
+DENSE_FP32_WHY = (
+    "fp32 reordering of the MiT attention / Mix-FFN / conv reductions and the bilinear resizes between "
+    "eager, TorchScript, Inductor and ORT kernels"
+)
+
+
+def _image_example(low: float, high: float) -> Callable[[Any, Mapping[str, int], np.random.Generator], Feed]:
+    def example(c: Any, sizes: Mapping[str, int], rng: np.random.Generator) -> Feed:
+        shape = (sizes["batch"], c.num_channels, sizes["height"], sizes["width"])
+        return {"pixel_values": rng.uniform(low, high, shape).astype(np.float32)}
+
+    return example
+
+
+def _fixed_size_dims(preprocessor: Mapping[str, Any]) -> dict[str, DimRange]:
+    """The height and width a resize-to-size processor makes every image (SegFormer's 512 x 512)."""
+    from .processing.image import ImageProcessor
+
+    h, w = ImageProcessor.from_dict(dict(preprocessor)).output_size
+    return {"height": DimRange(h, h, h), "width": DimRange(w, w, w)}
+
+
+def semantic_segmentation(
+    model: type[KilnModel], *, tiny: Mapping[str, Any], tiny_preprocessor: Mapping[str, Any]
+) -> Deployable:
+    """pixel_values (batch, channels, height, width) at the size the checkpoint's processor
+    resizes to (static: one height and one width per engine) -> logits (batch, num_labels,
+    height / 4, width / 4). Reads config.num_channels and config.num_labels."""
+
+    def inputs(c: Any) -> tuple[TensorSpec, ...]:
+        return (TensorSpec("pixel_values", "float32", ("batch", c.num_channels, "height", "width")),)
+
+    tol = tolerances("logits", why=DENSE_FP32_WHY)
+    margin, miou = SEGMENTATION_THRESHOLDS["fp32"]
+    graph = Graph(
+        inputs,
+        lambda c: (TensorSpec("logits", "float32", ("batch", c.num_labels, "height/4", "width/4")),),
+        _image_example(-2.0, 2.5),  # ImageNet-normalised pixels span about [-2.1, 2.6]
+        tol,
+        TaskCheck(
+            "same labels on decisive pixels, mIoU",
+            segmentation_check(margin, miou),
+            {p: segmentation_check(*t) for p, t in SEGMENTATION_THRESHOLDS.items() if p != "fp32"},
+        ),
+        reference=outputs_by_name,
+    )
+    # B 1/1/8; H and W: one size (the processor's), static in every artifact
+    dims = {"batch": DimRange(1, 1, 8), "height": DimRange(512, 512, 512), "width": DimRange(512, 512, 512)}
+    return Deployable(
+        model,
+        "semantic-segmentation",
+        "image",
+        dims,
+        (graph,),
+        labels=True,
+        tiny=tiny,
+        tiny_preprocessor=tiny_preprocessor,
+        processor_dims=_fixed_size_dims,
+    )
+
+
+def predicted_depth(hf_model: Any, feed: dict, options: Mapping[str, Any]) -> dict:
+    return {"predicted_depth": hf_model(**feed).predicted_depth}
+
+
+def depth_estimation(
+    model: type[KilnModel], *, tiny: Mapping[str, Any], tiny_preprocessor: Mapping[str, Any]
+) -> Deployable:
+    """pixel_values (batch, channels, height, width), height and width in multiples of 32 (the
+    encoder's total stride: the decoder doubles the coarsest map back up stage by stage), values
+    in [0, 1] -> predicted_depth (batch, height, width). Reads config.num_channels."""
+
+    def inputs(c: Any) -> tuple[TensorSpec, ...]:
+        return (TensorSpec("pixel_values", "float32", ("batch", c.num_channels, "height", "width")),)
+
+    absrel, levels, share, eps = DEPTH_THRESHOLDS["fp32"]
+    # depth = sigmoid * max_depth (metres, 10 for NYU, 80 for KITTI): an absolute bound in metres
+    # plus a relative one
+    tol: Tolerances = {
+        "fp32": {"predicted_depth": Tolerance(1e-3, 1e-4, DENSE_FP32_WHY + "; 1 mm on depths of metres")},
+        "fp16": {"predicted_depth": Tolerance(5e-2, 5e-3, FP16_WHY + "; 5e-3 x max_depth 10")},
+        "bf16": {"predicted_depth": Tolerance(2e-1, 2e-2, BF16_WHY + "; 2e-2 x max_depth 10")},
+    }
+    graph = Graph(
+        inputs,
+        lambda c: (TensorSpec("predicted_depth", "float32", ("batch", "height", "width")),),
+        _image_example(0.0, 1.0),  # rescaled pixels, no mean / std
+        tol,
+        TaskCheck(
+            "depth AbsRel, the 0-255 depth image",
+            depth_check(absrel, levels, share, eps),
+            {p: depth_check(*t) for p, t in DEPTH_THRESHOLDS.items() if p != "fp32"},
+        ),
+        reference=predicted_depth,
+    )
+    # export: min 64 keeps every stage at least 2x2 (the last is H / 32): a 1x1 stage would let
+    # torch.export specialise the dim. TensorRT profile: 64 / 480x640 / 1024x1344.
+    dims = {
+        "batch": DimRange(1, 1, 4),
+        "height": DimRange(64, 480, 1024, multiple=32),
+        "width": DimRange(64, 640, 1344, multiple=32),
+    }
+    return Deployable(
+        model,
+        "depth-estimation",
+        "image",
+        dims,
+        (graph,),
+        tiny=tiny,
+        tiny_preprocessor=tiny_preprocessor,
     )

@@ -111,6 +111,7 @@ def _feed_for(manifest: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
         if not r.sum:
             hi = min(r.max, max(r.opt, r.min) * 2, 64 if name not in ("samples",) else r.min + 4000)
             sizes[name] = int(rng.integers(r.min, max(r.min, hi) + 1))
+            sizes[name] = max(r.min, sizes[name] // r.multiple * r.multiple)  # a dim of multiples (GLPN's H, W)
     for name, r in manifest.dims.items():
         if r.sum:
             total = sum(sizes[t] for t in r.sum)
@@ -386,6 +387,7 @@ class Worker:
             return "unnamed", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
 
     def _call(self, call: Call, rng: np.random.Generator) -> str:
+        from . import registry
         from .manifest import GenerationManifest, read_manifest
 
         path = self.root / call.engine
@@ -417,7 +419,7 @@ class Worker:
                 pipe(
                     [_hostile_text(rng) for _ in range(n)], [_hostile_text(rng) for _ in range(int(rng.integers(0, 3)))]
                 )
-            elif manifest.task in ("image-classification", "object-detection"):
+            elif registry.get(manifest.family, manifest.task).modality == "image":
                 pipe([_hostile_image(rng, self.tmp) for _ in range(int(rng.integers(1, 3)))])
             elif manifest.task in ("automatic-speech-recognition", "audio-classification"):
                 pipe([_hostile_audio(rng, self.tmp) for _ in range(int(rng.integers(1, 3)))])

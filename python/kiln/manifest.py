@@ -35,12 +35,15 @@ ARTIFACT_FILES = {"torchscript": "model.ts", "onnx": "model.onnx", "aoti": "mode
 @dataclass(frozen=True)
 class DimRange:
     """A symbolic dimension's range. `sum`: the dims it equals the sum of (a decoder's
-    total = past + new), which the runtime checks and torch.export derives."""
+    total = past + new), which the runtime checks and torch.export derives. `multiple`: every
+    size must be a multiple of it (GLPN's H and W: 32, the encoder's total stride), which the
+    runtime checks and torch.export builds in (`32 * Dim`); 1 means any size."""
 
     min: int
     opt: int
     max: int
     sum: tuple[str, ...] = ()
+    multiple: int = 1
 
     def __post_init__(self) -> None:
         # min 0 only where a dim may be empty: a KV cache's past length at prefill
@@ -48,21 +51,39 @@ class DimRange:
             raise InvalidArgumentError(
                 f"dim range min={self.min} opt={self.opt} max={self.max}: expected 0 <= min <= opt <= max, max >= 1"
             )
+        if self.multiple < 1:
+            raise InvalidArgumentError(f"dim multiple={self.multiple}: expected a positive integer")
+        if self.multiple > 1:
+            if self.sum:
+                raise InvalidArgumentError("a derived dim (sum) cannot also declare a multiple")
+            off = [
+                f"{k}={v}" for k, v in (("min", self.min), ("opt", self.opt), ("max", self.max)) if v % self.multiple
+            ]
+            if off:
+                raise InvalidArgumentError(
+                    f"dim range min={self.min} opt={self.opt} max={self.max}: {', '.join(off)} not a multiple of "
+                    f"{self.multiple} (the dim takes multiples of {self.multiple} only)"
+                )
 
     def clamp(self, limit: int) -> DimRange:
-        """This range with its max (and opt) lowered to `limit`."""
-        hi = min(self.max, limit)
+        """This range with its max (and opt) lowered to `limit` (to a multiple of `multiple`)."""
+        hi = min(self.max, limit // self.multiple * self.multiple)
         return dataclasses.replace(self, min=min(self.min, hi), opt=min(self.opt, hi), max=hi)
+
+    def allows(self, size: int) -> bool:
+        return self.min <= size <= self.max and size % self.multiple == 0
 
     def to_json(self) -> dict:
         d: dict[str, Any] = {"min": self.min, "opt": self.opt, "max": self.max}
         if self.sum:
             d["sum"] = list(self.sum)
+        if self.multiple > 1:
+            d["multiple"] = self.multiple
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> DimRange:
-        return cls(int(d["min"]), int(d["opt"]), int(d["max"]), tuple(d.get("sum", ())))
+        return cls(int(d["min"]), int(d["opt"]), int(d["max"]), tuple(d.get("sum", ())), int(d.get("multiple", 1)))
 
 
 @dataclass(frozen=True)
@@ -467,6 +488,8 @@ def _check_structure(d: dict, where: Path) -> None:
     for name, r in d["dims"].items():
         if not isinstance(r, dict) or not all(isinstance(r.get(k), int) for k in ("min", "opt", "max")):
             raise bad(f"'dims.{name}' must be an object {{min, opt, max}} of integers")
+        if "multiple" in r and (type(r["multiple"]) is not int or r["multiple"] < 1):
+            raise bad(f"'dims.{name}.multiple' must be a positive integer, got {r['multiple']!r}")
         try:
             DimRange.from_json(r)
         except InvalidArgumentError as e:

@@ -216,7 +216,7 @@ def run_parity(
         details = []
         res.task_match = True
         for it, feed in enumerate(feeds):
-            check = graph.check.for_precision(precision[runner.name])
+            check = graph.check.check_for(precision[runner.name])
             ok, detail = check(dict(ref_iters[it]), dict(iters[runner.name][it]), feed)
             res.task_match &= ok
             details.append(detail)

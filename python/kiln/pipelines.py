@@ -438,6 +438,41 @@ class ImageClassificationPipeline(_Classification):
         return [photos, photos[:1]]
 
 
+def numbered_paths(path: Path, count: int) -> list[Path]:
+    """`kiln run --save PATH` for `count` answers: PATH itself for one, PATH with the index before
+    its suffix for several (out.png -> out-0.png, out-1.png, ...)."""
+    if count == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
+
+
+def _save_pictures(pictures: list[Any], path: Path) -> list[Path]:
+    """Write PIL images to `path` (numbered when several), in the format its suffix names."""
+    from PIL import Image
+
+    suffix = path.suffix.lower()
+    if suffix not in Image.registered_extensions():
+        raise InvalidArgumentError(f"--save {path}: name a picture file (.png, .jpg, ...), not {suffix or 'no suffix'}")
+    out = []
+    for picture, file in zip(pictures, numbered_paths(path, len(pictures))):
+        try:
+            picture.save(file)
+        except (OSError, ValueError) as e:
+            raise InvalidArgumentError(f"--save {file}: cannot write it ({e})") from None
+        out.append(file)
+    return out
+
+
+def _as_image_list(images: Any) -> list:
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    if len(images) == 0:
+        raise InputValueError(
+            "no image given; expected one or more images (paths, bytes, PIL images or HxWxC uint8 arrays)"
+        )
+    return list(images)
+
+
 class ObjectDetectionPipeline(EnginePipeline):
     """Images (paths, bytes, PIL images, HxWxC uint8 arrays) -> per image the detections above a
     threshold, [{"score", "label", "box": {"xmin", "ymin", "xmax", "ymax"}}] in the original
@@ -524,17 +559,189 @@ class ObjectDetectionPipeline(EnginePipeline):
         from .processing.detection import draw_detections
         from .processing.image import load_image
 
-        paths = (
-            [path]
-            if len(inputs) == 1
-            else [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(len(inputs))]
-        )
-        for i, (image, found, out) in enumerate(zip(inputs, answers, paths)):
-            try:
-                draw_detections(load_image(image, i), found).save(out)
-            except (OSError, ValueError) as e:  # an unwritable path, an unknown suffix
-                raise InvalidArgumentError(f"--save {out}: cannot write the picture ({e})") from None
-        return paths
+        pictures = [
+            draw_detections(load_image(image, i), found) for i, (image, found) in enumerate(zip(inputs, answers))
+        ]
+        return _save_pictures(pictures, path)
+
+
+class SemanticSegmentationPipeline(EnginePipeline):
+    """Images (paths, bytes, PIL images, HxWxC uint8 arrays) -> per image the label of every pixel
+    at the image's own size, as transformers' SegFormer processor and image-segmentation
+    pipeline give it: {"segmentation": int64 (H, W) label ids, "segments": [{"id", "label",
+    "pixels", "share"}] for the labels present, by id}."""
+
+    task = "semantic-segmentation"
+    show_labels = 15  # `kiln run` lists the largest; --json lists all
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from .processing.image import ImageProcessor
+
+        self.processor = ImageProcessor.from_dir(self.dir)
+        h, w = self.processor.output_size
+        dims = self.manifest.dims
+        if not (dims["height"].allows(h) and dims["width"].allows(w)):
+            raise InvalidArgumentError(
+                f"{self.dir}: preprocessor_config.json makes {h}x{w} images but the engine takes height "
+                f"{dims['height'].min}..{dims['height'].max}, width {dims['width'].min}..{dims['width'].max}"
+            )
+
+    def preprocess(self, images):
+        from .processing.image import load_image
+
+        images = _as_image_list(images)
+        self._check_batch(len(images), "images")
+        loaded = [load_image(img, i) for i, img in enumerate(images)]
+        pixels = np.stack([self.processor.process_one(img) for img in loaded])
+        return {"pixel_values": pixels}, {"sizes": [(img.height, img.width) for img in loaded]}
+
+    def postprocess(self, outputs, ctx):
+        from .processing.segmentation import post_process_semantic_segmentation, segments
+
+        maps = post_process_semantic_segmentation(outputs["logits"], ctx["sizes"])
+        return [{"segmentation": m, "segments": segments(m, self.labels)} for m in maps]
+
+    def parity_samples(self) -> list:
+        photos = samples.photos()
+        return [photos, photos[:1]]  # a batch of 4 and a single image: batch 1 and > 1 on one artifact
+
+    def show(self, inputs: list[str], answers: list, say: Say) -> None:
+        from rich.markup import escape
+
+        for name, answer in zip(inputs, answers):
+            h, w = answer["segmentation"].shape
+            found = sorted(answer["segments"], key=lambda s: -s["pixels"])
+            say(f"[bold]{escape(name)}[/] ({w}x{h}, {len(found)} labels)")
+            for s in found[: self.show_labels]:
+                say(f"  {escape(s['label']):<24} {100 * s['share']:6.2f}%")
+            rest = found[self.show_labels :]
+            if rest:  # --json lists every label
+                say(f"  ({len(rest)} more labels, {100 * sum(s['share'] for s in rest):.2f}% of the image together)")
+
+    def answers_json(self, inputs: list[str], answers: list) -> dict:
+        return {"results": [{"size": list(a["segmentation"].shape), "segments": a["segments"]} for a in answers]}
+
+    def save(self, inputs: list[str], answers: list, path: Path) -> list[Path]:
+        """The label map over each photo: colours blended at 50 %, a legend of the labels present."""
+        from .processing.image import load_image
+        from .processing.segmentation import draw_segmentation
+
+        pictures = [
+            draw_segmentation(load_image(name, i), a["segmentation"], self.labels)
+            for i, (name, a) in enumerate(zip(inputs, answers))
+        ]
+        return _save_pictures(pictures, path)
+
+
+class DepthEstimationPipeline(EnginePipeline):
+    """Images -> per image the depth of every pixel at the image's own size, as transformers'
+    GLPN processor and depth-estimation pipeline give it: {"predicted_depth": float32 (H, W)
+    (the checkpoint's units: metres for NYU and KITTI), "depth": uint8 (H, W), the pipeline's
+    0-255 picture}. Each image keeps its own size (rounded down to a multiple of 32): images of
+    one size run as one batch."""
+
+    task = "depth-estimation"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from .processing.image import ImageProcessor
+
+        self.processor = ImageProcessor.from_dir(self.dir)
+        dims = self.manifest.dims
+        self.height, self.width = dims["height"], dims["width"]
+        divisor = self.processor.size_divisor
+        if divisor is None or divisor % self.height.multiple or divisor % self.width.multiple:
+            raise InvalidArgumentError(
+                f"{self.dir}: preprocessor_config.json has size_divisor {divisor}; the engine takes sizes in "
+                f"multiples of {self.height.multiple} (a GLPNImageProcessor with size_divisor 32 makes them)"
+            )
+
+    def preprocess(self, images):
+        """One batch: the images must come out of the processor at one size (`__call__` groups them)."""
+        from .processing.image import load_image
+
+        images = _as_image_list(images)
+        self._check_batch(len(images), "images")
+        loaded = [load_image(img, i) for i, img in enumerate(images)]
+        pixels = [self._process(img, i) for i, img in enumerate(loaded)]
+        shapes = sorted({p.shape[1:] for p in pixels})
+        if len(shapes) > 1:
+            raise InputValueError(
+                f"{self.name}: the images come out at different sizes {[list(s) for s in shapes]}; one batch "
+                "takes one size (call the pipeline itself, which groups them, or pass them one at a time)"
+            )
+        return {"pixel_values": np.stack(pixels)}, {"sizes": [(img.height, img.width) for img in loaded]}
+
+    def _process(self, image: Any, index: int) -> np.ndarray:
+        h, w = self.processor.processed_size(image.width, image.height)
+        if not (self.height.allows(h) and self.width.allows(w)):
+            raise InputValueError(
+                f"{self.name}: image {index} ({image.width}x{image.height}) becomes {w}x{h}; the engine takes "
+                f"width {self.width.min}..{self.width.max} and height {self.height.min}..{self.height.max} "
+                "(multiples of 32): resize the image, or rebuild the engine with larger --dims"
+            )
+        return self.processor.process_one(image)
+
+    def __call__(self, images) -> list[dict]:  # type: ignore[override]
+        """Answers in the order given; images of one processed size run together (up to the
+        engine's batch), as one batch each."""
+        from .processing.image import load_image
+
+        loaded = [load_image(img, i) for i, img in enumerate(_as_image_list(images))]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(loaded):
+            groups.setdefault(self.processor.processed_size(img.width, img.height), []).append(i)
+        answers: list[Any] = [None] * len(loaded)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.batch_max):
+                chunk = indices[start : start + self.batch_max]
+                feed, ctx = self.preprocess([loaded[i] for i in chunk])
+                for i, answer in zip(chunk, self.postprocess(self.run(feed), ctx)):
+                    answers[i] = answer
+        return answers
+
+    def postprocess(self, outputs, ctx):
+        from .processing.depth import depth_image, post_process_depth_estimation
+
+        depths = post_process_depth_estimation(outputs["predicted_depth"], ctx["sizes"])
+        return [{"predicted_depth": d, "depth": depth_image(d)} for d in depths]
+
+    def parity_samples(self) -> list:
+        """The four photos cut to one size (chelsea's, the smallest: 300x451 -> 288x448 in the
+        model), as one batch; and the astronaut alone (512x512)."""
+        photos = samples.photos()
+        h, w = min(p.shape[0] for p in photos), min(p.shape[1] for p in photos)
+        return [[np.ascontiguousarray(p[:h, :w]) for p in photos], photos[:1]]
+
+    def show(self, inputs: list[str], answers: list, say: Say) -> None:
+        from rich.markup import escape
+
+        for name, answer in zip(inputs, answers):
+            d = answer["predicted_depth"]
+            say(
+                f"[bold]{escape(name)}[/] ({d.shape[1]}x{d.shape[0]}): depth {d.min():.3f} .. {d.max():.3f} m, "
+                f"median {float(np.median(d)):.3f} m"
+            )
+
+    def answers_json(self, inputs: list[str], answers: list) -> dict:
+        return {
+            "results": [
+                {
+                    "size": list(a["predicted_depth"].shape),
+                    "min": float(a["predicted_depth"].min()),
+                    "max": float(a["predicted_depth"].max()),
+                    "median": float(np.median(a["predicted_depth"])),
+                }
+                for a in answers
+            ]
+        }
+
+    def save(self, inputs: list[str], answers: list, path: Path) -> list[Path]:
+        """Each depth map colour-mapped (near bright, far dark) with a scale bar, at the image's size."""
+        from .processing.depth import draw_depth
+
+        return _save_pictures([draw_depth(a["predicted_depth"]) for a in answers], path)
 
 
 class AudioPipeline(EnginePipeline):

@@ -73,7 +73,10 @@ class Recipe:
             raise InvalidArgumentError(
                 f"--dims {unknown}: not dims of {self.deployable.name}; its dims are {', '.join(self.dims)}"
             )
-        self.dims = {**self.dims, **{n: DimRange(r.min, r.opt, r.max, self.dims[n].sum) for n, r in overrides.items()}}
+        self.dims = {
+            **self.dims,
+            **{n: _with_rules(f"--dims {n}", r.min, r.opt, r.max, self.dims[n]) for n, r in overrides.items()},
+        }
         return self
 
     def graph_tolerances(self, graph_tolerances: Tolerances, outputs: list[str]) -> Tolerances:
@@ -98,7 +101,30 @@ class Recipe:
             task=d.task,
             checkpoint=str(path),
             description=f"{d.name} from the checkpoint {path}",
+            dims=processor_dims(d, path) or {},
         )
+
+
+def processor_dims(d: Deployable, checkpoint: str | Path) -> dict[str, DimRange] | None:
+    """The dims the checkpoint's preprocessor_config.json fixes for this deployable (a SegFormer's
+    image size), or None where the family declares none or the checkpoint has no such file."""
+    from .processing import PREPROCESSOR_FILE, read_preprocessor_config
+
+    if d.processor_dims is None or not (Path(checkpoint) / PREPROCESSOR_FILE).is_file():
+        return None
+    try:
+        return d.processor_dims(read_preprocessor_config(checkpoint, ""))
+    except InvalidArgumentError as e:
+        raise InvalidArgumentError(f"{Path(checkpoint) / PREPROCESSOR_FILE}: {e}") from None
+
+
+def _with_rules(where: str, lo: int, opt: int, hi: int, declared: DimRange) -> DimRange:
+    """A range for a declared dim, keeping the deployable's rules on it (a derived dim's terms,
+    a required multiple); a range that breaks them is an error naming where it came from."""
+    try:
+        return DimRange(lo, opt, hi, declared.sum, declared.multiple)
+    except InvalidArgumentError as e:
+        raise InvalidArgumentError(f"{where}: {e}") from None
 
 
 def parse_dims(specs: list[str]) -> dict[str, DimRange]:
@@ -148,7 +174,7 @@ def load_recipe(ref: str | Path) -> Recipe:
             lo, opt, hi = int(rng["min"]), int(rng["opt"]), int(rng["max"])
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidArgumentError(f"recipe {path}: [dims.{name}] needs integer min, opt and max ({e})") from None
-        dims[name] = DimRange(lo, opt, hi, d.dims[name].sum)
+        dims[name] = _with_rules(f"recipe {path}: [dims.{name}]", lo, opt, hi, d.dims[name])
     tolerances: Tolerances = {}
     for precision, outs in data.pop("tolerances", {}).items():
         for out, tol in outs.items():

@@ -30,6 +30,7 @@ LABELS = {
     "audio-classification": ["speech", "music", "noise"],
     # COCO-style: id 0 is "N/A" (an unused id the real checkpoints keep)
     "object-detection": ["N/A", "person", "bicycle", "car", "cat", "dog", "cup", "rocket", "clock", "potted plant"],
+    "semantic-segmentation": ["wall", "sky", "floor", "person", "cat", "cup", "rocket", "plant"],
 }
 CTC_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", *"ETAONIHSRDLUMWCFGYPBVK'XJQZ"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")

@@ -449,7 +449,77 @@ void test_npy() {
   std::printf("ok     .npy reader follows numpy's format spec\n");
 }
 
+// An image-shaped manifest: pixel_values (batch, 3, height, width), height and width in
+// multiples of 32 (GLPN's encoder strides total 32), predicted_depth (batch, height, width).
+Json depth_manifest() {
+  return Json::parse(R"({
+    "format_version": 2, "name": "fake-depth", "family": "test", "task": "depth-estimation", "config": {},
+    "dims": {"batch": {"min": 1, "opt": 1, "max": 4},
+             "height": {"min": 64, "opt": 480, "max": 1024, "multiple": 32},
+             "width": {"min": 64, "opt": 640, "max": 1344, "multiple": 32}},
+    "inputs": [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}],
+    "outputs": [{"name": "predicted_depth", "dtype": "float32", "shape": ["batch", "height", "width"]}],
+    "artifacts": [{"format": "fake", "file": "model.fake", "sha256": "", "bytes": 0}]
+  })");
+}
+
+void test_dim_multiple() {
+  const Json good = depth_manifest();
+  kiln::Manifest m = kiln::Manifest::parse(good.dump(), "m.json");
+  CHECK(m.dims.at("height").multiple == 32 && m.dims.at("width").multiple == 32);
+  CHECK(m.dims.at("batch").multiple == 1);  // absent: any size
+  auto broken = [&](const std::string& label, const std::function<void(Json&)>& edit,
+                    const std::vector<std::string>& needles) {
+    Json j = good;
+    edit(j);
+    expect_error("manifest: " + label, ErrorCode::Manifest, needles, [&] { kiln::Manifest::parse(j.dump(), "m.json"); });
+  };
+  broken("multiple 0", [](Json& j) { j["dims"]["height"]["multiple"] = 0; },
+         {"m.json", "'dims.height.multiple' must be a positive integer", "0"});
+  broken("multiple negative", [](Json& j) { j["dims"]["width"]["multiple"] = -32; }, {"'dims.width.multiple'", "-32"});
+  broken("multiple a string", [](Json& j) { j["dims"]["height"]["multiple"] = "32"; },
+         {"'dims.height.multiple' must be an integer", "\"32\""});
+  broken("multiple a float", [](Json& j) { j["dims"]["height"]["multiple"] = 32.5; }, {"'dims.height.multiple'", "32.5"});
+  broken("min not a multiple", [](Json& j) { j["dims"]["height"]["min"] = 48; },
+         {"'dims.height.min' is 48, not a multiple of 'dims.height.multiple' (32)"});
+  broken("opt not a multiple", [](Json& j) { j["dims"]["width"]["opt"] = 600; }, {"'dims.width.opt' is 600"});
+  broken("max not a multiple", [](Json& j) { j["dims"]["width"]["max"] = 1333; }, {"'dims.width.max' is 1333"});
+  broken("multiple on a derived dim", [](Json& j) {
+    j["dims"]["both"] = {{"min", 128}, {"opt", 128}, {"max", 2048}, {"sum", {"height", "width"}}, {"multiple", 32}};
+  }, {"'dims.both.multiple'", "derived"});
+
+  EngineDir d("multiple", good);
+  auto engine = Engine::open(d.path());
+  int64_t seen_h = 0;
+  fake_run = [&](const std::vector<Tensor>& in) {
+    seen_h = in[0].shape()[2];
+    return std::vector<Tensor>{Tensor::zeros(DType::Float32, {in[0].shape()[0], in[0].shape()[2], in[0].shape()[3]})};
+  };
+  auto pixels = [](int64_t b, int64_t h, int64_t w) {
+    return Inputs{{"pixel_values", Tensor::zeros(DType::Float32, {b, 3, h, w})}};
+  };
+  CHECK(engine->run(pixels(2, 96, 128)).at("predicted_depth").shape() == (std::vector<int64_t>{2, 96, 128}));
+  CHECK(seen_h == 96);
+  CHECK(engine->run(pixels(1, 64, 1344)).count("predicted_depth"));  // the range's ends
+  const std::string who = "engine 'multiple'";
+  auto refused = [&](const std::string& label, const std::vector<std::string>& needles, Inputs in) {
+    int before = fake_runs;
+    expect_error(label, ErrorCode::InputShape, needles, [&] { engine->run(in); });
+    CHECK(fake_runs == before);  // refused before the backend ran
+    expect_error(label + " (validate)", ErrorCode::InputShape, needles, [&] { engine->validate(in); });
+  };
+  refused("height 100", {who, "input 'pixel_values' has shape [1, 3, 100, 128]", "dimension 2 ('height') is 100",
+                         "not a multiple of 32", "e.g. 96 or 128"}, pixels(1, 100, 128));
+  refused("width 650", {"dimension 3 ('width') is 650, not a multiple of 32", "e.g. 640 or 672"}, pixels(1, 64, 650));
+  refused("height 1 (below the range)", {"('height') is 1, outside the engine's range 64..1024"}, pixels(1, 1, 64));
+  refused("width 1376 (a multiple above the range)", {"('width') is 1376, outside the engine's range 64..1344"},
+          pixels(1, 64, 1376));
+  refused("width 1345", {"('width') is 1345, outside the engine's range"}, pixels(1, 64, 1345));
+  std::printf("ok     dims of multiples (manifest field, checked before the backend runs)\n");
+}
+
 const std::map<std::string, std::function<void()>> kCases = {
+    {"dim_multiple", test_dim_multiple},
     {"manifest_v2", test_manifest_v2},     {"utf8", test_utf8},
     {"generation_manifest", test_generation_manifest},
     {"validation", test_validation},       {"threads_bound", test_threads_bound},

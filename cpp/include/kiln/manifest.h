@@ -20,6 +20,9 @@ struct DimRange {
   // A derived dimension ("sum": ["past", "new"]): its size must equal the sum of these
   // dimensions' sizes (each a key of the same manifest's dims). Empty for an ordinary one.
   std::vector<std::string> sum;
+  // Every size must be a multiple of this ("multiple": 32 for GLPN's height and width, the
+  // encoder's total stride); min, opt and max are multiples of it. 1: any size.
+  int64_t multiple = 1;
   bool derived() const noexcept { return !sum.empty(); }
 };
 

@@ -116,14 +116,23 @@ def dynamic_shapes(graph: Graph, config: Any, dims: dict[str, DimRange]) -> tupl
     """torch.export dynamic shapes for the graph's symbolic dims, one per positional input (one
     Dim object per name, so inputs sharing a dim are tied together), nested once for
     FlatOutputs.forward(*args). A derived dim (total = past + new) is Dim.AUTO: torch.export
-    derives it from the graph instead of checking an independent range."""
-    objs = {
-        name: torch.export.Dim.AUTO if r.sum else torch.export.Dim(name, min=r.min, max=r.max)
-        for name, r in dims.items()
-    }
+    derives it from the graph instead of checking an independent range. A dim of multiples
+    (GLPN's H and W) is `multiple * Dim(min / multiple, max / multiple)`, so the graph may rely
+    on it (every stride-2 stage halves it exactly); a dim whose range is one size is static."""
+
+    def dim(name: str, r: DimRange) -> Any:
+        if r.sum:
+            return torch.export.Dim.AUTO
+        if r.multiple > 1:
+            return r.multiple * torch.export.Dim(
+                f"{name}_{r.multiple}", min=r.min // r.multiple, max=r.max // r.multiple
+            )
+        return torch.export.Dim(name, min=r.min, max=r.max)
+
+    objs = {name: dim(name, r) for name, r in dims.items() if r.sum or r.min != r.max}
     return (
         tuple(
-            {axis: objs[d] for axis, d in enumerate(spec.shape) if isinstance(d, str)}
+            {axis: objs[d] for axis, d in enumerate(spec.shape) if isinstance(d, str) and d in objs}
             for spec in graph.input_specs(config)
         ),
     )
@@ -131,8 +140,9 @@ def dynamic_shapes(graph: Graph, config: Any, dims: dict[str, DimRange]) -> tupl
 
 def example_sizes(dims: dict[str, DimRange], batch: int = 2) -> dict[str, int]:
     """Export sizes inside the ranges: batch 2 (an example batch of 1 would specialise the dim)
-    and every other dim at min(max(min, 16), max); a derived dim is the sum of its terms."""
-    sizes = {name: min(max(r.min, 16), r.max) for name, r in dims.items() if not r.sum}
+    and every other dim at min(max(min, 16), max), rounded up to its multiple; a derived dim is
+    the sum of its terms."""
+    sizes = {name: min(-(-max(r.min, 16) // r.multiple) * r.multiple, r.max) for name, r in dims.items() if not r.sum}
     if "batch" in dims:
         sizes["batch"] = min(max(batch, dims["batch"].min), dims["batch"].max)
     for name, r in dims.items():
@@ -227,6 +237,22 @@ def _export_graph(
         seconds[fmt] = time.perf_counter() - t
         progress(f"  {label}{fmt}: {seconds[fmt]:.1f} s, {(out / file).stat().st_size / 1e6:.1f} MB")
     return artifacts, skipped, seconds
+
+
+def _check_processor_dims(recipe: Recipe, ckpt: Path, dims: dict[str, DimRange]) -> None:
+    """An engine must take what its own pre-processing makes: where the checkpoint's
+    preprocessor_config.json fixes dims (a SegFormer's image size), the engine's dims are those."""
+    from ..recipe import processor_dims
+
+    fixed = processor_dims(recipe.deployable, ckpt) or {}
+    wrong = {n: r for n, r in fixed.items() if n in dims and (dims[n].min, dims[n].max) != (r.min, r.max)}
+    if wrong:
+        have = ", ".join(f"{n} {dims[n].min}..{dims[n].max}" for n in wrong)
+        want = " ".join(f"{n}={r.min}:{r.opt}:{r.max}" for n, r in wrong.items())
+        raise InvalidArgumentError(
+            f"{recipe.name}: the checkpoint's preprocessor_config.json makes images of {want.replace(' ', ', ')} but "
+            f"the engine's dims are {have}; build with --dims {want}"
+        )
 
 
 def _copy_processing(d: Deployable, recipe: Recipe, ckpt: Path, out: Path, model: Any) -> dict:
@@ -349,6 +375,7 @@ def build(
     dims, clamped = clamp_dims(d, recipe.dims, config)
     for line in clamped.values():
         progress(f"dims: {line}")
+    _check_processor_dims(recipe, ckpt, dims)
     random_keys = sorted(getattr(model, "random_keys", []))
     seconds = {"load": time.perf_counter() - t0}
     common: dict[str, Any] = dict(

@@ -10,6 +10,10 @@ white), resize with Pillow and the configured resample filter, center crop, resc
 ConvNeXT's resize: when size.shortest_edge < 384, the shortest edge goes to
 int(shortest_edge / crop_pct) (aspect kept) and a shortest_edge square is center-cropped;
 otherwise the image is warped to shortest_edge x shortest_edge.
+SegformerImageProcessor: a resize to size (512 x 512 for ADE20K), rescale, normalise with the
+ImageNet mean and std. GLPNImageProcessor (size_divisor): height and width each rounded down to
+a multiple of size_divisor (32) and resized to that, rescaled, not normalised, so the images of
+a batch may differ in size (`processed_size` says which size an image gets).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from . import PREPROCESSOR_FILE, read_preprocessor_config
 
 IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
 # PIL.Image.Resampling values, as preprocessor_config.json stores them
 _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -36,6 +42,13 @@ _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "ViTImageProcessor": {"size": {"height": 224, "width": 224}, "resample": 2},
     "ConvNextImageProcessor": {"size": {"shortest_edge": 384}, "resample": 3, "crop_pct": 224 / 256},
+    "SegformerImageProcessor": {
+        "size": {"height": 512, "width": 512},
+        "resample": 2,
+        "image_mean": IMAGENET_DEFAULT_MEAN,
+        "image_std": IMAGENET_DEFAULT_STD,
+    },
+    "GLPNImageProcessor": {"size_divisor": 32, "resample": 2, "do_normalize": False},
 }
 
 
@@ -52,8 +65,14 @@ class ImageProcessor:
     do_normalize: bool = True
     image_mean: tuple[float, ...] = IMAGENET_STANDARD_MEAN
     image_std: tuple[float, ...] = IMAGENET_STANDARD_STD
+    # GLPN: resize each side down to a multiple of this (size is not used); None: resize to size
+    size_divisor: int | None = None
 
     def __post_init__(self) -> None:
+        if self.size_divisor is not None and (
+            isinstance(self.size_divisor, bool) or not isinstance(self.size_divisor, int) or self.size_divisor < 1
+        ):
+            raise InvalidArgumentError(f"size_divisor={self.size_divisor!r}: expected a positive integer")
         if self.resample not in _RESAMPLE_NAMES:
             raise InvalidArgumentError(
                 f"resample={self.resample!r}: expected one of {sorted(_RESAMPLE_NAMES)} (PIL.Image.Resampling)"
@@ -82,8 +101,10 @@ class ImageProcessor:
         crop_size = d.get("crop_size")
         if isinstance(crop_size, int):
             crop_size = {"height": crop_size, "width": crop_size}
-        names = set(cls.__dataclass_fields__) - {"size", "crop_size", "crop_pct"}
+        names = set(cls.__dataclass_fields__) - {"size", "crop_size", "crop_pct", "size_divisor"}
         kwargs = {k: d[k] for k in names if k in d}
+        if kind == "GLPNImageProcessor":  # its resize is always the size_divisor one
+            kwargs["size_divisor"] = d.get("size_divisor", 32)
         return cls(
             size=dict(size),
             crop_size=crop_size,
@@ -108,6 +129,11 @@ class ImageProcessor:
     @property
     def output_size(self) -> tuple[int, int]:
         """(height, width) of every processed image."""
+        if self.size_divisor is not None:
+            raise InvalidArgumentError(
+                f"size_divisor={self.size_divisor}: each image keeps its own size (rounded down to a multiple "
+                f"of {self.size_divisor}); there is no one output size"
+            )
         if self.do_center_crop and self.crop_size:
             return self.crop_size["height"], self.crop_size["width"]
         if "shortest_edge" in self.size:
@@ -139,11 +165,31 @@ class ImageProcessor:
             )
         return np.stack(out)
 
+    def processed_size(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) an image of this size is resized to."""
+        if not self.do_resize:
+            return height, width
+        if self.size_divisor is not None:
+            return height // self.size_divisor * self.size_divisor, width // self.size_divisor * self.size_divisor
+        if "shortest_edge" in self.size and self.crop_pct is None and not self.do_center_crop:
+            edge, short = self.size["shortest_edge"], min(width, height)
+            long_ = int(edge * max(width, height) / short)
+            return (edge, long_) if height <= width else (long_, edge)
+        return self.output_size
+
     def process_one(self, image) -> np.ndarray:
         """An RGB PIL image -> float32 [3, H, W]."""
         from PIL import Image
 
-        if self.do_resize:
+        if self.do_resize and self.size_divisor is not None:
+            h, w = self.processed_size(image.width, image.height)
+            if h == 0 or w == 0:
+                raise InputValueError(
+                    f"a {image.width}x{image.height} image is smaller than size_divisor={self.size_divisor} on a "
+                    f"side; the model takes images of at least {self.size_divisor}x{self.size_divisor}"
+                )
+            image = image.resize((w, h), resample=self.resample)
+        elif self.do_resize:
             image = self._resize(image, Image)
         x = np.asarray(image)  # (H, W, 3) uint8
         if self.do_center_crop and self.crop_size:
