@@ -33,8 +33,8 @@ from kiln.serving.config import check, render
 from kiln.serving.repository import RepoOptions, RepositoryWriter
 from kiln.serving.server import TritonServer, free_port_block
 
-grpcclient = pytest.importorskip("tritonclient.grpc")
-httpclient = pytest.importorskip("tritonclient.http")
+import tritonclient.grpc as grpcclient  # noqa: E402  (the serve extra: make setup installs it)
+import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 ENGINES = {

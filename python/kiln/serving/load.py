@@ -3,13 +3,14 @@
 For each client count: that many client threads (each its own gRPC or HTTP client, loopback only)
 send the same request (batch x length, as `kiln bench` makes it) back to back for `seconds`;
 latency percentiles, requests/s, rows/s, errors, and the mean batch the server ran (rows per
-model execution, from Triton's metrics). Then, with the server stopped, Engine.run in this
-process on a batch of that size (same backend, same threads): the server's rows/s over
+model execution, from Triton's metrics). Then, right after each load (the server idle),
+Engine.run in this process on a batch of that size (same backend, same threads): the server's rows/s over
 in-process rows/s is what serving costs.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 import time
@@ -109,24 +110,33 @@ def _load_level(
     }
 
 
-def in_process(engine_dir: str | Path, backend: str, threads: int, feed: dict, batch: int, seconds: float) -> dict:
-    """Engine.run in this process on `batch` rows of the request (its rows repeated): rows/s."""
-    from ..runtime import Engine
+class InProcess:
+    """Engine.run in this process on batches of the request's rows (the same backend and threads)."""
 
-    engine = Engine(engine_dir, backend=backend, num_threads=threads)
-    rows = next(iter(feed.values())).shape[0]
-    reps = -(-batch // rows)
-    batched = {k: np.ascontiguousarray(np.concatenate([v] * reps)[:batch]) for k, v in feed.items()}
-    for _ in range(2):
-        engine.run(batched)
-    times: list[float] = []
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds or len(times) < 3:
-        t = time.perf_counter()
-        engine.run(batched)
-        times.append(time.perf_counter() - t)
-    total = sum(times)
-    return {"batch": batch, "runs": len(times), "rows_per_s": len(times) * batch / total, **_percentiles(times)}
+    def __init__(self, engine_dir: str | Path, backend: str, threads: int, feed: dict):
+        from ..runtime import Engine
+
+        self.engine = Engine(engine_dir, backend=backend, num_threads=threads)
+        self.feed = feed
+
+    def measure(self, batch: int, seconds: float) -> dict:
+        rows = next(iter(self.feed.values())).shape[0]
+        reps = -(-batch // rows)
+        batched = {k: np.ascontiguousarray(np.concatenate([v] * reps)[:batch]) for k, v in self.feed.items()}
+        for _ in range(2):
+            self.engine.run(batched)
+        times: list[float] = []
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds or len(times) < 3:
+            t = time.perf_counter()
+            self.engine.run(batched)
+            times.append(time.perf_counter() - t)
+        return {
+            "batch": batch,
+            "runs": len(times),
+            "rows_per_s": len(times) * batch / sum(times),
+            **_percentiles(times),
+        }
 
 
 def run_bench_serve(
@@ -148,6 +158,7 @@ def run_bench_serve(
     feed = _feed(manifest, batch, seq)
     opts = options or RepoOptions()
     opts.kinds = ("engine",)
+    load_before = os.getloadavg()[0]
     if any(c < 1 for c in clients):
         raise InvalidArgumentError(f"--clients {clients}: expected counts >= 1")
     with tempfile.TemporaryDirectory(prefix="kiln-bench-serve-") as tmp:
@@ -160,16 +171,17 @@ def run_bench_serve(
             check = _client(protocol, server.grpc_url if protocol == "grpc" else server.http_url, feed, [])
             for _ in range(3):  # warm-up: first runs allocate
                 check(model.name)
+            baseline = InProcess(engine_dir, backend, opts.num_threads, feed)
             for c in clients:
                 progress(f"{c} clients for {seconds:g} s")
-                levels.append(_load_level(server, model.name, protocol, c, seconds, feed, manifest.output_names))
-        for level in levels:
-            b = max(1, round(level["mean_batch"])) if level["executions"] else batch
-            b = min(b, manifest.dims["batch"].max)
-            progress(f"Engine.run in-process, batch {b}")
-            base = in_process(engine_dir, backend, opts.num_threads, feed, b, max(3.0, seconds / 4))
-            level["in_process"] = base
-            level["ratio"] = level["rows_per_s"] / base["rows_per_s"]
+                level = _load_level(server, model.name, protocol, c, seconds, feed, manifest.output_names)
+                # right after the load, with the server idle: the same machine state for both
+                b = max(1, round(level["mean_batch"])) if level["executions"] else batch
+                b = min(b, manifest.dims["batch"].max)
+                progress(f"Engine.run in-process, batch {b}")
+                level["in_process"] = baseline.measure(b, max(3.0, seconds / 4))
+                level["ratio"] = level["rows_per_s"] / level["in_process"]["rows_per_s"]
+                levels.append(level)
     return {
         "engine": str(engine_dir),
         "model": model.name,
@@ -182,6 +194,8 @@ def run_bench_serve(
         "threads": opts.num_threads,
         "max_queue_delay_us": opts.max_queue_delay_us,
         "machine": machine(),
+        # other work on the machine skews both sides: the 1-minute load average before and after
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "levels": levels,
     }
 
@@ -238,7 +252,8 @@ def print_result(result: dict, console: Any) -> None:
     m = result["machine"]
     table = Table(
         title=f"{result['model']} on Triton ({result['backend']}, {result['protocol']}, batch {result['batch']} x "
-        f"{result['seq']}) · {m.get('cpu', '?')}"
+        f"{result['seq']}) · {m.get('cpu', '?')}, {m.get('cores', '?')} cores, load average "
+        f"{result['load_average'][0]} before, {result['load_average'][1]} after"
     )
     for col in COLUMNS:
         table.add_column(col)
