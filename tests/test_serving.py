@@ -22,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient  # the serve extra: make setup installs it
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from kiln import samples
 from kiln.cli import main
@@ -32,10 +35,6 @@ from kiln.serving import batching
 from kiln.serving.config import check, render
 from kiln.serving.repository import RepoOptions, RepositoryWriter
 from kiln.serving.server import TritonServer, free_port_block
-
-import tritonclient.grpc as grpcclient  # noqa: E402  (the serve extra: make setup installs it)
-import tritonclient.http as httpclient  # noqa: E402
-from tritonclient.utils import InferenceServerException  # noqa: E402
 
 ENGINES = {
     "bert": ("bert", "feature-extraction"),
