@@ -10,6 +10,7 @@ in-process rows/s is what serving costs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import threading
@@ -156,8 +157,7 @@ def run_bench_serve(
     length = _length_dim(manifest)
     seq = seq if seq is not None else (manifest.dims[length].opt if length else None)
     feed = _feed(manifest, batch, seq)
-    opts = options or RepoOptions()
-    opts.kinds = ("engine",)
+    opts = dataclasses.replace(options or RepoOptions(), kinds=("engine",))
     load_before = os.getloadavg()[0]
     if any(c < 1 for c in clients):
         raise InvalidArgumentError(f"--clients {clients}: expected counts >= 1")

@@ -207,10 +207,8 @@ def generate_config(m: GenerationManifest, name: str, engine_dir: str, options: 
     }
 
 
-def _native_base(m: Manifest, name: str, platform: str, options: RepoOptions) -> dict:
-    is_batched = batching.batched(m)
-    config: dict = {"name": name, "platform": platform, "max_batch_size": m.dims["batch"].max if is_batched else 0}
-    return config
+def _native_base(m: Manifest, name: str, platform: str) -> dict:
+    return {"name": name, "platform": platform, "max_batch_size": m.dims["batch"].max if batching.batched(m) else 0}
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -224,7 +222,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def onnx_config(m: Manifest, name: str, options: RepoOptions) -> dict:
-    config = _native_base(m, name, "onnxruntime_onnx", options)
+    config = _native_base(m, name, "onnxruntime_onnx")
     is_batched = batching.batched(m)
     config["input"] = [_tensor(s, is_batched) for s in m.inputs]
     config["output"] = [_tensor(s, is_batched) for s in m.outputs]
@@ -263,7 +261,7 @@ def _plain_map(values: dict[str, str]) -> dict:
 
 
 def torchscript_config(m: Manifest, name: str, gpu: bool, options: RepoOptions) -> dict:
-    config = _native_base(m, name, "pytorch_libtorch", options)
+    config = _native_base(m, name, "pytorch_libtorch")
     is_batched = batching.batched(m)
     config["#names"] = (
         "Triton's PyTorch backend binds tensors by position: <name>__<index> (forward()'s argument\n"
@@ -284,7 +282,7 @@ def torchscript_config(m: Manifest, name: str, gpu: bool, options: RepoOptions) 
 
 
 def trt_config(m: Manifest, name: str, art: Artifact, options: RepoOptions) -> dict:
-    config = _native_base(m, name, "tensorrt_plan", options)
+    config = _native_base(m, name, "tensorrt_plan")
     is_batched = batching.batched(m)
     profiles = art.profiles
     if is_batched and profiles:  # the plan's own limit: its profiles' largest batch

@@ -18,6 +18,7 @@ models and exits in a few seconds), then SIGKILL to its process group if it does
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -32,9 +33,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import BackendUnavailableError, KilnError, RuntimeFailure
+from .repository import RepoOptions
 
 
 def _pytriton_dir() -> Path:
@@ -87,6 +90,16 @@ def server_environment() -> dict[str, str]:
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def _stop_with_parent() -> None:
+    """In the server's process before exec: SIGTERM (Triton's clean shutdown) when the process
+    that started it dies, even by SIGKILL, so that no server outlives kiln or a test run."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -205,6 +218,7 @@ class TritonServer:
                 stderr=subprocess.STDOUT,
                 env=server_environment(),
                 start_new_session=True,
+                preexec_fn=_stop_with_parent,
             )
         finally:
             log.close()
@@ -316,15 +330,14 @@ def serve(
     engine_dirs: list[str],
     host: str = "127.0.0.1",
     port: int = 8000,
-    options: object | None = None,
-    say=print,
+    options: RepoOptions | None = None,
+    say: Callable[[str], None] = print,
 ) -> int:
     """`kiln serve`: a repository of the engines' Python models in a temporary directory, the
     bundled server on it (HTTP `port`, gRPC port + 1, metrics port + 2), until Ctrl-C or SIGTERM."""
-    from .repository import PYTHON_KINDS, RepoOptions, write_repository
+    from .repository import PYTHON_KINDS, write_repository
 
-    opts = options if isinstance(options, RepoOptions) else RepoOptions()
-    opts.kinds = PYTHON_KINDS
+    opts = dataclasses.replace(options or RepoOptions(), kinds=PYTHON_KINDS)
     with tempfile.TemporaryDirectory(prefix="kiln-serve-") as tmp:
         repo = Path(tmp) / "models"
         written = write_repository(list(engine_dirs), repo, opts)
