@@ -137,6 +137,12 @@ def free_port_block(count: int, host: str = "127.0.0.1", tries: int = 100) -> in
     raise ServerError(f"no {count} consecutive free ports found on {host}")
 
 
+# Triton waits this long for in-flight requests at shutdown. A client that keeps a gRPC stream
+# open to a decoupled (streaming) model holds that model in UNLOADING past it, and the server
+# then logs "Exit timeout expired. Exiting immediately." without exiting: stop() kills it.
+EXIT_TIMEOUT = 10
+
+
 class ServerError(RuntimeFailure):
     """The server did not start, or a model did not load (the message holds its log's tail)."""
 
@@ -165,6 +171,7 @@ class TritonServer:
         self.log_path = Path(log_file) if log_file else Path(self._tmp.name) / "tritonserver.log"
         self.verbose = verbose
         self.process: subprocess.Popen | None = None
+        self.killed = False
 
     # --- addresses ----------------------------------------------------------------------
     @property
@@ -197,7 +204,7 @@ class TritonServer:
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
-            "--exit-timeout-secs=10",
+            f"--exit-timeout-secs={EXIT_TIMEOUT}",
             f"--log-verbose={1 if self.verbose else 0}",
         ]
         if self.models is not None:
@@ -271,8 +278,9 @@ class TritonServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGINT (Triton unloads the models and exits), then SIGKILL to its process group."""
+    def stop(self, timeout: float = EXIT_TIMEOUT + 5) -> int | None:
+        """SIGINT (Triton unloads the models and exits), then, after `timeout`, SIGKILL to its
+        process group (`killed` says whether it came to that). Returns the exit status."""
         p = self.process
         if p is None:
             return None
@@ -281,7 +289,7 @@ class TritonServer:
                 p.send_signal(signal.SIGINT)
                 p.wait(timeout)
             except subprocess.TimeoutExpired:
-                pass
+                self.killed = True
         # the Python stubs are the server's children, in the session it leads
         try:
             os.killpg(p.pid, signal.SIGKILL)
@@ -378,7 +386,13 @@ def serve(
         except KeyboardInterrupt:
             say("stopping ...")
             code = server.stop()
-            say(f"stopped (tritonserver exit status {code})")
+            if server.killed:
+                say(
+                    f"tritonserver had not exited {EXIT_TIMEOUT + 5} s after SIGINT (a client still holds a stream "
+                    "open to a streaming model): killed"
+                )
+            else:
+                say(f"stopped (tritonserver exit status {code})")
             return 0
         except KilnError:
             server.stop()
