@@ -27,7 +27,7 @@ CCACHE := $(shell command -v ccache 2>/dev/null)
 CORE_CMAKE := -G Ninja -DKILN_WITH_TORCH=OFF -DKILN_BUILD_PYTHON=OFF -DKILN_SANITIZE=address,undefined \
 	-DKILN_WARNINGS_AS_ERRORS=ON $(if $(CCACHE),-DCMAKE_CXX_COMPILER_LAUNCHER=$(CCACHE))
 
-.PHONY: help setup apt apt-fuzz deps cpp checkpoints typestubs demo test lint sanitize fuzz fuzz-cpp test-gpu bench bench-generation check-tensorrt clean
+.PHONY: help setup apt apt-fuzz deps cpp checkpoints typestubs demo test lint sanitize fuzz fuzz-cpp test-gpu bench bench-generation check-tensorrt clean bench-serve serve
 
 help:
 	@echo "make demo   build the deployables, semantic search through the C++ runtime, parity table"
@@ -39,6 +39,8 @@ help:
 	@echo "make bench  benchmark MiniLM on every backend (writes $(BENCH_DIR)/minilm.json)"
 	@echo "make bench-generation  GPT-2 small, BART-base and t5-small generation, transformers vs kiln ($(BENCH_DIR)/generation-*.json)"
 	@echo "make test-gpu  on a GPU host with TensorRT: every deployable with TensorRT plans, parity, bench"
+	@echo "make serve  MiniLM on the Triton server bundled in nvidia-pytriton (127.0.0.1:8000; Ctrl-C stops it)"
+	@echo "make bench-serve  MiniLM on Triton under 1, 8, 32 concurrent clients vs Engine.run ($(BENCH_DIR)/serve-minilm.json)"
 	@echo "make setup  .venv, C++ build, checkpoints (run by the targets above)"
 
 setup: apt deps cpp checkpoints typestubs
@@ -153,6 +155,18 @@ bench-generation: setup
 	$(KILN) bench engines/bart-summarization --batch 1 --seq 512 --new-tokens 64 --beams 4 --json $(BENCH_DIR)/generation-bart.json --markdown
 	$(KILN) build export/t5-summarization.toml
 	$(KILN) bench engines/t5-summarization --batch 1 --seq 512 --new-tokens 64 --beams 4 --json $(BENCH_DIR)/generation-t5.json --markdown
+
+# Serving: the real MiniLM engine (built once) on the Triton server bundled in nvidia-pytriton.
+MINILM_ENGINE := engines/minilm-feature-extraction
+$(MINILM_ENGINE)/manifest.json: | $(VENV)/.kiln-built
+	$(KILN) build export/minilm-feature-extraction.toml
+
+serve: setup $(MINILM_ENGINE)/manifest.json
+	$(KILN) serve $(MINILM_ENGINE)
+
+bench-serve: setup $(MINILM_ENGINE)/manifest.json
+	mkdir -p $(BENCH_DIR)
+	$(KILN) bench-serve $(MINILM_ENGINE) --clients 1,8,32 --seconds 20 --json $(BENCH_DIR)/serve-minilm.json --markdown
 
 # The TensorRT backend built against the lean runtime (no GPU needed): compiles, links and
 # refuses with a Device error. TENSORRT_INCLUDE_DIR: the NvInfer*.h directory (never committed).

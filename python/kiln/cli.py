@@ -20,6 +20,10 @@ EPILOG = """verbs:
   check-trt will TensorRT's ONNX parser accept the engine's graph (checked without a GPU)
   inspect   what an engine directory holds and promises
   demo      the main job: build the BERT deployables, semantic search, parity table
+  triton-repo  engine directories -> a Triton model repository (kiln's runtime in Triton's Python
+            backend, text-in models, streaming generation, native ONNX / TensorRT / TorchScript models)
+  serve     serve engines with the Triton server bundled in nvidia-pytriton (127.0.0.1; Ctrl-C stops)
+  bench-serve  the engine on a real Triton server under N concurrent clients, against Engine.run
 
 examples:
   kiln build minilm-feature-extraction
@@ -29,6 +33,7 @@ examples:
       "Marie Curie was born in Warsaw."
   kiln parity engines/minilm-feature-extraction --json parity.json
   kiln bench engines/minilm-feature-extraction --batch 1,8 --seq 128 --json bench.json
+  kiln serve engines/minilm-feature-extraction
 """
 
 
@@ -514,6 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the main job (what `make demo` runs)")
     s.add_argument("--engines", default="engines", help="engines directory (default: engines)")
     s.set_defaults(fn=cmd_demo)
+
+    from .serving.cli import add_parsers as add_serving_parsers
+
+    add_serving_parsers(sub)  # triton-repo, serve, bench-serve
     return p
 
 
