@@ -60,16 +60,21 @@ def vocabulary_dir(name: str) -> Path:
     return path
 
 
-def perturb(model: Any, seed: int, scale: float = 0.1) -> None:
+def perturb(model: Any, seed: int, scale: float = 0.1, relative: bool = False) -> None:
     """transformers' init leaves biases at 0, LayerNorms at identity and layer scales tiny, where a
     swapped or skipped one would go unnoticed, and makes answers too flat to be decisive: perturb
-    every parameter."""
+    every parameter. `relative`: by `scale` times each tensor's own spread (a constant tensor:
+    `scale`), which keeps a real-size model's activations at their init magnitudes; an absolute 0.1
+    on T5-small's query weights (init std 0.0055) makes its unscaled attention logits ~50x larger
+    and the fp32 comparison of every compiled backend ill-conditioned (measured: 6e-3 on
+    cross-attention keys of magnitude ~2, where the relative perturbation gives ~1e-6)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
+            spread = float(p.std()) if relative and p.numel() > 1 else 0.0
+            p.add_(torch.randn(p.shape, generator=g) * scale * (spread if spread > 0 else 1.0))
 
 
 def _modality_config(d: Deployable) -> dict:
@@ -126,10 +131,10 @@ def _write_processing(d: Deployable, out: Path) -> None:
             shutil.copy2(src / f, out / f)
 
 
-def make_checkpoint(d: Deployable, out: Path, seed: int = 0, **config: Any) -> tuple[Path, Any]:
+def make_checkpoint(d: Deployable, out: Path, seed: int = 0, relative: bool = False, **config: Any) -> tuple[Path, Any]:
     """A tiny transformers model of the deployable's reference class (its `tiny` config, the
-    modality's vocabulary, labels for a labelled task), perturbed, saved with save_pretrained
-    with the processing files. Returns (dir, eval-mode transformers model)."""
+    modality's vocabulary, labels for a labelled task), perturbed (`relative`: see `perturb`), saved
+    with save_pretrained with the processing files. Returns (dir, eval-mode transformers model)."""
     import torch
     import transformers
 
@@ -140,7 +145,7 @@ def make_checkpoint(d: Deployable, out: Path, seed: int = 0, **config: Any) -> t
     cfg = transformers.AutoConfig.for_model(d.family, **kwargs)
     torch.manual_seed(seed)
     model = getattr(transformers, d.reference_class)(cfg).eval()
-    perturb(model, seed)
+    perturb(model, seed, relative=relative)
     if d.generation is not None:  # the special tokens a generation_config.json carries: the family's
         # (transformers 5 keeps generation settings out of config.json: read them from what was asked)
         for key, value in d.generation.defaults(d.config_class.from_dict({**cfg.to_dict(), **kwargs})).items():
@@ -212,9 +217,10 @@ def graphs_equal_transformers(d: Deployable, ckpt: Path, hf: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m kiln.testing RECIPE OUT`: a checkpoint made by transformers (its own class and
-    initialisation, perturbed, save_pretrained) at the recipe's config, with the processing files
-    a user's checkpoint carries (T5 and mBART: the SentencePiece model alone). What the README's
-    "kiln build RECIPE --checkpoint DIR, then kiln parity" runs on where no real weights are reachable."""
+    initialisation, perturbed relative to each tensor's spread, save_pretrained) at the recipe's
+    config, with the processing files a user's checkpoint carries (T5 and mBART: the SentencePiece
+    model alone). What the README's "kiln build RECIPE --checkpoint DIR, then kiln parity" runs on
+    where no real weights are reachable."""
     import argparse
 
     from .recipe import load_recipe
@@ -231,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     config = {k: v for k, v in config.items() if k not in ("architectures", "model_type", "transformers_version")}
     d = recipe.deployable
     print(f"making a {d.reference_class} at {recipe.checkpoint}'s sizes in {args.out} ...", flush=True)
-    out, _ = make_checkpoint(d, Path(args.out), args.seed, **config)
+    out, _ = make_checkpoint(d, Path(args.out), args.seed, relative=True, **config)
     print(f"wrote {out}: kiln build {recipe.name} --checkpoint {out}")
     return 0
 
