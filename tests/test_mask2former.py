@@ -1,0 +1,89 @@
+"""Mask2Former beyond the registry-driven tests: other Swin layouts against transformers, the two
+deformable-attention implementations against each other, the checkpoint quirks, and the three
+post-processings against transformers' on the same raw outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_checkpoint
+
+from kiln import registry
+from kiln.checkpoint import load_model
+from kiln.errors import CheckpointError
+from kiln.models.mask2former import TINY_BACKBONE, msda_gather, msda_grid_sample
+
+D = registry.get("mask2former", "image-segmentation")
+
+
+def _outputs_equal(ckpt, hf, size: int, batch: int = 2, atol: float = 1e-4, **kwargs) -> None:
+    x = torch.from_numpy(np.random.default_rng(0).uniform(-2, 2.5, (batch, 3, size, size)).astype(np.float32))
+    with torch.no_grad():
+        ref = hf(pixel_values=x)
+        for impl in ("gather", "grid_sample"):
+            ours = load_model(D.model, ckpt, deformable_attention=impl, **kwargs)(x)
+            assert ours.masks_queries_logits.shape == (batch, hf.config.num_queries, size // 4, size // 4)
+            for got, want in (
+                (ours.class_queries_logits, ref.class_queries_logits),
+                (ours.masks_queries_logits, ref.masks_queries_logits),
+            ):
+                err = float((got - want).abs().max())
+                assert err <= atol, (impl, err)
+                assert float(want.abs().max()) > 1e-2
+
+
+@torch.no_grad()
+def test_a_w12_swin_whose_last_stage_is_one_window_equals_transformers(tmp_path):
+    """At 384 with window 12 the last stage (12 x 12) is one window, which transformers' backbone
+    still shifts (always_partition); pre-LN decoder layers and the transformer's input projections
+    (feature_size != hidden_dim) on the way."""
+    backbone = {**TINY_BACKBONE, "image_size": 384, "window_size": 12, "depths": [2, 2, 2, 2]}
+    ckpt, hf = make_checkpoint(D, tmp_path / "w12", backbone_config=backbone, hidden_dim=16, pre_norm=True)
+    _outputs_equal(ckpt, hf, 384)
+
+
+@torch.no_grad()
+def test_batch_one_and_many_and_other_sizes_equal_transformers(tmp_path):
+    """The tiny w7 layout at sizes that pad every stage differently (64: 16/8/4/2 maps in 7-windows;
+    96; 160), batch 1 and 3."""
+    ckpt, hf = make_checkpoint(D, tmp_path / "w7")
+    for size, batch in ((64, 1), (96, 3), (160, 1)):
+        _outputs_equal(ckpt, hf, size, batch)
+
+
+def test_the_two_deformable_attention_implementations_are_equal():
+    """grid_sample (transformers' arithmetic) and the gather version agree to 1e-6, sampling
+    locations far outside the maps and exactly on their edges included."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 5), (6, 10), (12, 20)]
+    B, nh, hd, Q, L, P = 2, 2, 4, 7, 3, 4
+    value = torch.randn(B, sum(h * w for h, w in shapes), nh, hd, generator=g)
+    loc = torch.rand(B, Q, nh, L, P, 2, generator=g) * 1.6 - 0.3  # 30 % beyond each side
+    loc[0, 0, 0, :, 0] = torch.tensor([0.0, 0.0])
+    loc[0, 0, 0, :, 1] = torch.tensor([1.0, 1.0])
+    loc[0, 1, 0, :, 0] = torch.tensor([-5.0, 7.0])
+    weights = torch.rand(B, Q, nh, L, P, generator=g).softmax(-1)
+    a = msda_grid_sample(value, shapes, loc, weights)
+    b = msda_gather(value, shapes, loc, weights)
+    assert a.shape == (B, Q, nh * hd)
+    assert float((a - b).abs().max()) <= 1e-6
+
+
+def test_checkpoint_quirks(tmp_path):
+    """The hub's files lack swin.layernorm (transformers 5 saves it): both load; criterion.empty_weight
+    is known and unused; any other stray key is refused by name."""
+    from safetensors.torch import load_file, save_file
+
+    ckpt, _ = make_checkpoint(D, tmp_path / "ckpt")
+    model = load_model(D.model, ckpt)
+    assert "criterion.empty_weight" in model.ignored_checkpoint_keys
+    state = load_file(ckpt / "model.safetensors")
+    for k in [k for k in state if ".swin.layernorm." in k]:
+        del state[k]
+    save_file(state, ckpt / "model.safetensors", metadata={"format": "pt"})
+    assert load_model(D.model, ckpt).ignored_checkpoint_keys == ["criterion.empty_weight"]
+    state["model.pixel_level_module.encoder.extra.weight"] = torch.zeros(1)
+    save_file(state, ckpt / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="unexpected key 'model.pixel_level_module.encoder.extra.weight'"):
+        load_model(D.model, ckpt)
