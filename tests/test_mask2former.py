@@ -87,3 +87,84 @@ def test_checkpoint_quirks(tmp_path):
     save_file(state, ckpt / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match="unexpected key 'model.pixel_level_module.encoder.extra.weight'"):
         load_model(D.model, ckpt)
+
+
+def _raw_outputs(batch: int = 3, queries: int = 10, labels: int = 6, size: int = 24, seed: int = 0):
+    """Raw outputs shaped like a trained model's: sharp class logits (some queries confident, some
+    "no object"), smooth mask logits of blobs with clear insides and outsides."""
+    g = torch.Generator().manual_seed(seed)
+    cls = torch.randn(batch, queries, labels + 1, generator=g) * 4
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    centres = torch.rand(batch, queries, 2, generator=g) * 2 - 1
+    radius = torch.rand(batch, queries, generator=g) * 0.6 + 0.2
+    dist = ((yy - centres[..., 0, None, None]) ** 2 + (xx - centres[..., 1, None, None]) ** 2).sqrt()
+    masks = (radius[..., None, None] - dist) * 12 + torch.randn(batch, queries, size, size, generator=g) * 0.3
+    return cls, masks
+
+
+def _processor():
+    import transformers
+
+    return transformers.Mask2FormerImageProcessorPil()
+
+
+def test_post_processing_equals_transformers_on_the_same_outputs():
+    """Semantic, instance and panoptic, with and without target sizes, at several thresholds,
+    label_ids_to_fuse included: the same maps and the same segments (ids, labels, fused, scores)
+    as transformers' Mask2FormerImageProcessor on identical raw outputs."""
+    from transformers.models.mask2former.modeling_mask2former import Mask2FormerForUniversalSegmentationOutput
+
+    from kiln.processing import mask2former as m2f
+
+    proc = _processor()
+    cls, masks = _raw_outputs()
+    out = Mask2FormerForUniversalSegmentationOutput(class_queries_logits=cls, masks_queries_logits=masks)
+    sizes = [(50, 70), (33, 33), (120, 90)]
+    for target in (None, sizes):
+        ours = m2f.post_process_semantic_segmentation(cls.numpy(), masks.numpy(), target)
+        theirs = proc.post_process_semantic_segmentation(out, target_sizes=target)
+        assert all(np.array_equal(o, t.numpy()) for o, t in zip(ours, theirs))
+        for threshold in (0.0, 0.5, 0.8):
+            ours = m2f.post_process_instance_segmentation(cls.numpy(), masks.numpy(), threshold, target)
+            theirs = proc.post_process_instance_segmentation(out, threshold=threshold, target_sizes=target)
+            for o, t in zip(ours, theirs):
+                assert np.array_equal(o["segmentation"], t["segmentation"].numpy().astype(np.int32))
+                assert o["segments_info"] == t["segments_info"]
+            for fuse in (None, {1, 3}):
+                for overlap in (0.8, 0.5):
+                    ours = m2f.post_process_panoptic_segmentation(
+                        cls.numpy(), masks.numpy(), threshold, 0.5, overlap, fuse, target
+                    )
+                    theirs = proc.post_process_panoptic_segmentation(
+                        out,
+                        threshold=threshold,
+                        overlap_mask_area_threshold=overlap,
+                        label_ids_to_fuse=fuse,
+                        target_sizes=target,
+                    )
+                    for o, t in zip(ours, theirs):
+                        assert np.array_equal(o["segmentation"], t["segmentation"].numpy().astype(np.int32))
+                        assert o["segments_info"] == t["segments_info"]
+    found = m2f.post_process_panoptic_segmentation(cls.numpy(), masks.numpy(), 0.5, label_ids_to_fuse={1, 3})
+    assert sum(len(r["segments_info"]) for r in found) > 3, "the outputs make segments"
+    assert any(s["was_fused"] for r in found for s in r["segments_info"])
+
+
+def test_the_task_check_holds_every_subtask():
+    """The parity check passes identical outputs, and fails a changed label, a dropped query and
+    a shifted mask."""
+    from kiln.deploy import universal_segmentation_check
+
+    check = universal_segmentation_check()
+    cls, masks = _raw_outputs()
+    ref = {"class_queries_logits": cls.numpy(), "masks_queries_logits": masks.numpy()}
+    ok, detail = check(ref, dict(ref), {})
+    assert ok, detail
+    kept = np.argwhere(torch.softmax(cls, -1)[..., :-1].max(-1).values.numpy() > 0.6)
+    b, q = kept[0]
+    relabelled = cls.numpy().copy()
+    relabelled[b, q, :-1] = relabelled[b, q, :-1][::-1]
+    assert not check(ref, {**ref, "class_queries_logits": relabelled}, {})[0]
+    shifted = masks.numpy().copy()
+    shifted[b, q] = np.roll(shifted[b, q], 5, axis=0)
+    assert not check(ref, {**ref, "masks_queries_logits": shifted}, {})[0]
