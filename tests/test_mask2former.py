@@ -68,6 +68,15 @@ def test_the_two_deformable_attention_implementations_are_equal():
     b = msda_gather(value, shapes, loc, weights)
     assert a.shape == (B, Q, nh * hd)
     assert float((a - b).abs().max()) <= 1e-6
+    # at Swin-tiny's level sizes at 384 (12, 24, 48), every position a query, unit-variance values:
+    # outputs up to ~2.5 agree to ~1e-6 of their size (fp32 rounding of 12 weighted terms)
+    shapes = [(12, 12), (24, 24), (48, 48)]
+    S = sum(h * w for h, w in shapes)
+    value = torch.randn(1, S, 8, 32, generator=g)
+    loc = torch.rand(1, S, 8, L, P, 2, generator=g) * 1.4 - 0.2
+    weights = torch.rand(1, S, 8, L, P, generator=g).softmax(-1)
+    a = msda_grid_sample(value, shapes, loc, weights)
+    assert float((a - msda_gather(value, shapes, loc, weights)).abs().max()) <= 5e-6
 
 
 def test_checkpoint_quirks(tmp_path):
@@ -168,3 +177,65 @@ def test_the_task_check_holds_every_subtask():
     shifted = masks.numpy().copy()
     shifted[b, q] = np.roll(shifted[b, q], 5, axis=0)
     assert not check(ref, {**ref, "masks_queries_logits": shifted}, {})[0]
+
+
+def test_kiln_run_prints_and_draws_each_subtask(deployable_engine, tmp_path, capsys):
+    """`kiln run ENGINE photo --subtask S --save out.png`: the segments (label, score, share) and a
+    picture of the photo's size; --json lists every segment; a bad subtask is a usage error."""
+    import json
+
+    from PIL import Image
+
+    from kiln import samples
+    from kiln.cli import main
+
+    engine, _, _ = deployable_engine(D)
+    photo = tmp_path / "coffee.jpg"
+    Image.fromarray(samples.photos(("coffee",))[0]).save(photo)
+    for subtask in ("panoptic", "instance", "semantic"):
+        out = tmp_path / f"{subtask}.png"
+        args = ["run", str(engine), str(photo), "--subtask", subtask, "--save", str(out)]
+        assert main([*args, "--threshold", "0"] if subtask != "semantic" else args) == 0
+        shown = capsys.readouterr().out
+        assert f"{subtask}:" in shown and "segments" in shown, shown
+        if subtask != "panoptic":  # the tiny model's panoptic queries may all be "no object"
+            assert "%" in shown, shown
+        with Image.open(out) as picture:
+            assert picture.size == (600, 400) and picture.mode == "RGB"
+    assert main(["run", str(engine), str(photo), "--subtask", "instance", "--threshold", "0", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    (result,) = answer["results"]
+    assert result["subtask"] == "instance" and result["size"] == [400, 600] and result["segments"]
+    assert {"label", "score", "share", "pixels"} <= set(result["segments"][0])
+    with pytest.raises(SystemExit):
+        main(["run", str(engine), str(photo), "--subtask", "amodal"])
+
+
+def test_the_grid_sample_variant_builds_and_is_checked_for_tensorrt(tmp_path):
+    """The recipe option deformable_attention = "grid_sample" builds an ONNX graph with GridSample
+    (TensorRT parses it, fp32 / fp16), which kiln check-trt passes and ONNX Runtime runs as the
+    gather variant computes (the default, whose graph has no GridSample: the registry tests)."""
+    import dataclasses
+
+    import onnx
+    import onnxruntime as ort
+
+    from kiln.check_trt import check_engine
+    from kiln.exporters import build
+    from kiln.recipe import Recipe
+
+    ckpt, _ = make_checkpoint(D, tmp_path / "ckpt")
+    recipe = dataclasses.replace(
+        Recipe.for_checkpoint(ckpt, D.task), task_options={"deformable_attention": "grid_sample"}
+    )
+    engine = build(recipe, output=tmp_path / "engine", formats=["onnx"]).path
+    graph = onnx.load(str(engine / "model.onnx"), load_external_data=False).graph
+    assert "GridSample" in {n.op_type for n in graph.node}
+    report = check_engine(engine)
+    assert report.passed, [f for f in report.findings if not f.ok]
+    x = np.random.default_rng(0).uniform(-2, 2.5, (2, 3, 64, 64)).astype(np.float32)
+    got = ort.InferenceSession(str(engine / "model.onnx")).run(None, {"pixel_values": x})
+    with torch.no_grad():
+        want = load_model(D.model, ckpt, deformable_attention="gather")(torch.from_numpy(x))
+    for g, w in zip(got, want):
+        assert np.abs(g - w.numpy()).max() <= 1e-4

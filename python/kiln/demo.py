@@ -33,7 +33,12 @@ MEDIA_RECIPES = [
     "wav2vec2-speech-recognition",
     "wav2vec2-audio-classification",
 ]
-DENSE_RECIPES = ["detr-object-detection", "segformer-semantic-segmentation", "glpn-depth-estimation"]
+DENSE_RECIPES = [
+    "detr-object-detection",
+    "segformer-semantic-segmentation",
+    "glpn-depth-estimation",
+    "mask2former-panoptic-segmentation",
+]
 GENERATION_RECIPES = ["gpt2-text-generation", "bart-summarization"]
 PICTURES = Path("build/demo")
 
@@ -130,8 +135,9 @@ def main(engines_dir: Path = Path("engines")) -> int:
 
     console.print(Rule("6. boxes, masks and depth (random weights at real sizes)"))
     console.print(
-        "[yellow]No DETR, SegFormer or GLPN weights are reachable here: DETR-ResNet-50, SegFormer-b0 "
-        "(ADE20K's 150 labels) and GLPN (MiT-b4, NYU) are built with seeded random weights, so the "
+        "[yellow]No DETR, SegFormer, GLPN or Mask2Former weights are reachable here: DETR-ResNet-50, SegFormer-b0 "
+        "(ADE20K's 150 labels), GLPN (MiT-b4, NYU) and Mask2Former Swin-tiny (COCO panoptic's 133 labels) are "
+        "built with seeded random weights, so the "
         "boxes, labels and depths are noise; the processors, the engines, the post-processing and "
         "the pictures are the real thing.[/]"
     )
@@ -161,6 +167,14 @@ def main(engines_dir: Path = Path("engines")) -> int:
     d = depth[0]["predicted_depth"]
     console.print(
         f"  glpn-depth-estimation: astronaut -> depth {d.min():.3f} .. {d.max():.3f}, median {float(np.median(d)):.3f}"
+    )
+    m2f = pipeline(engines["mask2former-panoptic-segmentation"])
+    panoptic = m2f([photo], threshold=0.0)  # random weights: no segment scores 0.9
+    pictures += m2f.save([photo], panoptic, PICTURES / "mask2former-panoptic.png")
+    top = sorted(panoptic[0]["segments"], key=lambda s: -s["pixels"])[:3]
+    console.print(
+        f"  mask2former-panoptic-segmentation: astronaut -> {len(panoptic[0]['segments'])} segments, largest "
+        + ", ".join(f"{s['label']} {s['score']:.3f} {100 * s['share']:.1f}%" for s in top)
     )
     console.print(f"  pictures: {', '.join(str(p) for p in pictures)}")
 

@@ -1072,9 +1072,14 @@ UNIVERSAL_FP16_WHY = (
     FP16_WHY + "; the masked attention's hard switch (mask logit < 0) flips where a logit is within fp16's error "
     "of 0 and the flip propagates through the decoder layers: judged by the answers (task check), not these"
 )
+UNIVERSAL_CLASS_FP32_WHY = (
+    UNIVERSAL_FP32_WHY + "; the class logits come out of 9 masked-attention decoder layers that amplify those "
+    "differences (measured at Swin-tiny size with random weights: ONNX Runtime 3.1e-4, AOTInductor 4.7e-5, "
+    "masks 7.4e-5)"
+)
 UNIVERSAL_TOLERANCES: Tolerances = {
     "fp32": {
-        "class_queries_logits": Tolerance(1e-4, 1e-3, UNIVERSAL_FP32_WHY),
+        "class_queries_logits": Tolerance(1e-3, 1e-3, UNIVERSAL_CLASS_FP32_WHY),
         "masks_queries_logits": Tolerance(1e-4, 1e-3, UNIVERSAL_FP32_WHY),
     },
     "fp16": {
