@@ -169,11 +169,17 @@ def main(engines_dir: Path = Path("engines")) -> int:
         f"  glpn-depth-estimation: astronaut -> depth {d.min():.3f} .. {d.max():.3f}, median {float(np.median(d)):.3f}"
     )
     m2f = pipeline(engines["mask2former-panoptic-segmentation"])
-    panoptic = m2f([photo], threshold=0.0)  # random weights: no segment scores 0.9
-    pictures += m2f.save([photo], panoptic, PICTURES / "mask2former-panoptic.png")
-    top = sorted(panoptic[0]["segments"], key=lambda s: -s["pixels"])[:3]
+    # random weights: panoptic keeps nothing (transformers weighs each mask by its class score, ~1/134,
+    # before the 0.5 mask threshold), so the picture shows the instance answer of the same outputs
+    feed, ctx = m2f.preprocess([photo])
+    outputs = m2f.run(feed)
+    panoptic = m2f.postprocess(outputs, ctx, subtask="panoptic", threshold=0.0)
+    instance = m2f.postprocess(outputs, ctx, subtask="instance", threshold=0.0)
+    pictures += m2f.save([photo], instance, PICTURES / "mask2former-instance.png")
+    top = sorted(instance[0]["segments"], key=lambda s: -s["pixels"])[:3]
     console.print(
-        f"  mask2former-panoptic-segmentation: astronaut -> {len(panoptic[0]['segments'])} segments, largest "
+        f"  mask2former-panoptic-segmentation: astronaut -> panoptic {len(panoptic[0]['segments'])} segments; "
+        f"instance {len(instance[0]['segments'])} segments, largest "
         + ", ".join(f"{s['label']} {s['score']:.3f} {100 * s['share']:.1f}%" for s in top)
     )
     console.print(f"  pictures: {', '.join(str(p) for p in pictures)}")

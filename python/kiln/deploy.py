@@ -1074,7 +1074,7 @@ UNIVERSAL_FP16_WHY = (
 )
 UNIVERSAL_CLASS_FP32_WHY = (
     UNIVERSAL_FP32_WHY + "; the class logits come out of 9 masked-attention decoder layers that amplify those "
-    "differences (measured at Swin-tiny size with random weights: ONNX Runtime 3.1e-4, AOTInductor 4.7e-5, "
+    "differences (measured at Swin-tiny size with random weights: ONNX Runtime 3.1e-4, AOTInductor 5.2e-5, "
     "masks 7.4e-5)"
 )
 UNIVERSAL_TOLERANCES: Tolerances = {
