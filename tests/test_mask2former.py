@@ -239,3 +239,17 @@ def test_the_grid_sample_variant_builds_and_is_checked_for_tensorrt(tmp_path):
         want = load_model(D.model, ckpt, deformable_attention="gather")(torch.from_numpy(x))
     for g, w in zip(got, want):
         assert np.abs(g - w.numpy()).max() <= 1e-4
+
+
+def test_a_nan_input_does_not_index_out_of_bounds():
+    """NaN sampling locations (a NaN pixel propagates into the offsets) are sampled off the map by
+    the gather implementation, as grid_sample treats them, instead of casting to an index out of
+    bounds (which a compiled gather aborts the process on; the fuzzer found it through AOTI)."""
+    shapes = [(2, 3), (4, 6), (8, 12)]
+    value = torch.randn(1, sum(h * w for h, w in shapes), 2, 4)
+    loc = torch.rand(1, 5, 2, 3, 4, 2)
+    loc[0, 0] = float("nan")
+    weights = torch.rand(1, 5, 2, 3, 4).softmax(-1)
+    out = msda_gather(value, shapes, loc, weights)
+    ref = msda_grid_sample(value, shapes, loc, weights)
+    assert torch.isfinite(out[0, 1:]).all() and float((out[0, 1:] - ref[0, 1:]).abs().max()) <= 1e-6

@@ -188,6 +188,10 @@ def msda_gather(
         grid = 2 * loc - 1  # grid_sample's arithmetic, so that the coordinates are its floats
         x = ((grid[..., 0] + 1) * w - 1) / 2  # pixel coordinates (align_corners=False)
         y = ((grid[..., 1] + 1) * h - 1) / 2
+        # a NaN location (NaN in the input) would cast to an index out of bounds, which a compiled
+        # gather aborts on: sample it off the map (zeros), as grid_sample lets NaN through unharmed
+        x = torch.where(torch.isnan(x), torch.full_like(x, -2.0), x)
+        y = torch.where(torch.isnan(y), torch.full_like(y, -2.0), y)
         x0, y0 = torch.floor(x), torch.floor(y)
         out = None
         for dy, wy in ((0.0, y0 + 1 - y), (1.0, y - y0)):
