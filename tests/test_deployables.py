@@ -350,6 +350,32 @@ def _depth_estimation(pipe, ckpt, hf):
         assert ref.max() - ref.min() > 0.1, "the tiny model's depth is not flat"
 
 
+def _image_segmentation(pipe, ckpt, hf):
+    """Mask2Former, photo by photo, each subtask against transformers' image-segmentation pipeline
+    (threshold 0 for instance and panoptic, so that the tiny random model keeps segments): the
+    same segments in order (labels, scores to 1e-4) whose masks agree on >= 99.9 % of the pixels;
+    semantic: the same labels present, the maps agreeing on >= 99.9 % of the pixels."""
+    from PIL import Image
+
+    photos = [Image.fromarray(p) for p in samples.photos()]
+    hf_pipe = _hf_pipeline("image-segmentation", ckpt)
+    kept = 0
+    for subtask in ("panoptic", "instance", "semantic"):
+        options = {} if subtask == "semantic" else {"threshold": 0.0}
+        for photo in photos:
+            ours = pipe([photo], subtask=subtask, **options)[0]
+            theirs = hf_pipe(photo, subtask=subtask, **options)
+            assert ours["segmentation"].shape == (photo.height, photo.width)
+            assert [s["label"] for s in ours["segments"]] == [t["label"] for t in theirs], subtask
+            for s, t in zip(ours["segments"], theirs):
+                if subtask != "semantic":
+                    assert abs(s["score"] - t["score"]) <= 1e-4, (subtask, s, t["score"])
+                mask = ours["segmentation"] == s["id"]
+                assert (mask == (np.array(t["mask"]) == 255)).mean() >= 0.999, (subtask, s["label"])
+            kept += len(ours["segments"])
+    assert kept > 3 * len(photos), "the tiny model finds segments"
+
+
 ANSWERS = {
     "text-classification": _text_classification,
     "token-classification": _token_classification,
@@ -365,6 +391,7 @@ ANSWERS = {
     "translation": _generation,
     "semantic-segmentation": _semantic_segmentation,
     "depth-estimation": _depth_estimation,
+    "image-segmentation": _image_segmentation,
 }
 
 

@@ -436,6 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
         "this file; several inputs get numbered files",
     )
     s.add_argument("--threshold", type=float, help="score threshold of the answers kept (detection, segmentation)")
+    s.add_argument(
+        "--subtask",
+        choices=("panoptic", "instance", "semantic"),
+        help="image-segmentation (Mask2Former): the answer (default: the engine's, panoptic unless built otherwise)",
+    )
     s.add_argument("--json", action="store_true", help="print JSON instead of text")
     g = s.add_argument_group(
         "generation (text-generation, summarization, translation engines; defaults: the engine's generation_config)"

@@ -33,7 +33,12 @@ MEDIA_RECIPES = [
     "wav2vec2-speech-recognition",
     "wav2vec2-audio-classification",
 ]
-DENSE_RECIPES = ["detr-object-detection", "segformer-semantic-segmentation", "glpn-depth-estimation"]
+DENSE_RECIPES = [
+    "detr-object-detection",
+    "segformer-semantic-segmentation",
+    "glpn-depth-estimation",
+    "mask2former-panoptic-segmentation",
+]
 GENERATION_RECIPES = ["gpt2-text-generation", "bart-summarization"]
 PICTURES = Path("build/demo")
 
@@ -130,8 +135,9 @@ def main(engines_dir: Path = Path("engines")) -> int:
 
     console.print(Rule("6. boxes, masks and depth (random weights at real sizes)"))
     console.print(
-        "[yellow]No DETR, SegFormer or GLPN weights are reachable here: DETR-ResNet-50, SegFormer-b0 "
-        "(ADE20K's 150 labels) and GLPN (MiT-b4, NYU) are built with seeded random weights, so the "
+        "[yellow]No DETR, SegFormer, GLPN or Mask2Former weights are reachable here: DETR-ResNet-50, SegFormer-b0 "
+        "(ADE20K's 150 labels), GLPN (MiT-b4, NYU) and Mask2Former Swin-tiny (COCO panoptic's 133 labels) are "
+        "built with seeded random weights, so the "
         "boxes, labels and depths are noise; the processors, the engines, the post-processing and "
         "the pictures are the real thing.[/]"
     )
@@ -161,6 +167,20 @@ def main(engines_dir: Path = Path("engines")) -> int:
     d = depth[0]["predicted_depth"]
     console.print(
         f"  glpn-depth-estimation: astronaut -> depth {d.min():.3f} .. {d.max():.3f}, median {float(np.median(d)):.3f}"
+    )
+    m2f = pipeline(engines["mask2former-panoptic-segmentation"])
+    # random weights: panoptic keeps nothing (transformers weighs each mask by its class score, ~1/134,
+    # before the 0.5 mask threshold), so the picture shows the instance answer of the same outputs
+    feed, ctx = m2f.preprocess([photo])
+    outputs = m2f.run(feed)
+    panoptic = m2f.postprocess(outputs, ctx, subtask="panoptic", threshold=0.0)
+    instance = m2f.postprocess(outputs, ctx, subtask="instance", threshold=0.0)
+    pictures += m2f.save([photo], instance, PICTURES / "mask2former-instance.png")
+    top = sorted(instance[0]["segments"], key=lambda s: -s["pixels"])[:3]
+    console.print(
+        f"  mask2former-panoptic-segmentation: astronaut -> panoptic {len(panoptic[0]['segments'])} segments; "
+        f"instance {len(instance[0]['segments'])} segments, largest "
+        + ", ".join(f"{s['label']} {s['score']:.3f} {100 * s['share']:.1f}%" for s in top)
     )
     console.print(f"  pictures: {', '.join(str(p) for p in pictures)}")
 

@@ -1045,3 +1045,188 @@ def depth_estimation(
         tiny=tiny,
         tiny_preprocessor=tiny_preprocessor,
     )
+
+
+# --- universal segmentation (Mask2Former): semantic, instance and panoptic from one graph ---------
+# One graph: pixel_values (batch, 3, height, width) at a static size -> class_queries_logits (batch,
+# queries, labels + 1 "no object") and masks_queries_logits (batch, queries, height/4, width/4).
+# The engine's subtask (task option) picks the default post-processing; the task check holds every
+# backend to the reference on all three answers at once.
+
+# precision -> (margin epsilon in logit units, mIoU / mask IoU floor, panoptic segment IoU floor,
+# panoptic pixel agreement floor)
+UNIVERSAL_THRESHOLDS: dict[str, tuple[float, float, float, float]] = {
+    "fp32": (1e-3, 0.999, 0.98, 0.999),  # fp32 reorderings move logits by ~1e-6
+    # fp16: the masked attention's hard switch (sigmoid(mask) < 0.5, i.e. logit < 0) flips at
+    # positions whose logit is within fp16's error of 0, and a flip changes what the next decoder
+    # layer attends to: tensor-level misses are expected; answers are held where decisive
+    "fp16": (5e-2, 0.95, 0.9, 0.99),
+    "bf16": (2e-1, 0.95, 0.9, 0.99),  # 8x fp16's step, the same propagation
+}
+UNIVERSAL_FP32_WHY = (
+    "fp32 reordering of the Swin / deformable-attention / decoder reductions and the bilinear resizes between "
+    "eager, TorchScript, Inductor and ORT kernels; a mask logit that lands on the masked attention's switch "
+    "(sigmoid < 0.5) within that error would flip one attended position"
+)
+UNIVERSAL_FP16_WHY = (
+    FP16_WHY + "; the masked attention's hard switch (mask logit < 0) flips where a logit is within fp16's error "
+    "of 0 and the flip propagates through the decoder layers: judged by the answers (task check), not these"
+)
+UNIVERSAL_CLASS_FP32_WHY = (
+    UNIVERSAL_FP32_WHY + "; the class logits come out of 9 masked-attention decoder layers that amplify those "
+    "differences (measured at Swin-tiny size with random weights: ONNX Runtime 3.1e-4, AOTInductor 5.2e-5, "
+    "masks 7.4e-5)"
+)
+UNIVERSAL_TOLERANCES: Tolerances = {
+    "fp32": {
+        "class_queries_logits": Tolerance(1e-3, 1e-3, UNIVERSAL_CLASS_FP32_WHY),
+        "masks_queries_logits": Tolerance(1e-4, 1e-3, UNIVERSAL_FP32_WHY),
+    },
+    "fp16": {
+        "class_queries_logits": Tolerance(5e-2, 1e-2, UNIVERSAL_FP16_WHY),
+        "masks_queries_logits": Tolerance(5e-2, 1e-2, UNIVERSAL_FP16_WHY),
+    },
+    "bf16": {
+        "class_queries_logits": Tolerance(2e-1, 4e-2, BF16_WHY + "; the masked attention's switch as for fp16"),
+        "masks_queries_logits": Tolerance(2e-1, 4e-2, BF16_WHY + "; the masked attention's switch as for fp16"),
+    },
+}
+
+
+def _semantic_grid(cls: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(B, L, h, w) semantic scores on the model's grid: softmax over classes (no "no object")
+    times sigmoid(mask), summed over the queries."""
+    p = _softmax(cls.astype(np.float64))[..., :-1]
+    return np.einsum("bqc,bqhw->bchw", p, 1 / (1 + np.exp(-masks.astype(np.float64))))
+
+
+def universal_segmentation_check(
+    margin: float = 1e-3,
+    min_iou: float = 0.999,
+    min_segment_iou: float = 0.98,
+    min_agreement: float = 0.999,
+    threshold: float = 0.5,
+) -> Check:
+    """Mask2Former's three answers against the reference's, where the reference is decisive:
+    - semantic: the label of every pixel of the model's grid whose top-2 score margin exceeds
+      margin / 10 (scores are probabilities), and the mIoU over all pixels >= min_iou;
+    - instance (per query slot): the same keep decision at `threshold` where the query's class
+      probability is margin / 10 away from it, the same label where the top-2 class logits
+      differ by more than margin, and each kept query's binary mask (logit > 0) with IoU >= min_iou
+      over the pixels whose reference logit is beyond margin;
+    - panoptic: transformers' post-processing at `threshold` on both: the same segments (label,
+      fused) in order, each with IoU >= min_segment_iou, and the segment maps agreeing on >=
+      min_agreement of the pixels, for each image whose kept queries are all decisive."""
+
+    def check(ref: Feed, test: Feed, inputs: Feed) -> tuple[bool, str]:
+        from .processing.mask2former import post_process_panoptic_segmentation
+
+        rc, tc = ref["class_queries_logits"], test["class_queries_logits"]
+        rm, tm = ref["masks_queries_logits"], test["masks_queries_logits"]
+        # semantic
+        rs, ts = _semantic_grid(rc, rm), _semantic_grid(tc, tm)
+        decisive = _top2_margin(rs, 1) > margin / 10
+        rl, tl = rs.argmax(1), ts.argmax(1)
+        sem_differ = int(((rl != tl) & decisive).sum())
+        miou = mean_iou(rl, tl)
+        # instance, per query slot
+        rp, tp = _softmax(rc.astype(np.float64))[..., :-1], _softmax(tc.astype(np.float64))[..., :-1]
+        rsc, tsc = rp.max(-1), tp.max(-1)
+        keep_decisive = np.abs(rsc - threshold) >= margin / 10
+        keep_differs = int((((rsc > threshold) != (tsc > threshold)) & keep_decisive).sum())
+        label_decisive = _top2_margin(rc[..., :-1], -1) > margin
+        label_differs = int(((rp.argmax(-1) != tp.argmax(-1)) & label_decisive).sum())
+        kept = (rsc > threshold) & keep_decisive
+        held = np.abs(rm) > margin
+        worst = 1.0
+        for b, q in zip(*np.nonzero(kept)):
+            r, t, h = rm[b, q] > 0, tm[b, q] > 0, held[b, q]
+            union = ((r | t) & h).sum()
+            if union:
+                worst = min(worst, float(((r & t) & h).sum() / union))
+        # panoptic
+        pr = post_process_panoptic_segmentation(rc, rm, threshold)
+        pt = post_process_panoptic_segmentation(tc, tm, threshold)
+        pan_bad, pan_ties, agreement, seg_worst = 0, 0, 1.0, 1.0
+        pan_decisive = (np.abs(_softmax(rc.astype(np.float64)).max(-1) - threshold) >= margin / 10).all(-1)
+        for b, (a, t) in enumerate(zip(pr, pt)):
+            if not pan_decisive[b]:
+                pan_ties += 1
+                continue
+            same = [(s["label_id"], s["was_fused"]) for s in a["segments_info"]] == [
+                (s["label_id"], s["was_fused"]) for s in t["segments_info"]
+            ]
+            agree = float((a["segmentation"] == t["segmentation"]).mean())
+            agreement = min(agreement, agree)
+            for sa, st in zip(a["segments_info"], t["segments_info"]):
+                ma, mt = a["segmentation"] == sa["id"], t["segmentation"] == st["id"]
+                seg_worst = min(seg_worst, float((ma & mt).sum() / max((ma | mt).sum(), 1)))
+            pan_bad += not same or agree < min_agreement
+        ok = (
+            sem_differ == 0
+            and miou >= min_iou
+            and keep_differs == 0
+            and label_differs == 0
+            and worst >= min_iou
+            and pan_bad == 0
+            and seg_worst >= min_segment_iou
+        )
+        segments = sum(len(a["segments_info"]) for a in pr)
+        return ok, (
+            f"semantic: {int(decisive.sum())} decisive pixels, {sem_differ} differ, mIoU {miou:.6f} (>= {min_iou}); "
+            f"instance: {int(kept.sum())} of {rsc.size} queries kept at {threshold}, {keep_differs} decisive "
+            f"keep/drop and {label_differs} decisive labels differ, min mask IoU {worst:.5f}; panoptic: {segments} "
+            f"segments in {len(pr)} images, {pan_bad} differ, min segment IoU {seg_worst:.5f} (>= {min_segment_iou}), "
+            f"pixel agreement {agreement:.5f} (>= {min_agreement}); near-ties not held: "
+            f"{int((~decisive).sum())} pixels, {int((~keep_decisive).sum())} scores, {int((~label_decisive).sum())} "
+            f"labels, {pan_ties} panoptic images (margin {margin:g})"
+        )
+
+    return check
+
+
+def universal_outputs(hf_model: Any, feed: dict, options: Mapping[str, Any]) -> dict:
+    out = hf_model(pixel_values=feed["pixel_values"])
+    return {"class_queries_logits": out.class_queries_logits, "masks_queries_logits": out.masks_queries_logits}
+
+
+def universal_segmentation(
+    model: type[KilnModel], *, tiny: Mapping[str, Any], tiny_preprocessor: Mapping[str, Any]
+) -> Deployable:
+    """pixel_values (batch, channels, height, width) at one static size -> class_queries_logits
+    (batch, num_queries, num_labels + 1) and masks_queries_logits (batch, num_queries, height/4,
+    width/4). Task options: subtask (panoptic, instance or semantic: the default answer) and
+    deformable_attention (gather or grid_sample). Reads config.num_queries and config.num_labels."""
+
+    def inputs(c: Any) -> tuple[TensorSpec, ...]:
+        return (TensorSpec("pixel_values", "float32", ("batch", 3, "height", "width")),)
+
+    def outputs(c: Any) -> tuple[TensorSpec, ...]:
+        return (
+            TensorSpec("class_queries_logits", "float32", ("batch", c.num_queries, c.num_labels + 1)),
+            TensorSpec("masks_queries_logits", "float32", ("batch", c.num_queries, "height/4", "width/4")),
+        )
+
+    checks = {p: universal_segmentation_check(*t) for p, t in UNIVERSAL_THRESHOLDS.items()}
+    graph = Graph(
+        inputs,
+        outputs,
+        _image_example(-2.0, 2.5),
+        UNIVERSAL_TOLERANCES,
+        TaskCheck("same semantic labels, instances and panoptic segments", checks["fp32"], checks),
+        reference=universal_outputs,
+    )
+    # B 1/1/4; H and W: one size (384 x 384 for the real recipes), static in every artifact
+    dims = {"batch": DimRange(1, 1, 4), "height": DimRange(384, 384, 384), "width": DimRange(384, 384, 384)}
+    return Deployable(
+        model,
+        "image-segmentation",
+        "image",
+        dims,
+        (graph,),
+        options=("subtask", "deformable_attention"),
+        labels=True,
+        tiny=tiny,
+        tiny_preprocessor=tiny_preprocessor,
+        processor_dims=_fixed_size_dims,
+    )

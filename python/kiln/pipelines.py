@@ -634,6 +634,111 @@ class SemanticSegmentationPipeline(EnginePipeline):
         return _save_pictures(pictures, path)
 
 
+class ImageSegmentationPipeline(SemanticSegmentationPipeline):
+    """Mask2Former: images -> per image the segments of one subtask, as transformers'
+    image-segmentation pipeline and Mask2FormerImageProcessor give them (kiln.processing.mask2former):
+    {"subtask", "segmentation": int (H, W) at the image's size (label ids for semantic, segment ids
+    for instance and panoptic, -1 where no segment is), "segments": [{"id", "label", "label_id",
+    "score", "was_fused", "pixels", "share"}]}. The subtask defaults to the engine's (its task option,
+    panoptic unless the recipe says otherwise); threshold 0.9, mask_threshold 0.5 and
+    overlap_mask_area_threshold 0.5 are the pipeline's defaults, as transformers'."""
+
+    task = "image-segmentation"
+    default_threshold = 0.9
+
+    @property
+    def subtask(self) -> str:
+        return str(self.manifest.task_options.get("subtask", "panoptic"))
+
+    def postprocess(  # type: ignore[override]
+        self,
+        outputs,
+        ctx,
+        subtask: str | None = None,
+        threshold: float | None = None,
+        mask_threshold: float = 0.5,
+        overlap_mask_area_threshold: float = 0.5,
+        label_ids_to_fuse=None,
+    ):
+        from .processing import mask2former as m2f
+
+        subtask = subtask or self.subtask
+        if subtask not in m2f.SUBTASKS:
+            raise InvalidArgumentError(f"subtask {subtask!r}: expected one of {', '.join(m2f.SUBTASKS)}")
+        threshold = self.default_threshold if threshold is None else threshold
+        if not 0.0 <= threshold <= 1.0:  # NaN included
+            raise InvalidArgumentError(f"threshold {threshold!r}: expected a score in [0, 1]")
+        cls, masks, sizes = outputs["class_queries_logits"], outputs["masks_queries_logits"], ctx["sizes"]
+        if subtask == "semantic":
+            from .processing.segmentation import segments
+
+            maps = m2f.post_process_semantic_segmentation(cls, masks, sizes)
+            return [
+                {
+                    "subtask": subtask,
+                    "segmentation": m,
+                    "segments": [
+                        {**s, "label_id": s["id"], "score": None, "was_fused": False} for s in segments(m, self.labels)
+                    ],
+                }
+                for m in maps
+            ]
+        if subtask == "instance":
+            results = m2f.post_process_instance_segmentation(cls, masks, threshold, sizes)
+        else:
+            results = m2f.post_process_panoptic_segmentation(
+                cls, masks, threshold, mask_threshold, overlap_mask_area_threshold, label_ids_to_fuse, sizes
+            )
+        return [
+            {"subtask": subtask, "segmentation": r["segmentation"], "segments": m2f.segment_list(r, self.labels)}
+            for r in results
+        ]
+
+    def __call__(self, images, **options) -> list[dict]:  # type: ignore[override]
+        feed, ctx = self.preprocess(images)
+        return self.postprocess(self.run(feed), ctx, **options)
+
+    def cli_answers(self, inputs: list[str], args: Any) -> list:
+        if not inputs:
+            raise InvalidArgumentError(
+                f"{self.task} needs at least one image file (as an argument or on standard input)"
+            )
+        return self(inputs, subtask=getattr(args, "subtask", None), threshold=args.threshold)
+
+    def show(self, inputs: list[str], answers: list, say: Say) -> None:
+        from rich.markup import escape
+
+        for name, answer in zip(inputs, answers):
+            h, w = answer["segmentation"].shape
+            found = answer["segments"]
+            say(f"[bold]{escape(name)}[/] ({w}x{h}, {answer['subtask']}: {len(found)} segments)")
+            for s in sorted(found, key=lambda s: -s["pixels"])[: self.show_labels]:
+                score = "" if s["score"] is None else f"{s['score']:.4f}"
+                say(f"  {escape(s['label']):<24} {score:>6}  {100 * s['share']:6.2f}%")
+            rest = found[self.show_labels :]
+            if rest:
+                say(f"  ({len(rest)} more segments)")
+
+    def answers_json(self, inputs: list[str], answers: list) -> dict:
+        return {
+            "results": [
+                {"subtask": a["subtask"], "size": list(a["segmentation"].shape), "segments": a["segments"]}
+                for a in answers
+            ]
+        }
+
+    def save(self, inputs: list[str], answers: list, path: Path) -> list[Path]:
+        """Each photo with its segments tinted, outlined and listed (label, score, share)."""
+        from .processing.image import load_image
+        from .processing.mask2former import draw_segments
+
+        pictures = [
+            draw_segments(load_image(name, i), a["segmentation"], a["segments"])
+            for i, (name, a) in enumerate(zip(inputs, answers))
+        ]
+        return _save_pictures(pictures, path)
+
+
 class DepthEstimationPipeline(EnginePipeline):
     """Images -> per image the depth of every pixel at the image's own size, as transformers'
     GLPN processor and depth-estimation pipeline give it: {"predicted_depth": float32 (H, W)

@@ -31,6 +31,7 @@ LABELS = {
     # COCO-style: id 0 is "N/A" (an unused id the real checkpoints keep)
     "object-detection": ["N/A", "person", "bicycle", "car", "cat", "dog", "cup", "rocket", "clock", "potted plant"],
     "semantic-segmentation": ["wall", "sky", "floor", "person", "cat", "cup", "rocket", "plant"],
+    "image-segmentation": ["person", "cat", "cup", "rocket", "wall", "sky", "floor", "grass"],
 }
 CTC_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", *"ETAONIHSRDLUMWCFGYPBVK'XJQZ"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")

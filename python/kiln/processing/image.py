@@ -49,6 +49,12 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "image_std": IMAGENET_DEFAULT_STD,
     },
     "GLPNImageProcessor": {"size_divisor": 32, "resample": 2, "do_normalize": False},
+    # Mask2Former: kiln's engines take one static size, so its configs give {height, width}
+    "Mask2FormerImageProcessor": {
+        "resample": 2,
+        "image_mean": IMAGENET_DEFAULT_MEAN,
+        "image_std": IMAGENET_DEFAULT_STD,
+    },
 }
 
 
