@@ -5,8 +5,8 @@
 3. build the three BERT task deployables (MiniLM body, randomly initialised heads);
 4. run each task through the C++ runtime;
 5. ViT, ConvNeXT and Wav2Vec2 at real sizes (random weights) on a real photo and real speech;
-6. DETR, SegFormer and GLPN at real sizes (random weights) on a real photo: boxes, a mask and a
-   depth map, drawn into pictures (build/demo/);
+6. DETR, SegFormer, GLPN and Mask2Former at real sizes (random weights) on a real photo: boxes,
+   a mask, a depth map and segments, drawn into pictures (build/demo/);
 7. GPT-2 and BART at real sizes (random weights, real BPE vocabulary): text streamed from the
    C++ generation loop, a 4-beam summary;
 8. parity of every backend against eager PyTorch on every engine (tokens too, for generation).
