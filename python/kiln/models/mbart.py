@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..deploy import seq2seq
+from .bart import _TINY as _BART_TINY
 from .bart import BartConfig, BartForConditionalGeneration, _cache, _decoder_case, _defaults, _encoder_case
 
 
@@ -41,22 +42,9 @@ class MBartForConditionalGeneration(BartForConditionalGeneration):
     hf_architecture = "MBartForConditionalGeneration"
 
 
-_TINY = dict(
-    d_model=64,
-    encoder_layers=2,
-    decoder_layers=2,
-    encoder_attention_heads=4,
-    decoder_attention_heads=4,
-    encoder_ffn_dim=128,
-    decoder_ffn_dim=128,
-    max_position_embeddings=128,
-    scale_embedding=True,
-    bos_token_id=0,
-    pad_token_id=1,
-    eos_token_id=2,
-    decoder_start_token_id=2,  # mBART-50: </s>, then the target language forced
-    forced_eos_token_id=2,
-)
+# BART's tiny config with mBART's scaled embeddings; mBART-50 starts with </s>, then the target
+# language is forced (no forced BOS of its own)
+_TINY = {k: v for k, v in {**_BART_TINY, "scale_embedding": True}.items() if k != "forced_bos_token_id"}
 
 DEPLOYABLES = (
     seq2seq(

@@ -4,7 +4,7 @@ run directly on a model repository: what `kiln serve`, `kiln bench-serve` and th
     with TritonServer(repo, models=["minilm-feature-extraction"]) as server:   # free ports, 127.0.0.1
         server.http_url, server.grpc_url, server.metrics_url
 
-What running the bundled binary needs (measured, see ../shared/notes/serving.md):
+What running the bundled binary needs (measured on this project's machines):
 - a backend directory python/ holding libtriton_python.so, triton_python_backend_utils.py and the
   stub built for this Python (python_backend_stubs/3.X/triton_python_backend_stub);
 - LD_LIBRARY_PATH with this Python's own LIBDIR first (the stub links libpython3.X.so: without it
