@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import InputValueError, InvalidArgumentError
 from . import PREPROCESSOR_FILE, read_preprocessor_config
-from .image import load_image
+from .image import load_image, rgb_values
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -101,11 +101,7 @@ class DetrImageProcessor:
         if self.pad_size is not None and not {"height", "width"} <= set(self.pad_size):
             raise InvalidArgumentError(f"pad_size={self.pad_size}: expected {{height, width}}")
         for name in ("image_mean", "image_std"):
-            value = getattr(self, name)
-            value = (float(value),) * 3 if isinstance(value, (int, float)) else tuple(map(float, value))
-            if len(value) != 3:
-                raise InvalidArgumentError(f"{name}={value}: expected 3 values (R, G, B)")
-            setattr(self, name, value)
+            setattr(self, name, rgb_values(name, getattr(self, name)))
 
     # --- construction ----------------------------------------------------------------------
 

@@ -58,6 +58,14 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def rgb_values(name: str, value: Any) -> tuple[float, ...]:
+    """A processor's image_mean / image_std: one number for all three channels, or three (R, G, B)."""
+    rgb = (float(value),) * 3 if isinstance(value, (int, float)) else tuple(map(float, value))
+    if len(rgb) != 3:
+        raise InvalidArgumentError(f"{name}={rgb}: expected 3 values (R, G, B)")
+    return rgb
+
+
 @dataclass
 class ImageProcessor:
     size: dict[str, int] = field(default_factory=lambda: {"height": 224, "width": 224})
@@ -88,11 +96,7 @@ class ImageProcessor:
         if self.do_center_crop and not (self.crop_size and {"height", "width"} <= set(self.crop_size)):
             raise InvalidArgumentError(f"crop_size={self.crop_size}: expected {{height, width}}")
         for name in ("image_mean", "image_std"):
-            value = getattr(self, name)
-            value = (float(value),) * 3 if isinstance(value, (int, float)) else tuple(map(float, value))
-            if len(value) != 3:
-                raise InvalidArgumentError(f"{name}={value}: expected 3 values (R, G, B)")
-            setattr(self, name, value)
+            setattr(self, name, rgb_values(name, getattr(self, name)))
 
     # --- construction ----------------------------------------------------------------------
 
