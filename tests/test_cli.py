@@ -105,6 +105,20 @@ def test_bench_measures_every_backend(capsys, tiny_engines, tmp_path):
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
         assert r["throughput"] == pytest.approx(r["batch"] * 1000 / r["p50_ms"])
         assert r["seq"] == 32 and r["batch"] in (1, 2)
+    # the machine's limits, measured in the same run, and each backend's share of them
+    limits = {lim["batch"]: lim for lim in data["limits"]}
+    assert set(limits) == {1, 2}
+    assert limits[2]["flops"] == pytest.approx(2 * limits[1]["flops"])  # twice the rows, twice the work
+    assert limits[1]["flops"] >= sum(limits[1]["matmul_flops"].values()) > 0
+    for r in data["rows"]:
+        lim = limits[r["batch"]]
+        assert r["gflops"] == pytest.approx(lim["flops"] / r["p50_ms"] / 1e6)
+        assert r["gemm_share"] == pytest.approx(lim["gemm_seconds"] * 1e3 / r["p50_ms"]) and r["gemm_share"] > 0
+        assert r["bandwidth_share"] == pytest.approx(
+            lim["bytes_read"] / r["p50_ms"] / 1e6 / lim["bandwidth"]["read_GBps"])
+    assert data["machine"]["blas"] and len(data["machine"]["load_average"]) == 3
+    assert any("linear" in k or k.endswith("mm") for k in data["kernels"])  # what the aoti package calls
+    assert "limits measured in this run, batch 2 x 32" in out and "% of the GEMM roofline" in out
     code, _, err = run(capsys, "bench", engine, "--seq", "1000")
     assert code == 2 and "sequence range [2, 128]" in err
     code, _, err = run(capsys, "bench", engine, "--batch", "one")
@@ -174,3 +188,8 @@ def test_build_inspect_and_bench_a_generation_engine(capsys, tmp_path, deployabl
     assert {r["backend"] for r in data["rows"]} == {"transformers-generate", "kiln-torchscript"}
     assert "no aoti artifact" in data["skipped"]["kiln-aoti"]
     assert all(r["new_tokens"] == 6 and r["prompt"] == 40 and r["tokens_per_s"] > 0 for r in data["rows"])
+    (lim,) = data["limits"]
+    assert lim["decode_step"]["bytes_read"] > 0 and lim["flops"] > 0
+    for r in data["rows"]:  # a decode step's least bytes over its time, as a share of the measured read
+        assert r["decode_GBps"] == pytest.approx(lim["decode_step"]["bytes_read"] / r["per_token_ms"] / 1e6)
+        assert r["bandwidth_share"] == pytest.approx(r["decode_GBps"] / lim["bandwidth"]["read_GBps"])

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import Runner, open_all, runners, select
+from . import roofline
+from .backends import REFERENCE, Runner, open_all, runners, select
 from .errors import InvalidArgumentError
 from .manifest import GenerationManifest, Manifest, read_graph_manifest, read_manifest
+from .roofline import Work
 
 
 @dataclass
@@ -37,6 +39,9 @@ class BenchRow:
     mean_ms: float
     throughput: float  # samples / s at the median latency
     iters: int
+    gflops: float = 0.0  # the eager model's FLOPs per call / p50
+    gemm_share: float = 0.0  # the FLOPs' time at this machine's GEMM speed on the model's shapes / p50
+    bandwidth_share: float = 0.0  # the least bytes a call reads / p50 / this machine's streaming read
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
@@ -49,7 +54,8 @@ def _length_dim(manifest: Manifest) -> str | None:
     return next((d for d in LENGTH_DIMS if d in manifest.dims), None)
 
 
-def _feed(manifest: Manifest, batch: int, seq: int | None, seed: int = 0) -> dict[str, np.ndarray]:
+def _feed(manifest: Manifest, batch: int, seq: int | None, seed: int = 0, **dims: int) -> dict[str, np.ndarray]:
+    """Inputs at the dims' opt sizes, with `batch`, the length `seq` and any other `dims` set."""
     from . import registry
 
     d = registry.get(manifest.family, manifest.task)
@@ -58,6 +64,7 @@ def _feed(manifest: Manifest, batch: int, seq: int | None, seed: int = 0) -> dic
     length = _length_dim(manifest)
     if length and seq:
         sizes[length] = seq
+    sizes.update(dims)
     feed = d.graph(manifest.graph).make_example(d.config_class.from_dict(manifest.config), sizes, seed)
     if "attention_mask" in feed:  # no padding: every token / sample is real work
         feed["attention_mask"][:] = 1
@@ -127,13 +134,21 @@ def run_bench(
     length = _length_dim(manifest)
     seq = seq or (manifest.dims[length].opt if length else None)
     torch.set_num_threads(threads)
-    fns, skipped = _load(runners(manifest, threads), only, progress)
-    rows = []
+    all_runners = runners(manifest, threads)
+    fns, skipped = _load(all_runners, only, progress)
+    eager = fns.get(REFERENCE) or open_eager(all_runners)
+    rows, limits = [], []
     for batch in batches:
         feed = _feed(manifest, batch, seq)
-        progress(f"{len(fns)} backends taking turns, batch {batch}" + (f" x {length} {seq}" if seq else ""))
+        shape = f"batch {batch}" + (f" x {length} {seq}" if seq else "")
+        progress(f"{shape}: the machine's limits on the model's own GEMM shapes and weights' size")
+        work = Work.of(functools.partial(eager, feed))
+        before = _machine_limits(work, threads)
+        progress(f"{len(fns)} backends taking turns, {shape}")
         gc.collect()
         measured = _measure_interleaved(fns, feed, warmup, iters, budget_s * len(fns))
+        limit = _best_limits(before, _machine_limits(work, threads))
+        limits.append({"batch": batch, "seq": seq, **_work_json(work), **limit})
         for name, secs in measured.items():
             times = np.array(secs) * 1e3
             p50 = float(np.percentile(times, 50))
@@ -148,6 +163,9 @@ def run_bench(
                     float(times.mean()),
                     batch / (p50 / 1e3),
                     len(times),
+                    work.flops / (p50 / 1e3) / 1e9,
+                    limit["gemm_seconds"] / (p50 / 1e3),
+                    work.bytes_read / (p50 / 1e3) / 1e9 / limit["bandwidth"]["read_GBps"],
                 )
             )
     return {
@@ -155,31 +173,60 @@ def run_bench(
         "task": manifest.task,
         "threads": threads,
         "machine": machine(),
+        "limits": limits,
+        "kernels": _aoti_kernels(manifest),
         "rows": [r.to_json() for r in rows],
         "skipped": skipped,
     }
 
 
-def machine() -> dict:
-    """What a figure means only beside: the CPU, its cores, the software."""
-    import torch
+def open_eager(all_runners: list[Runner]) -> Callable:
+    """The eager reference's infer, opened for the roofline even when not benchmarked."""
+    return next(r for r in all_runners if r.name == REFERENCE).open()
 
+
+def _machine_limits(work: Work, threads: int) -> dict:
+    rates = roofline.gemm_rate(work.top_shapes(), threads)
     return {
-        "cpu": _cpu_name(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
+        "gemm_GFLOPs": rates,
+        "gemm_seconds": roofline.gemm_seconds(work, rates),
+        "bandwidth": roofline.bandwidth(work.bytes_read, threads),
     }
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+def _best_limits(a: dict, b: dict) -> dict:
+    """The machine's limit is the best it did in this run: measured before and after the model,
+    so a burst of noise during one probe does not lower it."""
+    rates = {k: max(a["gemm_GFLOPs"][k], b["gemm_GFLOPs"][k]) for k in a["gemm_GFLOPs"]}
+    bw = {k: max(a["bandwidth"][k], b["bandwidth"][k]) for k in a["bandwidth"]}
+    return {"gemm_GFLOPs": rates, "gemm_seconds": min(a["gemm_seconds"], b["gemm_seconds"]), "bandwidth": bw}
+
+
+def _work_json(work: Work) -> dict:
+    return {
+        "flops": work.flops,
+        "matmul_flops": {f"{m}x{k}x{n}": f for (m, k, n), f in work.matmul_flops.items()},
+        "bytes_read": work.bytes_read,
+    }
+
+
+def _aoti_kernels(manifest: Manifest) -> dict[str, int]:
+    art = manifest.artifact("aoti")
+    return roofline.artifact_kernels(manifest.artifact_path(art)) if art else {}
+
+
+def machine() -> dict:
+    """What a figure means only beside: the CPU and its flags, the BLAS / oneDNN, the software,
+    the load on the machine while it ran."""
+    import torch
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {
+        **roofline.cpu_info(),
+        "load_average": [round(x, 2) for x in load],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 def summary(result: dict) -> list[str]:
@@ -192,7 +239,8 @@ def summary(result: dict) -> list[str]:
         if not cpp:
             continue
         best = min(cpp, key=lambda k: cpp[k])
-        parts = [f"batch {batch}: best C++ backend {best} {cpp[best]:.2f} ms"]
+        share = next(r["gemm_share"] for r in rows if r["batch"] == batch and r["backend"] == best)
+        parts = [f"batch {batch}: best C++ backend {best} {cpp[best]:.2f} ms, {100 * share:.0f}% of the GEMM roofline"]
         if "transformers" in by:
             parts.append(f"{by['transformers'] / cpp[best]:.2f}x transformers eager's speed")
         if "onnxruntime" in by:
@@ -204,10 +252,42 @@ def summary(result: dict) -> list[str]:
                 verdict = "met" if overhead <= 5 else "NOT met"
                 parts.append(f"{k} overhead vs {py} {overhead:+.1f}% (the runtime's promise <= 5%: {verdict})")
         lines.append("; ".join(parts))
+    return lines + machine_lines(result)
+
+
+def machine_lines(result: dict) -> list[str]:
+    """The machine and its limits measured in the run: what every figure above is a share of."""
+    m = result["machine"]
+    load = m.get("load_average", ["?"])[0]
+    lines = [
+        f"machine: {m['cpu']}, {m['cores']} cores, {' '.join(m.get('isa', [])) or 'no ISA flags read'}; "
+        f"torch kernels {m.get('torch_cpu_capability', '?')}, BLAS {m.get('blas', '?')}, {m.get('onednn', '?')}; "
+        f"load average {load} at the start"
+    ]
+    for lim in result.get("limits", []):
+        rates = ", ".join(f"{k} {v:.0f}" for k, v in lim["gemm_GFLOPs"].items())
+        where = f"batch {lim['batch']}" + (f" x {lim['seq']}" if lim.get("seq") else "")
+        if "step" in lim:
+            where = f"{lim['step']} at batch {lim['batch']}"
+        bw = lim["bandwidth"]
+        lines.append(
+            f"limits measured in this run, {where}: GEMM GFLOP/s on the model's shapes (MxKxN) {rates}; "
+            f"streaming read {bw['read_GBps']:.1f} GB/s (sum {bw['sum_GBps']:.1f}, GEMV {bw['gemv_GBps']:.1f}) "
+            f"over {bw['bytes'] / 1e6:.0f} MB; the call: {lim['flops'] / 1e9:.2f} GFLOP, reads >= "
+            f"{lim['bytes_read'] / 1e6:.0f} MB"
+            + (
+                f"; a decode step reads >= {lim['decode_step']['bytes_read'] / 1e6:.0f} MB"
+                if "decode_step" in lim
+                else ""
+            )
+        )
+    if result.get("kernels"):
+        calls = ", ".join(f"{k} x{v}" for k, v in result["kernels"].items())
+        lines.append(f"the AOTInductor package's extern kernels: {calls}")
     return lines
 
 
-_COLUMNS = ("backend", "batch", "length", "p50 ms", "p90 ms", "p99 ms", "samples/s", "iters")
+_COLUMNS = ("backend", "batch", "length", "p50 ms", "p90 ms", "p99 ms", "samples/s", "GFLOP/s", "% GEMM", "iters")
 
 
 def _cells(r: dict, digits: int = 2) -> list[str]:
@@ -219,6 +299,8 @@ def _cells(r: dict, digits: int = 2) -> list[str]:
         f"{r['p90_ms']:.{digits}f}",
         f"{r['p99_ms']:.{digits}f}",
         f"{r['throughput']:.1f}",
+        f"{r.get('gflops', 0):.1f}",
+        f"{100 * r.get('gemm_share', 0):.0f}",
         str(r["iters"]),
     ]
 
@@ -277,6 +359,9 @@ class GenerationRow:
     tokens_per_s: float  # generated tokens (all rows) / total
     ttft_ms: float  # time to first token: encoder + prefill + first step
     per_token_ms: float  # median decode step after the first token
+    decode_GBps: float = 0.0  # the least bytes a decode step reads (weights, cache) / per_token_ms
+    bandwidth_share: float = 0.0  # decode_GBps / this machine's streaming read, measured in the run
+    prefill_share: float = 0.0  # the prefill's (encoder's) FLOPs at this machine's GEMM speed / ttft
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
@@ -371,6 +456,9 @@ def run_generation_bench(
         why = why or (None if b in have else f"no {b} artifact in the engine")
         candidates.append(Runner(f"kiln-{b}", "cpp", functools.partial(_kiln_generate, engine_dir, b, threads), why))
     fns, skipped = _load(candidates, only, progress)
+    progress("the machine's limits: GEMM on the prefill's shapes, a streaming read the size of a decode step")
+    works = {b: _generation_work(manifest, b, prompt, new_tokens, beams) for b in batches}
+    before = {b: _generation_limits(*works[b], threads) for b in batches}
     rows = []
     for name, fn in fns.items():
         for batch in batches:
@@ -384,14 +472,64 @@ def run_generation_bench(
                     name, batch, prompt, new_tokens, beams, total, batch * new_tokens / total, ttft, per_token
                 )
             )
+    limits = {b: _best_limits(before[b], _generation_limits(*works[b], threads)) for b in batches}
+    for r in rows:
+        prefill, step = works[r.batch]
+        lim = limits[r.batch]
+        r.decode_GBps = step.bytes_read / (r.per_token_ms / 1e3) / 1e9
+        r.bandwidth_share = r.decode_GBps / lim["bandwidth"]["read_GBps"]
+        r.prefill_share = lim["gemm_seconds"] / (r.ttft_ms / 1e3)
     return {
         "engine": manifest.name,
         "task": manifest.task,
         "threads": threads,
         "kind": "generation",
         "machine": machine(),
+        "limits": [
+            {
+                "batch": b,
+                "step": "prefill",
+                **_work_json(works[b][0]),
+                **limits[b],
+                "decode_step": _work_json(works[b][1]),
+            }
+            for b in batches
+        ],
+        "kernels": _aoti_kernels(manifest.graph("decoder")),
         "rows": [r.to_json() for r in rows],
         "skipped": skipped,
+    }
+
+
+def _generation_work(
+    manifest: GenerationManifest, batch: int, prompt: int, new_tokens: int, beams: int
+) -> tuple[Work, Work]:
+    """What the eager model does in the prefill (the encoder, for an encoder-decoder) and in one
+    decode step halfway through the generation (batch x beams rows, new = 1)."""
+    from .backends import eager_model, torch_infer
+
+    decoder = manifest.graph("decoder")
+    step_past = new_tokens // 2 + (0 if manifest.encoder_decoder else prompt)
+    rows = batch * beams
+    sizes = {"source": prompt} if manifest.encoder_decoder else {}
+    step_feed = _feed(decoder, rows, None, new=1, past=step_past, total=step_past + 1, **sizes)
+    dec = torch_infer(eager_model(decoder), decoder)
+    if manifest.encoder_decoder:
+        first = manifest.graph("encoder")
+        prefill_feed = _feed(first, batch, None, source=prompt)
+        prefill = torch_infer(eager_model(first), first)
+    else:
+        prefill_feed = _feed(decoder, batch, None, new=prompt, past=0, total=prompt)
+        prefill = dec
+    return Work.of(lambda: prefill(prefill_feed)), Work.of(lambda: dec(step_feed))
+
+
+def _generation_limits(prefill: Work, step: Work, threads: int) -> dict:
+    rates = roofline.gemm_rate(prefill.top_shapes(), threads)
+    return {
+        "gemm_GFLOPs": rates,
+        "gemm_seconds": roofline.gemm_seconds(prefill, rates),
+        "bandwidth": roofline.bandwidth(step.bytes_read, threads),
     }
 
 
@@ -404,15 +542,33 @@ def generation_summary(result: dict) -> list[str]:
         if not cpp:
             continue
         best = max(cpp, key=lambda k: cpp[k])
-        line = f"batch {batch}: best kiln backend {best} {cpp[best]:.1f} tokens/s"
+        row = next(r for r in rows if r["batch"] == batch and r["backend"] == best)
+        line = (
+            f"batch {batch}: best kiln backend {best} {cpp[best]:.1f} tokens/s, decode step at "
+            f"{100 * row.get('bandwidth_share', 0):.0f}% of the streaming bandwidth, prefill at "
+            f"{100 * row.get('prefill_share', 0):.0f}% of the GEMM roofline"
+        )
         if "transformers-generate" in by:
             speedup = cpp[best] / by["transformers-generate"]
             line += f", {speedup:.2f}x transformers generate's {by['transformers-generate']:.1f}"
         lines.append(line)
-    return lines
+    return lines + machine_lines(result)
 
 
-_GEN_COLUMNS = ("backend", "batch", "prompt", "new", "beams", "total s", "tokens/s", "first token ms", "per token ms")
+_GEN_COLUMNS = (
+    "backend",
+    "batch",
+    "prompt",
+    "new",
+    "beams",
+    "total s",
+    "tokens/s",
+    "first token ms",
+    "per token ms",
+    "step GB/s",
+    "% BW",
+    "prefill % GEMM",
+)
 
 
 def _gen_cells(r: dict) -> list[str]:
@@ -426,6 +582,9 @@ def _gen_cells(r: dict) -> list[str]:
         f"{r['tokens_per_s']:.1f}",
         f"{r['ttft_ms']:.0f}",
         f"{r['per_token_ms']:.1f}",
+        f"{r.get('decode_GBps', 0):.1f}",
+        f"{100 * r.get('bandwidth_share', 0):.0f}",
+        f"{100 * r.get('prefill_share', 0):.0f}",
     ]
 
 

@@ -1,0 +1,63 @@
+"""The machine's limits beside every benchmark: what a call does (FLOPs, matmul shapes, least
+bytes read), the probes, and the shares the bench reports."""
+
+import pytest
+import torch
+
+from kiln import roofline
+from kiln.roofline import Work
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(1000, 64)
+        self.up = torch.nn.Linear(64, 256)
+        self.down = torch.nn.Linear(256, 64, bias=False)
+
+    def forward(self, ids):
+        h = self.embed(ids)  # (B, T, 64)
+        return self.down(torch.relu(self.up(h))) @ h.transpose(1, 2)  # (B, T, T)
+
+
+def test_work_counts_flops_shapes_and_the_least_bytes_read():
+    model, ids = Tiny(), torch.randint(0, 1000, (2, 10))
+    work = Work.of(lambda: model(ids))
+    tokens = 2 * 10
+    assert work.matmul_flops == {
+        (tokens, 64, 256): 2.0 * tokens * 64 * 256,
+        (tokens, 256, 64): 2.0 * tokens * 256 * 64,
+        (10, 64, 10): 2.0 * 2 * 10 * 64 * 10,  # the batched (B, T, 64) x (B, 64, T)
+    }
+    assert work.flops == sum(work.matmul_flops.values())
+    assert work.top_shapes(cover=0.4) == [(tokens, 64, 256)]  # the two weights tie; the first holds 49 %
+    assert set(work.top_shapes()) == {(tokens, 64, 256), (tokens, 256, 64)}
+    # the embedding table is read only where the ids point (20 rows), every weight once
+    weights = 4 * (64 * 256 + 256 + 256 * 64)
+    rows = 4 * tokens * 64
+    activations = 4 * tokens * (64 + 256 + 256 + 64)  # h, up, relu, down; ids are int64
+    assert work.bytes_read == weights + rows + activations + 8 * tokens
+
+
+def test_gemm_seconds_weighs_each_shape_by_its_own_rate():
+    work = Work(flops=5e9, matmul_flops={(8, 8, 8): 2e9, (4, 4, 4): 2e9})
+    rates = {"8x8x8": 100.0, "4x4x4": 50.0, "1024x1024x1024": 400.0}
+    # 2 GFLOP at 100 + 2 GFLOP at 50 + the 1 GFLOP of other ops at the slowest model shape (50)
+    assert roofline.gemm_seconds(work, rates) == pytest.approx(0.02 + 0.04 + 0.02)
+
+
+def test_probes_measure_this_machine():
+    rates = roofline.gemm_rate([(64, 128, 256)], threads=1, budget_s=0.05)
+    assert set(rates) == {"64x128x256", "1024x1024x1024"} and all(0 < v < 1e5 for v in rates.values())
+    bw = roofline.bandwidth(1 << 20, threads=1, budget_s=0.1)
+    assert bw["bytes"] >= 64 << 20  # never a cache-sized probe
+    assert bw["read_GBps"] == max(bw["sum_GBps"], bw["gemv_GBps"]) and 0.1 < bw["read_GBps"] < 1e4
+
+
+def test_cpu_info_names_the_machine():
+    info = roofline.cpu_info()
+    assert info["cpu"] and info["cores"] >= 1
+    assert info["blas"] in ("mkl", "open", "openblas", "accelerate", "?") or info["blas"]
+    assert set(info["isa"]) <= set(roofline.ISA_FLAGS)
+    flags = open("/proc/cpuinfo").read()
+    assert ("avx512f" in info["isa"]) == (" avx512f " in flags)
