@@ -119,6 +119,15 @@ def test_bench_measures_every_backend(capsys, tiny_engines, tmp_path):
     assert data["machine"]["blas"] and len(data["machine"]["load_average"]) == 3
     assert any("linear" in k or k.endswith("mm") for k in data["kernels"])  # what the aoti package calls
     assert "limits measured in this run, batch 2 x 32" in out and "% of the GEMM roofline" in out
+    # cold start and memory, in fresh processes, beside each process's base and the weights
+    assert set(data["footprint"]) == {"kiln-aoti", "kiln-torchscript"} and data["weight_bytes"] > 0
+    for by in data["footprint"].values():
+        for who in ("python", "kiln-run"):
+            m = by[who]
+            assert m["peak_MB"] >= m["base_MB"] > 0
+            assert m["cold_start_s"] == pytest.approx(m["open_s"] + m["first_run_s"]) and m["first_run_s"] > 0
+            assert m["over_base_per_weight"] == pytest.approx(
+                (m["peak_MB"] - m["base_MB"]) * 2**20 / data["weight_bytes"])
     code, _, err = run(capsys, "bench", engine, "--seq", "1000")
     assert code == 2 and "sequence range [2, 128]" in err
     code, _, err = run(capsys, "bench", engine, "--batch", "one")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import roofline
-from .backends import REFERENCE, Runner, open_all, runners, select
+from . import footprint, roofline
+from .backends import Runner, eager_model, open_all, runners, select, torch_infer
 from .errors import InvalidArgumentError
 from .manifest import GenerationManifest, Manifest, read_graph_manifest, read_manifest
 from .roofline import Work
@@ -136,7 +136,8 @@ def run_bench(
     torch.set_num_threads(threads)
     all_runners = runners(manifest, threads)
     fns, skipped = _load(all_runners, only, progress)
-    eager = fns.get(REFERENCE) or open_eager(all_runners)
+    module = eager_model(manifest)
+    eager = torch_infer(module, manifest)
     rows, limits = [], []
     for batch in batches:
         feed = _feed(manifest, batch, seq)
@@ -168,21 +169,44 @@ def run_bench(
                     work.bytes_read / (p50 / 1e3) / 1e9 / limit["bandwidth"]["read_GBps"],
                 )
             )
+    weights = footprint.weight_bytes(module)
     return {
         "engine": manifest.name,
         "task": manifest.task,
         "threads": threads,
         "machine": machine(),
         "limits": limits,
+        "weight_bytes": weights,
+        "footprint": _footprints(Path(engine_dir), list(fns), threads, batches[0], seq, weights, progress),
         "kernels": _aoti_kernels(manifest),
         "rows": [r.to_json() for r in rows],
         "skipped": skipped,
     }
 
 
-def open_eager(all_runners: list[Runner]) -> Callable:
-    """The eager reference's infer, opened for the roofline even when not benchmarked."""
-    return next(r for r in all_runners if r.name == REFERENCE).open()
+def _footprints(
+    engine_dir: Path,
+    names: list[str],
+    threads: int,
+    batch: int,
+    seq: int | None,
+    weights: int,
+    progress: Callable[[str], None],
+) -> dict[str, dict]:
+    """Cold start and peak memory of each C++ backend benchmarked, in fresh processes: a Python
+    Engine and kiln-run, each beside its base and the weights' bytes."""
+    out = {}
+    for name in names:
+        backend = name.removeprefix("kiln-")
+        if not name.startswith("kiln-") or backend == "tensorrt":
+            continue
+        progress(f"{name}: cold start and peak memory, in fresh processes")
+        measured = footprint.measure(str(engine_dir), backend, threads, batch, seq)
+        for m in measured.values():
+            if "error" not in m:
+                m["over_base_per_weight"] = (m["peak_MB"] - m["base_MB"]) * 2**20 / max(weights, 1)
+        out[name] = measured
+    return out
 
 
 def _machine_limits(work: Work, threads: int) -> dict:
@@ -280,6 +304,19 @@ def machine_lines(result: dict) -> list[str]:
                 if "decode_step" in lim
                 else ""
             )
+        )
+    for name, by in result.get("footprint", {}).items():
+        parts = []
+        for who, m in by.items():
+            if "error" in m:
+                parts.append(f"{who}: {m['error'].splitlines()[-1] if m['error'] else 'failed'}")
+                continue
+            parts.append(
+                f"{who} peak {m['peak_MB']:.0f} MB = base {m['base_MB']:.0f} + "
+                f"{m['over_base_per_weight']:.2f}x the weights, cold start {m['cold_start_s']:.2f} s"
+            )
+        lines.append(
+            f"{name} in a fresh process ({result['weight_bytes'] / 2**20:.0f} MB of weights): " + "; ".join(parts)
         )
     if result.get("kernels"):
         calls = ", ".join(f"{k} x{v}" for k, v in result["kernels"].items())
@@ -458,6 +495,8 @@ def run_generation_bench(
     fns, skipped = _load(candidates, only, progress)
     progress("the machine's limits: GEMM on the prefill's shapes, a streaming read the size of a decode step")
     works = {b: _generation_work(manifest, b, prompt, new_tokens, beams) for b in batches}
+    decoder = manifest.graph("decoder")
+    weights = footprint.weight_bytes(eager_model(decoder))
     before = {b: _generation_limits(*works[b], threads) for b in batches}
     rows = []
     for name, fn in fns.items():
@@ -495,7 +534,11 @@ def run_generation_bench(
             }
             for b in batches
         ],
-        "kernels": _aoti_kernels(manifest.graph("decoder")),
+        "kernels": _aoti_kernels(decoder),
+        "weight_bytes": weights,
+        "footprint": _footprints(
+            engine_dir / manifest.graphs["decoder"], list(fns), threads, 1, None, weights, progress
+        ),
         "rows": [r.to_json() for r in rows],
         "skipped": skipped,
     }
@@ -506,8 +549,6 @@ def _generation_work(
 ) -> tuple[Work, Work]:
     """What the eager model does in the prefill (the encoder, for an encoder-decoder) and in one
     decode step halfway through the generation (batch x beams rows, new = 1)."""
-    from .backends import eager_model, torch_infer
-
     decoder = manifest.graph("decoder")
     step_past = new_tokens // 2 + (0 if manifest.encoder_decoder else prompt)
     rows = batch * beams
