@@ -77,6 +77,38 @@ def test_auto_prefers_aoti(engine_dir):
     assert Engine(engine_dir).backend == "aoti"
 
 
+def test_build_records_the_faster_cpu_backend_and_auto_follows_it(tiny_engines, tmp_path):
+    from kiln.roofline import cpu_info
+
+    built, _ = tiny_engines["text-classification"]
+    engine = tmp_path / "engine"
+    shutil.copytree(built, engine)
+    manifest = json.loads((engine / "manifest.json").read_text())
+    choice = manifest["backend_choice"]
+    ms = choice["measured_ms"]
+    assert set(ms) == {"aoti", "torchscript"} and all(v > 0 for v in ms.values())
+    assert choice["backend"] == min(ms, key=ms.get) and choice["cpu"] == cpu_info()["cpu"]
+    assert choice["shape"]["batch"] == manifest["dims"]["batch"]["opt"]
+    assert Engine(engine).backend == choice["backend"]
+
+    def edit(**fields):
+        (engine / "manifest.json").write_text(json.dumps({**manifest, "backend_choice": {**choice, **fields}}))
+
+    for backend in ("aoti", "torchscript"):  # "auto" follows the record, whichever it names
+        edit(backend=backend)
+        assert Engine(engine).backend == backend
+    edit(backend="torchscript", cpu="a CPU of another model")  # measured elsewhere: the fixed order
+    assert Engine(engine).backend == "aoti"
+    edit(backend="onnx")  # an artifact the C++ runtime cannot run: never chosen, the fixed order stays
+    assert Engine(engine).backend == "aoti"
+    edit(backend="tensorrt")
+    with pytest.raises(E.ManifestError, match="backend_choice.backend' is 'tensorrt', a format with no artifact"):
+        Engine(engine)
+    (engine / "manifest.json").write_text(json.dumps({**manifest, "backend_choice": "torchscript"}))
+    with pytest.raises(E.ManifestError, match="'backend_choice' must be an object"):
+        Engine(engine)
+
+
 def test_properties(engine_dir):
     e = Engine(engine_dir, backend="torchscript")
     assert e.name == "fixture-engine" and e.backend == "torchscript"

@@ -69,8 +69,18 @@ const BackendInfo& choose_backend(const std::string& engine, const Manifest& m, 
   std::string runnable_text = runnable.empty() ? "none" : join(runnable);
 
   if (wanted == "auto") {
+    // The fixed order (a TensorRT plan first), except that among the CPU backends the one
+    // `kiln build` measured fastest wins on a CPU of the model it was measured on.
+    const BackendInfo* preferred = nullptr;
+    if (!m.preferred_backend.empty() && m.preferred_cpu == detail::cpu_model_name()) {
+      for (const auto& b : detail::registered_backends()) {
+        if (b.name == m.preferred_backend && usable_reason(b).empty() && m.artifact(b.format)) preferred = &b;
+      }
+    }
     for (const auto& b : detail::registered_backends()) {
-      if (usable_reason(b).empty() && m.artifact(b.format)) return b;
+      if (usable_reason(b).empty() && m.artifact(b.format)) {
+        return (preferred && b.format != "tensorrt") ? *preferred : b;
+      }
     }
     // A backend compiled in with an artifact here but unusable on this machine (tensorrt
     // without a GPU) says why, with its own code (Device), rather than "no backend".

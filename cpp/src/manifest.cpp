@@ -312,6 +312,14 @@ Manifest Manifest::parse(const std::string& text, const std::string& origin) {
     }
     m.artifacts.push_back(std::move(info));
   }
+  if (auto c = j.find("backend_choice"); c != j.end() && !c->is_null()) {
+    const Json& choice = r.object(j, "backend_choice", "");
+    m.preferred_backend = r.str(choice, "backend", "backend_choice.");
+    m.preferred_cpu = r.str(choice, "cpu", "backend_choice.");
+    if (!m.artifact(m.preferred_backend)) {
+      r.fail("'backend_choice.backend' is '" + m.preferred_backend + "', a format with no artifact in this engine");
+    }
+  }
   return m;
 }
 

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 
 #include <unistd.h>
@@ -214,6 +215,23 @@ std::string sha256_file(const std::string& path) {
 uint64_t physical_memory_bytes() {
   long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
   return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 0;
+}
+
+const std::string& cpu_model_name() {
+  static const std::string name = [] {
+    std::ifstream f("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(f, line)) {
+      if (line.rfind("model name", 0) != 0) continue;
+      auto colon = line.find(':');
+      if (colon == std::string::npos) break;
+      auto first = line.find_first_not_of(" \t", colon + 1);
+      auto last = line.find_last_not_of(" \t\r");
+      return first == std::string::npos ? std::string() : line.substr(first, last - first + 1);
+    }
+    return std::string();
+  }();
+  return name;
 }
 
 }  // namespace kiln::detail

@@ -19,5 +19,8 @@ std::string sha256_file(const std::string& path);
 std::string sha256_hex(const void* data, size_t size, bool allow_sha_ni = true);
 // This machine's physical memory in bytes (0 if unknown).
 uint64_t physical_memory_bytes();
+// The CPU's model name as /proc/cpuinfo gives it ("" if unknown): what `kiln build` records
+// beside the backend it measured fastest (Python reads the same line).
+const std::string& cpu_model_name();
 
 }  // namespace kiln::detail

@@ -184,6 +184,40 @@ def run_bench(
     }
 
 
+CHOICE_BACKENDS = ("aoti", "torchscript")  # the C++ runtime's CPU backends
+
+
+def choose_backend(engine_dir: str | Path, threads: int = 0, budget_s: float = 1.0) -> dict | None:
+    """Time the C++ runtime's CPU backends on this engine at its opt dims (a generation
+    decoder's opt is a decode step, new = 1), taking turns; the record `kiln build` writes as
+    the manifest's backend_choice, which "auto" follows on a CPU of the same model. None when
+    fewer than two CPU backends can run it here."""
+    from .backends import cpp_backends
+    from .runtime import Engine
+
+    manifest = read_graph_manifest(engine_dir)
+    usable, _ = cpp_backends()
+    names = [b for b in CHOICE_BACKENDS if b in usable and manifest.artifact(b)]
+    if len(names) < 2:
+        return None
+    batch = manifest.dims["batch"].opt if "batch" in manifest.dims else 1
+    feed = _feed(manifest, batch, None)
+    fns = {b: Engine(engine_dir, backend=b, num_threads=threads).run for b in names}
+    times = _measure_interleaved(fns, feed, warmup=1, iters=10, budget_s=budget_s * len(names))
+    ms = {b: round(float(np.median(v)) * 1e3, 3) for b, v in times.items()}
+    return {
+        "backend": min(ms, key=lambda b: ms[b]),
+        "cpu": roofline.cpu_info()["cpu"],
+        "measured_ms": ms,
+        "shape": {
+            name: int(np.shape(feed[s.name])[i])
+            for s in manifest.inputs
+            for i, name in enumerate(s.shape)
+            if isinstance(name, str) and s.name in feed
+        },
+    }
+
+
 def _footprints(
     engine_dir: Path,
     names: list[str],

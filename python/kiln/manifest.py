@@ -313,6 +313,9 @@ class Manifest(_Common):
     labels: list[str] | None = None
     tolerances: Tolerances = field(default_factory=dict)
     graph: str = "model"  # the deployable's graph this is ("model", or "encoder" / "decoder")
+    # the CPU backend `kiln build` measured fastest here: {"backend", "cpu", "measured_ms", "shape"};
+    # the C++ runtime's "auto" takes it on a CPU of that model name (kiln.bench.choose_backend)
+    backend_choice: dict[str, Any] | None = None
 
     kind = "engine"
 
@@ -326,6 +329,8 @@ class Manifest(_Common):
             labels=self.labels,
             tolerances={p: {o: t.to_json() for o, t in outs.items()} for p, outs in self.tolerances.items()},
         )
+        if self.backend_choice is not None:
+            d["backend_choice"] = self.backend_choice
         return d
 
     @classmethod
@@ -341,6 +346,7 @@ class Manifest(_Common):
                 for p, outs in (d.get("tolerances") or {}).items()
             },
             graph=d.get("graph") or "model",
+            backend_choice=d.get("backend_choice"),
         )
 
     def artifact(self, fmt: str, precision: str | None = None) -> Artifact | None:

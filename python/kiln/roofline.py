@@ -48,13 +48,13 @@ def cpu_info() -> dict:
     """What a figure means only beside: the CPU, its flags, the BLAS / oneDNN torch calls."""
     import torch
 
-    name, vendor, flags = platform.processor(), "", set()
+    name, vendor, flags = "", "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             key = key.strip()
-            if key == "model name" and not name.startswith(("Intel", "AMD")):
-                name = value.strip()
+            if key == "model name" and not name:
+                name = value.strip()  # the line the C++ runtime reads (kiln::detail::cpu_model_name)
             elif key == "vendor_id":
                 vendor = value.strip()
             elif key == "flags":
@@ -66,7 +66,7 @@ def cpu_info() -> dict:
     blas = next((p.split("=", 1)[1] for p in config.replace(",", " ").split() if p.startswith("BLAS_INFO=")), "?")
     onednn = next((line.strip(" -") for line in config.splitlines() if "MKL-DNN" in line or "oneDNN" in line), "")
     return {
-        "cpu": name,
+        "cpu": name or platform.processor(),
         "vendor": vendor,
         "cores": os.cpu_count(),
         "isa": [f for f in ISA_FLAGS if f in flags],

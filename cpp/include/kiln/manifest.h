@@ -63,6 +63,9 @@ struct Manifest {
   std::map<std::string, DimRange> dims;
   std::vector<TensorSpec> inputs, outputs;
   std::vector<ArtifactInfo> artifacts;
+  // "backend_choice": the CPU backend `kiln build` measured fastest on the machine it ran on
+  // ({"backend", "cpu", "measured_ms"}); backend "auto" takes it on a CPU of that model name.
+  std::string preferred_backend, preferred_cpu;
   std::string json;  // the whole manifest.json as read
 
   // The artifact of this format, or nullptr.

@@ -441,6 +441,7 @@ def build(
                 graph=g.name,
             )
             manifest.write(out)
+            _record_backend_choice(manifest, out, progress)
         if d.generation is not None:
             gen = d.generation
             manifest = GenerationManifest(
@@ -463,6 +464,25 @@ def build(
     manifest.path = output
     seconds["total"] = time.perf_counter() - t0
     return BuildResult(output, manifest, seconds, skipped, clamped)
+
+
+def _record_backend_choice(manifest: Manifest, out: Path, progress: Progress) -> None:
+    """Measure the C++ runtime's CPU backends on this machine and record the fastest in the
+    manifest (the runtime's "auto" follows it on a CPU of this model; elsewhere it keeps its
+    fixed order). An engine the runtime cannot open here keeps no record."""
+    from ..bench import choose_backend
+
+    if not (manifest.artifact("aoti") and manifest.artifact("torchscript")):
+        return
+    label = f"{manifest.graph} " if manifest.graph != "model" else ""
+    progress(f"timing {label}aoti and torchscript on this CPU (the backend 'auto' runs)")
+    choice = choose_backend(out)
+    if choice is None:
+        return
+    times = ", ".join(f"{b} {ms:.2f} ms" for b, ms in choice["measured_ms"].items())
+    progress(f"  {label}auto -> {choice['backend']} on {choice['cpu']} ({times})")
+    manifest.backend_choice = choice
+    manifest.write(out)
 
 
 def _sweep_leftovers(output: Path) -> None:
