@@ -1,5 +1,6 @@
 """The `kiln` command: each verb on built engines, checked on what it prints or writes."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -93,7 +94,7 @@ def test_parity_writes_json_and_sets_the_exit_code(capsys, tiny_engines, tmp_pat
 def test_bench_measures_every_backend(capsys, tiny_engines, tmp_path):
     engine = tiny_engines["text-classification"][0]
     code, out, _ = run(capsys, "bench", engine, "--batch", "1,2", "--seq", "32", "--iters", "4",
-                       "--json", tmp_path / "b.json")
+                       "--beside-load", "--json", tmp_path / "b.json")
     assert code == 0
     data = json.loads((tmp_path / "b.json").read_text())
     names = {r["backend"] for r in data["rows"]}
@@ -119,6 +120,12 @@ def test_bench_measures_every_backend(capsys, tiny_engines, tmp_path):
     assert data["machine"]["blas"] and len(data["machine"]["load_average"]) == 3
     assert any("linear" in k or k.endswith("mm") for k in data["kernels"])  # what the aoti package calls
     assert "limits measured in this run, batch 2 x 32" in out and "% of the GEMM roofline" in out
+    # the fastest C++ backend alone and beside a busy kiln-run, with kiln's OpenMP spin default
+    b = data["beside_load"]
+    assert b["backend"] == min((r for r in data["rows"] if r["batch"] == 1 and r["backend"].startswith("kiln-")),
+                               key=lambda r: r["p50_ms"])["backend"]
+    assert b["slowdown"] == pytest.approx(b["beside_p50_ms"] / b["alone_p50_ms"])
+    assert b["GOMP_SPINCOUNT"] == data["machine"]["thread_wait"]["GOMP_SPINCOUNT"] == os.environ.get("GOMP_SPINCOUNT")
     # cold start and memory, in fresh processes, beside each process's base and the weights
     assert set(data["footprint"]) == {"kiln-aoti", "kiln-torchscript"} and data["weight_bytes"] > 0
     for by in data["footprint"].values():

@@ -61,3 +61,20 @@ def test_cpu_info_names_the_machine():
     assert set(info["isa"]) <= set(roofline.ISA_FLAGS)
     flags = open("/proc/cpuinfo").read()
     assert ("avx512f" in info["isa"]) == (" avx512f " in flags)
+
+
+def test_kiln_sets_a_short_openmp_spin_unless_told_or_too_late():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    probe = "import os; print(os.environ.get('GOMP_SPINCOUNT'))"
+
+    def spin(code: str, **extra: str) -> str:
+        return subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    assert spin("import kiln; " + probe) == "3000"  # before torch loads libgomp
+    assert spin("import kiln; " + probe, GOMP_SPINCOUNT="77") == "77"  # the user's choice stands
+    assert spin("import torch, kiln; " + probe) == "None"  # libgomp has read it already: left alone

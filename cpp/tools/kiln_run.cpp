@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
@@ -16,6 +17,8 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include <unistd.h>
 
 #include "kiln/kiln.h"
 
@@ -382,6 +385,12 @@ int run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // OpenMP's threads spin 300,000 times before they sleep unless told otherwise, which beside
+  // another busy process burns the CPU it needs (python/kiln/__init__.py has the numbers). libgomp
+  // reads GOMP_SPINCOUNT once, when it loads, before main: so set kiln's default and start again.
+  if (std::getenv("GOMP_SPINCOUNT") == nullptr && setenv("GOMP_SPINCOUNT", "3000", 0) == 0) {
+    execv("/proc/self/exe", argv);  // returns only on failure: then go on with libgomp's default
+  }
   Args a = parse(argc, argv);
   try {
     return run(a);

@@ -124,6 +124,7 @@ def run_bench(
     warmup: int = 5,
     budget_s: float = 8.0,
     only: list[str] | None = None,
+    beside_load: bool = False,
     progress: Callable[[str], None] = lambda m: None,
 ) -> dict:
     import torch
@@ -170,7 +171,16 @@ def run_bench(
                 )
             )
     weights = footprint.weight_bytes(module)
+    extra = {}
+    cpp = [r for r in rows if r.batch == batches[0] and r.backend in ("kiln-aoti", "kiln-torchscript")]
+    if beside_load and cpp:
+        best = min(cpp, key=lambda r: r.p50_ms).backend
+        progress(f"{best}: alone, then beside a competing kiln-run busy on the same engine")
+        extra["beside_load"] = measure_beside_load(
+            Path(engine_dir), best.removeprefix("kiln-"), threads, batches[0], seq
+        )
     return {
+        **extra,
         "engine": manifest.name,
         "task": manifest.task,
         "threads": threads,
@@ -181,6 +191,47 @@ def run_bench(
         "kernels": _aoti_kernels(manifest),
         "rows": [r.to_json() for r in rows],
         "skipped": skipped,
+    }
+
+
+def measure_beside_load(engine_dir: Path, backend: str, threads: int, batch: int, seq: int | None) -> dict:
+    """The C++ runtime's latency alone, then beside another process (kiln-run on the same engine,
+    same threads) busy without pause. Two processes with `threads` threads each on `threads`
+    cores: fair sharing doubles the latency; more than that is the thread pools' spinning."""
+    import subprocess
+    import sys
+
+    from .runtime import Engine
+
+    manifest = read_graph_manifest(engine_dir)
+    feed = _feed(manifest, batch, seq)
+    run = Engine(engine_dir, backend=backend, num_threads=threads).run
+
+    def timed() -> list[float]:
+        return _measure_interleaved({"x": run}, feed, warmup=3, iters=40, budget_s=10.0)["x"]
+
+    alone = timed()
+    tool = Path(sys.executable).parent / "kiln-run"
+    args = [str(tool), str(engine_dir), "--backend", backend, "--threads", str(threads), "--iters", "100000000"]
+    args += ["--warmup", "0", "--batch", str(batch)] + (["--seq", str(seq)] if seq else [])
+    rival = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2.0)  # the rival opens its engine and gets busy
+        beside = timed()
+    finally:
+        rival.kill()
+        rival.wait()
+    a, b = float(np.median(alone)) * 1e3, float(np.median(beside)) * 1e3
+    return {
+        "backend": f"kiln-{backend}",
+        "batch": batch,
+        "alone_p50_ms": a,
+        "beside_p50_ms": b,
+        "beside_p90_ms": float(np.percentile(beside, 90)) * 1e3,
+        "slowdown": b / a,
+        "fair_slowdown": 2.0,
+        "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
     }
 
 
@@ -282,6 +333,7 @@ def machine() -> dict:
     return {
         **roofline.cpu_info(),
         "load_average": [round(x, 2) for x in load],
+        "thread_wait": {k: os.environ.get(k) for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "OMP_NUM_THREADS")},
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
@@ -351,6 +403,13 @@ def machine_lines(result: dict) -> list[str]:
             )
         lines.append(
             f"{name} in a fresh process ({result['weight_bytes'] / 2**20:.0f} MB of weights): " + "; ".join(parts)
+        )
+    if "beside_load" in result:
+        b = result["beside_load"]
+        lines.append(
+            f"beside a competing kiln-run on the same cores: {b['backend']} p50 {b['alone_p50_ms']:.1f} -> "
+            f"{b['beside_p50_ms']:.1f} ms ({b['slowdown']:.2f}x; sharing the CPU fairly is {b['fair_slowdown']:.0f}x), "
+            f"p90 {b['beside_p90_ms']:.1f} ms; GOMP_SPINCOUNT={b['GOMP_SPINCOUNT']}"
         )
     if result.get("kernels"):
         calls = ", ".join(f"{k} x{v}" for k, v in result["kernels"].items())

@@ -224,6 +224,7 @@ def cmd_bench(args) -> int:
                 threads=args.threads,
                 iters=args.iters,
                 only=only,
+                beside_load=args.beside_load,
                 progress=lambda m: status.update(f"bench: {m}"),
             )
     if generation:
@@ -494,6 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=2, help="threads for every backend (default 2)")
     s.add_argument("--iters", type=int, default=50, help="timed iterations per row (default 50)")
     s.add_argument("--backends", nargs="+", help="only these backends")
+    s.add_argument(
+        "--beside-load",
+        action="store_true",
+        help="also time the fastest C++ backend beside a competing kiln-run busy on the same engine "
+        "(latency should rise by the CPU share it loses, no more)",
+    )
     s.add_argument("--json", help="write the results as JSON to this file")
     s.add_argument("--markdown", action="store_true", help="also print a Markdown table (for the README)")
     s.set_defaults(fn=cmd_bench)
