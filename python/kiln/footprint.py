@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -52,7 +51,9 @@ def python_engine(engine_dir: str, backend: str, threads: int, batch: int, seq: 
 
 
 def _peak_of(cmd: list[str]) -> tuple[float, str]:
-    """Peak resident MB of a child process (run in its own wrapper so the maximum is its own)."""
+    """Peak resident MB of a child process, run by a small wrapper: getrusage's maximum over
+    children is the largest child's, and Linux carries ru_maxrss across fork + exec, so the
+    child must be forked from a small process (the wrapper), not from the bench."""
     code = (
         "import resource, subprocess, sys, json\n"
         "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
@@ -112,6 +113,6 @@ def weight_bytes(module) -> int:
 
 if __name__ == "__main__":
     engine, backend, threads, batch, seq = sys.argv[1:6]
-    result = python_engine(engine, backend, int(threads), int(batch), int(seq) or None)
-    result["peak_MB"] = max(result["peak_MB"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    print(json.dumps(result))
+    # VmHWM, not getrusage: Linux keeps ru_maxrss across fork + exec, so a child of a large
+    # process (the bench) would report its parent's peak
+    print(json.dumps(python_engine(engine, backend, int(threads), int(batch), int(seq) or None)))
