@@ -77,7 +77,7 @@ def test_auto_prefers_aoti(engine_dir):
     assert Engine(engine_dir).backend == "aoti"
 
 
-def test_build_records_the_faster_cpu_backend_and_auto_follows_it(tiny_engines, tmp_path):
+def test_build_records_the_faster_cpu_backend_and_auto_follows_it(tiny_engines, tmp_path, capsys):
     from kiln.roofline import cpu_info
 
     built, _ = tiny_engines["text-classification"]
@@ -90,6 +90,9 @@ def test_build_records_the_faster_cpu_backend_and_auto_follows_it(tiny_engines, 
     assert choice["backend"] == min(ms, key=ms.get) and choice["cpu"] == cpu_info()["cpu"]
     assert choice["shape"]["batch"] == manifest["dims"]["batch"]["opt"]
     assert Engine(engine).backend == choice["backend"]
+    from kiln.cli import main
+    assert main(["inspect", str(engine)]) == 0
+    assert f"auto runs {choice['backend']} on {choice['cpu']}" in " ".join(capsys.readouterr().out.split())
 
     def edit(**fields):
         (engine / "manifest.json").write_text(json.dumps({**manifest, "backend_choice": {**choice, **fields}}))

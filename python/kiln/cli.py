@@ -295,6 +295,13 @@ def _inspect_graph(m, console) -> None:
             a.sha256[:16] + "…",
         )
     console.print(table)
+    if m.backend_choice:
+        from rich.markup import escape
+
+        c = m.backend_choice
+        times = ", ".join(f"{b} {ms:.2f} ms" for b, ms in c.get("measured_ms", {}).items())
+        cpu = escape(str(c.get("cpu")))
+        console.print(f"auto runs {c.get('backend')} on {cpu} (measured at build: {times})")
     if m.labels:
         console.print(f"labels: {', '.join(m.labels)}")
 
