@@ -61,7 +61,20 @@ std::string spec_list(const std::vector<TensorSpec>& specs) {
   return join(items);
 }
 
-const BackendInfo& choose_backend(const std::string& engine, const Manifest& m, const std::string& wanted) {
+// Whether the engine has an artifact of this format in this precision ("auto": any; an
+// artifact without a precision is fp32).
+bool has_artifact(const Manifest& m, const std::string& format, const std::string& precision) {
+  for (const auto& a : m.artifacts) {
+    if (a.format == format &&
+        (precision == "auto" || (a.precision.empty() ? std::string("fp32") : a.precision) == precision)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+const BackendInfo& choose_backend(const std::string& engine, const Manifest& m, const std::string& wanted,
+                                  const std::string& precision) {
   std::vector<std::string> runnable;  // usable here and with an artifact in this engine
   for (const auto& b : detail::registered_backends()) {
     if (usable_reason(b).empty() && m.artifact(b.format)) runnable.push_back(b.name);
@@ -69,6 +82,11 @@ const BackendInfo& choose_backend(const std::string& engine, const Manifest& m, 
   std::string runnable_text = runnable.empty() ? "none" : join(runnable);
 
   if (wanted == "auto") {
+    // a precision asked for (int8) picks the first usable backend that has an artifact of it;
+    // where none has, the first usable backend is chosen and choose_artifact says what is missing
+    for (const auto& b : detail::registered_backends()) {
+      if (usable_reason(b).empty() && has_artifact(m, b.format, precision)) return b;
+    }
     for (const auto& b : detail::registered_backends()) {
       if (usable_reason(b).empty() && m.artifact(b.format)) return b;
     }
@@ -195,7 +213,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& dir, const EngineOptions
                                          "`kiln build` (engines/<name>/)");
   }
   impl->manifest = Manifest::load(dir);
-  const BackendInfo& info = choose_backend(impl->name, impl->manifest, options.backend);
+  const BackendInfo& info = choose_backend(impl->name, impl->manifest, options.backend, options.precision);
   const ArtifactInfo& artifact = detail::trt::choose_artifact(impl->manifest, info.format, options.precision, impl->name);
   std::string path = (std::filesystem::path(dir) / artifact.file).string();
   check_artifact(impl->name, path, artifact, options.verify_sha256);
