@@ -242,6 +242,29 @@ def _export_graph(
 INT8_FILES = {"aoti": "model.int8.pt2", "onnx": "model.int8.onnx"}
 
 
+def _check_int8(d: Deployable, formats: list[str]) -> None:
+    """int8 is built where it is measured: every graph has an int8 tolerance table, and a format
+    with int8 artifacts (aoti, onnx) is asked for."""
+    unmeasured = [g.name for g in d.graphs if "int8" not in g.tolerances]
+    if unmeasured:
+        raise InvalidArgumentError(
+            f"--precision int8: {d.name} has no measured int8 tolerance table (graph {', '.join(unmeasured)}), so "
+            "its int8 artifacts could not be checked; int8 is built for the deployables whose tolerances carry an "
+            "int8 entry: "
+            + ", ".join(sorted(x.name for x in _registry_all() if all("int8" in g.tolerances for g in x.graphs)))
+        )
+    if not set(formats) & set(INT8_FILES):
+        raise InvalidArgumentError(
+            f"--precision int8 with --formats {formats}: int8 artifacts are aoti and onnx; add one of them"
+        )
+
+
+def _registry_all() -> list[Deployable]:
+    from .. import registry
+
+    return list(registry.deployables().values())
+
+
 def _export_int8(
     graph: Graph,
     module: torch.nn.Module,
@@ -259,12 +282,6 @@ def _export_int8(
     from ..parity import parity_feeds
     from . import quantize as Q
 
-    if "int8" not in manifest.tolerances:
-        raise InvalidArgumentError(
-            f"--precision int8: {manifest.family}/{manifest.task} ({graph.name}) has no measured int8 tolerance "
-            "table, so its int8 artifacts could not be checked; int8 is measured for the deployables whose "
-            "tolerances carry an int8 entry (kiln.deploy.tolerances(int8=...))"
-        )
     example = graph.make_example(config, example_sizes(dims))
     input_names = [s.name for s in graph.input_specs(config)]
     args = tuple(torch.from_numpy(example[n]) for n in input_names)
@@ -320,7 +337,7 @@ def _export_int8(
 
         t = time.perf_counter()
         file = INT8_FILES["onnx"]
-        info = Q.quantize_onnx(out / ARTIFACT_FILES["onnx"], out / file, [f"{n}.weight" for n in excluded])
+        info = Q.quantize_onnx(out / ARTIFACT_FILES["onnx"], out / file, excluded)
         onnx_recipe = {
             "scheme": "onnxruntime-dynamic",
             "how": Q.SCHEMES["onnxruntime-dynamic"],
@@ -473,6 +490,8 @@ def build(
     if "tensorrt" in formats and "onnx" not in formats:
         formats.append("onnx")  # TensorRT engines are built from the ONNX graph
     d = recipe.deployable
+    if "int8" in precisions:
+        _check_int8(d, formats)
     output = Path(output) if output else ENGINES_DIR / recipe.name
     t0 = time.perf_counter()
     progress(f"loading {d.name} from {checkpoint or recipe.checkpoint}")

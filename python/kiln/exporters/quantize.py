@@ -162,19 +162,29 @@ def choose_exclusions(
     return sensitivity, excluded, cos
 
 
-def quantize_onnx(fp32: Path, out: Path, exclude_weights: Sequence[str] = ()) -> dict[str, Any]:
-    """ONNX Runtime's dynamic quantisation of an fp32 ONNX file (per-channel int8 weights)."""
+def quantize_onnx(fp32: Path, out: Path, exclude_layers: Sequence[str] = ()) -> dict[str, Any]:
+    """ONNX Runtime's dynamic quantisation of an fp32 ONNX file (per-channel int8 weights), the
+    MatMuls of `exclude_layers` (module names) left fp32. export: the dynamo exporter names a
+    linear's transposed weight val_N but keeps the module's name on its bias, so a MatMul is
+    found by the bias Add that consumes it (or by a weight of the module's name)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(fp32))
     weights = {i.name for i in model.graph.initializer}
-    nodes = [
-        n.name
-        for n in model.graph.node
-        if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in weights
-    ]
-    excluded = [n.name for n in model.graph.node if n.name in nodes and set(n.input) & set(exclude_weights)]
+    consumers: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    names = {f"{layer}.{p}" for layer in exclude_layers for p in ("weight", "bias")}
+    nodes, excluded = [], []
+    for n in model.graph.node:
+        if n.op_type not in ("MatMul", "Gemm") or len(n.input) < 2 or n.input[1] not in weights:
+            continue
+        nodes.append(n.name)
+        used = set(n.input) | {i for c in consumers.get(n.output[0], []) if c.op_type == "Add" for i in c.input}
+        if used & names:
+            excluded.append(n.name)
     logging.getLogger("root").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -33,7 +33,7 @@ from .layers import activation, additive_padding_mask, check_activation, masked_
 # int8 (kiln build --precision int8): the bar for sentence embeddings, and the measured
 # per-element error of L2-normalised embeddings (see README "int8 engines"; provisional until measured)
 INT8_MIN_COSINE = 0.99
-INT8_EMBEDDINGS = Tolerance(2e-2, 1e-1, "int8: provisional")
+INT8_EMBEDDINGS = Tolerance(3e-2, 0.0, "int8: measured (provisional)")
 
 
 @dataclass
