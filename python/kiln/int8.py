@@ -12,6 +12,7 @@ since the machine may be shared.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
@@ -126,7 +127,8 @@ def measure_embeddings(manifest: Manifest, backend: str, threads: int, repeats: 
         if not (d["batch"].allows(batch) and d["sequence"].allows(128)):
             continue
         feed = graph.example(config, {"batch": batch, "sequence": 128}, rng)
-        ms = _timed({name: (lambda run=run, feed=feed: run(feed)) for name, run in runs.items()}, repeats)
+        calls: dict[str, Callable[[], Any]] = {name: functools.partial(run, feed) for name, run in runs.items()}
+        ms = _timed(calls, repeats)
         out["speed"][f"{batch}x128"] = {
             "ms": ms,
             "speedup": {n: ms[n.removesuffix("-int8")] / ms[n] for n in runs if n.endswith("-int8")},
@@ -139,7 +141,7 @@ def measure_decoder(manifest: GenerationManifest, backend: str, threads: int, re
     from .runtime import Engine, Generator
     from .samples import SENTENCES
 
-    pipe = pipeline(manifest.dir, load_engine=False)
+    pipe: Any = pipeline(manifest.dir, load_engine=False)  # a TextGenerationPipeline: its BPE tokenizer
     cache = manifest.cache
     decoder = manifest.graph_dir("decoder")
     engines = {p: Engine(decoder, backend=backend, precision=p, num_threads=threads) for p in ("fp32", "int8")}
@@ -163,7 +165,7 @@ def measure_decoder(manifest: GenerationManifest, backend: str, threads: int, re
     for _ in range(max(repeats // 5, 2)):
         for p, g in gens.items():
             r = g.generate(prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
-            step_ms[p].append(float(r.timings["step_ms"]))
+            step_ms[p].append(float(np.median(r.timings["step_ms"])))  # per-step times of this run
     ms = {p: float(np.median(v)) for p, v in step_ms.items()}
     return {
         "top1_agreement": same / total,

@@ -31,9 +31,14 @@ from .base import HFConfig, KilnModel
 from .layers import activation, additive_padding_mask, check_activation, masked_max, masked_mean
 
 # int8 (kiln build --precision int8): the bar for sentence embeddings, and the measured
-# per-element error of L2-normalised embeddings (see README "int8 engines"; provisional until measured)
+# per-element error of L2-normalised embeddings (README "int8 engines")
 INT8_MIN_COSINE = 0.99
-INT8_EMBEDDINGS = Tolerance(3e-2, 0.0, "int8: measured (provisional)")
+INT8_EMBEDDINGS = Tolerance(
+    3e-2,
+    0.0,
+    "int8: measured max abs on all-MiniLM-L6-v2 over 120 real sentences: 0.012 (aoti, torchao per-token "
+    "int8) and 0.027 (onnx, ONNX Runtime per-tensor uint8 activations); worst cosine 0.9975 / 0.9904",
+)
 
 
 @dataclass

@@ -61,9 +61,10 @@ class GPT2Config(HFConfig):
         return self.n_embd // self.n_head
 
 
-# int8 decoders (kiln build --precision int8: weight-only int8, per channel), provisional until measured
-INT8_LOGITS = Tolerance(5e-2, 5e-2, "int8: provisional")
-INT8_CACHE = Tolerance(5e-2, 5e-2, "int8: provisional")
+# int8 decoders (kiln build --precision int8: weight-only int8, per channel). Not yet measured by
+# parity on GPT-2 small: a bound to be replaced by the measured error (README "int8 engines")
+INT8_LOGITS = Tolerance(5e-2, 5e-2, "int8: provisional bound, not yet measured by parity")
+INT8_CACHE = Tolerance(5e-2, 5e-2, "int8: provisional bound, not yet measured by parity")
 
 
 class Conv1D(nn.Module):
