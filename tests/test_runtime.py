@@ -480,10 +480,13 @@ def test_fresh_interpreter(engine_dir, torch_first):
     assert result.stdout.split() == ["aoti", "(1,", "3,", "8)", str(torch_first)]
 
 
-def test_precision_is_a_tensorrt_choice(engine_dir):
+def test_precision_chooses_among_the_artifacts(engine_dir):
     for backend in ("aoti", "torchscript"):
         assert Engine(engine_dir, backend=backend, precision="fp32").precision == "fp32"
-        with pytest.raises(E.InvalidArgumentError, match=f"the {backend} backend runs fp32 only"):
+        with pytest.raises(E.InvalidArgumentError, match=f"the {backend} backend, which runs fp32, int8"):
             Engine(engine_dir, backend=backend, precision="fp16")
-    with pytest.raises(E.InvalidArgumentError, match="precision 'int4' is not one of auto, fp32, fp16, bf16"):
+        # int8 is a CPU precision, but this engine was built without it: say how to build it
+        with pytest.raises(E.ArtifactError, match=f"no int8 {backend} artifact.*--precision int8"):
+            Engine(engine_dir, backend=backend, precision="int8")
+    with pytest.raises(E.InvalidArgumentError, match="precision 'int4' is not one of auto, fp32, fp16, bf16, int8"):
         Engine(engine_dir, precision="int4")

@@ -61,7 +61,20 @@ std::string spec_list(const std::vector<TensorSpec>& specs) {
   return join(items);
 }
 
-const BackendInfo& choose_backend(const std::string& engine, const Manifest& m, const std::string& wanted) {
+// Whether the engine has an artifact of this format in this precision ("auto": any; an
+// artifact without a precision is fp32).
+bool has_artifact(const Manifest& m, const std::string& format, const std::string& precision) {
+  for (const auto& a : m.artifacts) {
+    if (a.format == format &&
+        (precision == "auto" || (a.precision.empty() ? std::string("fp32") : a.precision) == precision)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+const BackendInfo& choose_backend(const std::string& engine, const Manifest& m, const std::string& wanted,
+                                  const std::string& precision) {
   std::vector<std::string> runnable;  // usable here and with an artifact in this engine
   for (const auto& b : detail::registered_backends()) {
     if (usable_reason(b).empty() && m.artifact(b.format)) runnable.push_back(b.name);
@@ -70,17 +83,24 @@ const BackendInfo& choose_backend(const std::string& engine, const Manifest& m, 
 
   if (wanted == "auto") {
     // The fixed order (a TensorRT plan first), except that among the CPU backends the one
-    // `kiln build` measured fastest wins on a CPU of the model it was measured on.
+    // `kiln build` measured fastest wins on a CPU of the model it was measured on. A precision
+    // asked for (int8) picks the first usable backend that has an artifact of it; where none
+    // has, the first usable backend is chosen and choose_artifact says what is missing.
     const BackendInfo* preferred = nullptr;
     if (!m.preferred_backend.empty() && m.preferred_cpu == detail::cpu_model_name()) {
       for (const auto& b : detail::registered_backends()) {
-        if (b.name == m.preferred_backend && usable_reason(b).empty() && m.artifact(b.format)) preferred = &b;
+        if (b.name == m.preferred_backend && usable_reason(b).empty() && has_artifact(m, b.format, precision)) {
+          preferred = &b;
+        }
       }
     }
     for (const auto& b : detail::registered_backends()) {
-      if (usable_reason(b).empty() && m.artifact(b.format)) {
+      if (usable_reason(b).empty() && has_artifact(m, b.format, precision)) {
         return (preferred && b.format != "tensorrt") ? *preferred : b;
       }
+    }
+    for (const auto& b : detail::registered_backends()) {
+      if (usable_reason(b).empty() && m.artifact(b.format)) return b;
     }
     // A backend compiled in with an artifact here but unusable on this machine (tensorrt
     // without a GPU) says why, with its own code (Device), rather than "no backend".
@@ -205,7 +225,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& dir, const EngineOptions
                                          "`kiln build` (engines/<name>/)");
   }
   impl->manifest = Manifest::load(dir);
-  const BackendInfo& info = choose_backend(impl->name, impl->manifest, options.backend);
+  const BackendInfo& info = choose_backend(impl->name, impl->manifest, options.backend, options.precision);
   const ArtifactInfo& artifact = detail::trt::choose_artifact(impl->manifest, info.format, options.precision, impl->name);
   std::string path = (std::filesystem::path(dir) / artifact.file).string();
   check_artifact(impl->name, path, artifact, options.verify_sha256);

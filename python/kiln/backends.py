@@ -11,6 +11,8 @@
     onnxruntime         model.onnx in ONNX Runtime (CPU; the only way kiln runs ONNX)
     kiln-torchscript    the C++ runtime (kiln._kiln) on each of its backends; one
     kiln-aoti           kiln-tensorrt-<precision> per TensorRT plan
+    *-int8              aoti-python-int8, onnxruntime-int8, kiln-aoti-int8: the int8 artifacts
+                        of an engine built with --precision int8 (held to its int8 table)
     tensorrt-python-<p> each TensorRT plan through polygraphy's TrtRunner (GPU hosts)
 
 `open()` returns infer(feed: {input: ndarray}) -> {output: ndarray}. A runner that cannot run
@@ -175,12 +177,13 @@ def runners(manifest: Manifest, threads: int | None = None) -> list[Runner]:
     runner's intra-op threads (None leaves each at its default)."""
     from . import registry
 
-    def missing(fmt: str) -> str | None:
-        if manifest.artifact(fmt) is None:
-            return f"no {fmt} artifact in the engine (kiln build RECIPE --formats {fmt})"
+    def missing(fmt: str, precision: str = "fp32") -> str | None:
+        if manifest.artifact(fmt, precision) is None:
+            more = "" if precision == "fp32" else f" --precision {precision}"
+            return f"no {precision} {fmt} artifact in the engine (kiln build RECIPE --formats {fmt}{more})"
         return None
 
-    def checked(fmt: str, precision: str | None = None) -> Path:
+    def checked(fmt: str, precision: str = "fp32") -> Path:
         art = manifest.artifact(fmt, precision)
         assert art is not None
         return manifest.artifact_path(art)
@@ -202,17 +205,26 @@ def runners(manifest: Manifest, threads: int | None = None) -> list[Runner]:
 
         return torch_infer(torch.jit.load(str(checked("torchscript"))), manifest)
 
-    def aoti() -> Infer:
-        import torch
+    def aoti(precision: str = "fp32") -> Callable[[], Infer]:
+        def make() -> Infer:
+            import torch
 
-        runner = torch._inductor.aoti_load_package(str(checked("aoti")))
-        return torch_infer(runner, manifest)
+            runner = torch._inductor.aoti_load_package(str(checked("aoti", precision)))
+            return torch_infer(runner, manifest)
+
+        return make
+
+    def onnx(precision: str = "fp32") -> Callable[[], Infer]:
+        return lambda: onnxruntime_infer(checked("onnx", precision), manifest, threads)
 
     out.append(Runner("torchscript-python", "python", torchscript, missing("torchscript")))
-    out.append(Runner("aoti-python", "python", aoti, missing("aoti")))
-    out.append(
-        Runner("onnxruntime", "python", lambda: onnxruntime_infer(checked("onnx"), manifest, threads), missing("onnx"))
-    )
+    out.append(Runner("aoti-python", "python", aoti(), missing("aoti")))
+    out.append(Runner("onnxruntime", "python", onnx(), missing("onnx")))
+    # int8 artifacts (kiln build --precision int8): listed where the engine has them
+    if manifest.artifact("aoti", "int8"):
+        out.append(Runner("aoti-python-int8", "python", aoti("int8"), None, "int8"))
+    if manifest.artifact("onnx", "int8"):
+        out.append(Runner("onnxruntime-int8", "python", onnx("int8"), None, "int8"))
 
     cpp, cpp_error = cpp_backends()
     plans = manifest.artifacts_of("tensorrt")
@@ -223,8 +235,12 @@ def runners(manifest: Manifest, threads: int | None = None) -> list[Runner]:
             else f"the C++ runtime has no usable {backend} backend on this machine (usable: {', '.join(cpp) or 'none'})"
         )
         if backend != "tensorrt" or not plans:
-            why = why or missing(backend)
-            out.append(Runner(f"kiln-{backend}", "cpp", _cpp_opener(manifest, backend, "auto", threads), why))
+            fp32_why = why or missing(backend)
+            out.append(Runner(f"kiln-{backend}", "cpp", _cpp_opener(manifest, backend, "fp32", threads), fp32_why))
+            if backend != "tensorrt" and manifest.artifact(backend, "int8"):
+                out.append(
+                    Runner(f"kiln-{backend}-int8", "cpp", _cpp_opener(manifest, backend, "int8", threads), why, "int8")
+                )
             continue
         for art in plans:  # the C++ runtime runs each plan (EngineOptions::precision)
             out.append(

@@ -66,8 +66,9 @@ class Engine:
         verify_sha256: bool = True,
         precision: str = "auto",
     ):
-        """precision: which TensorRT plan to run ("auto": fp32, else fp16, else bf16); the CPU
-        backends run fp32 only."""
+        """precision: which artifact to run ("auto": fp32, else fp16, else bf16 (TensorRT plans),
+        else int8 (CPU artifacts of `kiln build --precision int8`)); "int8" with backend "auto"
+        picks the first backend that has an int8 artifact."""
         self._engine = _kiln.Engine(os.fspath(path), backend, num_threads, verify_sha256, precision)
         self._manifest: dict | None = None
 
@@ -78,7 +79,7 @@ class Engine:
 
     @property
     def precision(self) -> str:
-        """The precision of the artifact running: "fp32", or a TensorRT plan's "fp16" / "bf16"."""
+        """The precision of the artifact running: "fp32", "int8", or a TensorRT plan's "fp16" / "bf16"."""
         return self._engine.precision
 
     @property

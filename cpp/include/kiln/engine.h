@@ -24,10 +24,13 @@ struct EngineOptions {
   int num_threads = 0;
   // Check the artifact's sha256 against the manifest at open (its size is always checked).
   bool verify_sha256 = true;
-  // Which TensorRT plan to run when the engine holds several (one per precision):
-  // "auto" takes fp32 if the engine has it, else fp16, else bf16; "fp32" | "fp16" | "bf16"
-  // require that plan (kiln::Error(Artifact) lists the ones the engine has). The CPU backends
-  // run fp32 only: any other value with them is an InvalidArgument error.
+  // Which artifact to run when the engine holds several precisions (TensorRT plans: fp32 / fp16 /
+  // bf16; the CPU formats: fp32 / int8, built by `kiln build --precision int8`):
+  // "auto" takes fp32 if the engine has it, else fp16, else bf16 (TensorRT), else int8 (CPU);
+  // "fp32" | "fp16" | "bf16" | "int8" require that artifact (kiln::Error(Artifact) lists the ones
+  // the engine has). With backend "auto", a precision asked for picks the first backend that has
+  // an artifact of it. A precision the backend has no kind of (fp16 on the CPU, int8 on
+  // TensorRT) is an InvalidArgument error.
   std::string precision = "auto";
 };
 
@@ -42,7 +45,7 @@ class Engine {
   const std::string& name() const noexcept;     // the directory's name, used in messages
   const std::string& dir() const noexcept;
   const std::string& backend() const noexcept;  // "torchscript" | "aoti" | ...
-  const std::string& precision() const noexcept;  // the artifact's: "fp32", "fp16", "bf16"
+  const std::string& precision() const noexcept;  // the artifact's: "fp32", "fp16", "bf16", "int8"
   const Manifest& manifest() const noexcept;
   const std::vector<TensorSpec>& inputs() const noexcept;
   const std::vector<TensorSpec>& outputs() const noexcept;

@@ -115,10 +115,15 @@ PlanInfo parse_plan_info(const Manifest& manifest, const ArtifactInfo& artifact,
 
 const ArtifactInfo& choose_artifact(const Manifest& manifest, const std::string& format, const std::string& precision,
                                     const std::string& engine) {
-  static const std::vector<std::string> order{"fp32", "fp16", "bf16"};
-  if (precision != "auto" && std::find(order.begin(), order.end(), precision) == order.end()) {
+  // TensorRT plans come in fp32 / fp16 / bf16; the CPU formats in fp32 and int8 (kiln build
+  // --precision int8). "auto" prefers full precision: a reduced one runs only when asked for,
+  // or when it is all the engine has.
+  static const std::vector<std::string> known{"fp32", "fp16", "bf16", "int8"};
+  const std::vector<std::string> order = format == "tensorrt" ? std::vector<std::string>{"fp32", "fp16", "bf16"}
+                                                              : std::vector<std::string>{"fp32", "int8"};
+  if (precision != "auto" && std::find(known.begin(), known.end(), precision) == known.end()) {
     throw Error(ErrorCode::InvalidArgument, "engine '" + engine + "': precision '" + precision +
-                                                "' is not one of auto, fp32, fp16, bf16");
+                                                "' is not one of auto, fp32, fp16, bf16, int8");
   }
   std::vector<const ArtifactInfo*> found;
   for (const auto& a : manifest.artifacts) {
@@ -127,13 +132,12 @@ const ArtifactInfo& choose_artifact(const Manifest& manifest, const std::string&
   if (found.empty()) {
     throw Error(ErrorCode::Artifact, "engine '" + engine + "' has no " + format + " artifact");
   }
-  if (format != "tensorrt") {
-    if (precision != "auto" && precision != "fp32") {
-      throw Error(ErrorCode::InvalidArgument, "engine '" + engine + "': precision '" + precision + "' needs a " +
-                                                  "TensorRT plan; the " + format + " backend runs fp32 only (use "
-                                                  "precision auto or fp32, or backend tensorrt on a GPU host)");
-    }
-    return *found.front();
+  if (precision != "auto" && std::find(order.begin(), order.end(), precision) == order.end()) {
+    throw Error(ErrorCode::InvalidArgument,
+                "engine '" + engine + "': precision '" + precision + "' does not exist for the " + format +
+                    " backend, which runs " + join(order) +
+                    (format == "tensorrt" ? std::string(" (int8 engines run on the CPU backends)")
+                                          : std::string(" (fp16 / bf16 are TensorRT plans: backend tensorrt on a GPU host)")));
   }
   auto of = [&](const std::string& p) -> const ArtifactInfo* {
     for (const ArtifactInfo* a : found) {
@@ -149,7 +153,14 @@ const ArtifactInfo& choose_artifact(const Manifest& manifest, const std::string&
     return *a;
   }
   std::string have;
-  for (const ArtifactInfo* a : found) have += (have.empty() ? "" : ", ") + a->precision + " (" + a->file + ")";
+  for (const ArtifactInfo* a : found) {
+    have += (have.empty() ? "" : ", ") + (a->precision.empty() ? std::string("fp32") : a->precision) + " (" + a->file + ")";
+  }
+  if (format != "tensorrt") {
+    throw Error(ErrorCode::Artifact, "engine '" + engine + "' has no " + precision + " " + format + " artifact (its " +
+                                         format + " artifacts: " + have + "); build it with `kiln build RECIPE "
+                                         "--formats " + format + " --precision " + precision + "`");
+  }
   throw Error(ErrorCode::Artifact, "engine '" + engine + "' has no " + precision + " TensorRT plan (its plans: " +
                                        have + "); build it with `kiln build RECIPE --formats tensorrt --precision " +
                                        precision + "` on the GPU host");

@@ -34,10 +34,11 @@ struct PlanInfo {
 PlanInfo parse_plan_info(const Manifest& manifest, const ArtifactInfo& artifact, const std::string& engine);
 
 // The artifact to run for EngineOptions::precision: for TensorRT, the plan of that precision
-// ("auto": fp32, else fp16, else bf16, in that order of preference); for any other format, its
-// one artifact, which is fp32 ("auto" or "fp32" only). Throws kiln::Error: InvalidArgument for
-// an unknown precision or a reduced one on a CPU backend, Artifact when the engine has no plan
-// of the wanted precision (the message lists the ones it has and how to build the missing one).
+// ("auto": fp32, else fp16, else bf16, in that order of preference); for the CPU formats, fp32 or
+// int8 ("auto": fp32, else int8: a quantised artifact runs only when asked for or when it is all
+// the engine has). Throws kiln::Error: InvalidArgument for an unknown precision or one the
+// format has no kind of (fp16 on a CPU backend, int8 on TensorRT), Artifact when the engine has
+// no artifact of the wanted precision (the message lists the ones it has and how to build it).
 const ArtifactInfo& choose_artifact(const Manifest& manifest, const std::string& format, const std::string& precision,
                                     const std::string& engine);
 

@@ -222,7 +222,7 @@ def _export_graph(
                 ARTIFACT_FILES["onnx"],
                 list(input_specs),
                 {n: r for n, r in dims.items() if n in used},
-                precisions,
+                [p for p in precisions if p != "int8"] or ["fp32"],  # int8 is a CPU precision
                 version_compatible,
                 previous,
                 progress,
@@ -237,6 +237,128 @@ def _export_graph(
         seconds[fmt] = time.perf_counter() - t
         progress(f"  {label}{fmt}: {seconds[fmt]:.1f} s, {(out / file).stat().st_size / 1e6:.1f} MB")
     return artifacts, skipped, seconds
+
+
+INT8_FILES = {"aoti": "model.int8.pt2", "onnx": "model.int8.onnx"}
+
+
+def _check_int8(d: Deployable, formats: list[str]) -> None:
+    """int8 is built where it is measured: every graph has an int8 tolerance table, and a format
+    with int8 artifacts (aoti, onnx) is asked for."""
+    unmeasured = [g.name for g in d.graphs if "int8" not in g.tolerances]
+    if unmeasured:
+        raise InvalidArgumentError(
+            f"--precision int8: {d.name} has no measured int8 tolerance table (graph {', '.join(unmeasured)}), so "
+            "its int8 artifacts could not be checked; int8 is built for the deployables whose tolerances carry an "
+            "int8 entry: "
+            + ", ".join(sorted(x.name for x in _registry_all() if all("int8" in g.tolerances for g in x.graphs)))
+        )
+    if not set(formats) & set(INT8_FILES):
+        raise InvalidArgumentError(
+            f"--precision int8 with --formats {formats}: int8 artifacts are aoti and onnx; add one of them"
+        )
+
+
+def _registry_all() -> list[Deployable]:
+    from .. import registry
+
+    return list(registry.deployables().values())
+
+
+def _export_int8(
+    graph: Graph,
+    module: torch.nn.Module,
+    manifest: Manifest,
+    config: Any,
+    dims: dict[str, DimRange],
+    out: Path,
+    formats: list[str],
+    generation: bool,
+    progress: Progress,
+) -> list[Artifact]:
+    """The int8 artifacts of one graph beside its fp32 ones (see exporters/quantize.py): the
+    layers kept fp32 measured on the parity feeds, then AOTInductor (torchao) and ONNX (ONNX
+    Runtime) files, each recorded with its quantisation recipe."""
+    from ..parity import parity_feeds
+    from . import quantize as Q
+
+    example = graph.make_example(config, example_sizes(dims))
+    input_names = [s.name for s in graph.input_specs(config)]
+    args = tuple(torch.from_numpy(example[n]) for n in input_names)
+    shapes = dynamic_shapes(graph, config, dims)
+    linear = Q.as_linears(module)
+    scheme = Q.scheme_for(generation)
+    feeds = parity_feeds(manifest)
+    sensitivity, excluded, cos = Q.choose_exclusions(linear, scheme, feeds, input_names, progress)
+    layers = Q.linear_layers(linear)
+    worst = sorted(sensitivity, key=lambda n: sensitivity[n], reverse=True)
+    recipe: dict[str, Any] = {
+        "scheme": scheme,
+        "how": Q.SCHEMES[scheme],
+        "layers": len(layers),
+        "quantized": len(layers) - len(excluded),
+        "excluded": {n: round(sensitivity[n], 6) for n in excluded},
+        "selection": (
+            f"each linear layer quantised alone on {len(feeds)} parity feeds (sensitivity = 1 - worst output "
+            f"cosine with fp32); the most sensitive kept fp32 until the worst cosine >= {Q.TARGET_COSINE} or "
+            f"{Q.MAX_EXCLUDED_SHARE:.1%} of the layers are fp32"
+        ),
+        "most_sensitive": {n: round(sensitivity[n], 6) for n in worst[:5]},
+        "measured_cosine": round(cos, 6),
+    }
+    progress(f"  int8: {recipe['quantized']}/{len(layers)} layers int8, fp32: {excluded or 'none'}, cosine {cos:.5f}")
+    versions = {"torch": torch.__version__}
+    artifacts = []
+    if "aoti" in formats:
+        import torchao
+
+        from .aoti import export_aoti
+
+        t = time.perf_counter()
+        file = INT8_FILES["aoti"]
+        export_aoti(Q.quantized(linear, scheme, exclude=excluded), args, out / file, shapes)
+        artifacts.append(
+            Artifact.of(
+                out,
+                "aoti",
+                file,
+                precision="int8",
+                device="cpu",
+                versions={**versions, "torchao": torchao.__version__},
+                quantization=recipe,
+            )
+        )
+        progress(f"  aoti int8: {time.perf_counter() - t:.1f} s, {(out / file).stat().st_size / 1e6:.1f} MB")
+    if "onnx" in formats and (out / ARTIFACT_FILES["onnx"]).is_file() and not (out / "model.onnx.data").exists():
+        import onnx
+        import onnxruntime
+
+        from .onnx import OPSET
+
+        t = time.perf_counter()
+        file = INT8_FILES["onnx"]
+        info = Q.quantize_onnx(out / ARTIFACT_FILES["onnx"], out / file, excluded)
+        onnx_recipe = {
+            "scheme": "onnxruntime-dynamic",
+            "how": Q.SCHEMES["onnxruntime-dynamic"],
+            "layers": info["matmuls"],
+            "quantized": info["quantized"],
+            "excluded": info["excluded"],
+            "selection": recipe["selection"] + " (measured on the torchao scheme; the same layers excluded here)",
+        }
+        artifacts.append(
+            Artifact.of(
+                out,
+                "onnx",
+                file,
+                precision="int8",
+                opset=OPSET,
+                versions={**versions, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+                quantization=onnx_recipe,
+            )
+        )
+        progress(f"  onnx int8: {time.perf_counter() - t:.1f} s, {(out / file).stat().st_size / 1e6:.1f} MB")
+    return artifacts
 
 
 def _check_processor_dims(recipe: Recipe, ckpt: Path, dims: dict[str, DimRange]) -> None:
@@ -343,9 +465,10 @@ def _check_precisions(formats: list[str], precisions: list[str]) -> None:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise InvalidArgumentError(f"--formats {unknown}: expected some of {list(FORMATS)}")
-    bad = [p for p in precisions if p not in PRECISIONS]
+    known = [*PRECISIONS, "int8"]  # fp16 / bf16: TensorRT plans; int8: CPU artifacts beside the fp32 ones
+    bad = [p for p in precisions if p not in known]
     if bad:
-        raise InvalidArgumentError(f"--precision {bad}: expected some of {list(PRECISIONS)}")
+        raise InvalidArgumentError(f"--precision {bad}: expected some of {known}")
 
 
 def build(
@@ -367,6 +490,8 @@ def build(
     if "tensorrt" in formats and "onnx" not in formats:
         formats.append("onnx")  # TensorRT engines are built from the ONNX graph
     d = recipe.deployable
+    if "int8" in precisions:
+        _check_int8(d, formats)
     output = Path(output) if output else ENGINES_DIR / recipe.name
     t0 = time.perf_counter()
     progress(f"loading {d.name} from {checkpoint or recipe.checkpoint}")
@@ -441,6 +566,14 @@ def build(
                 graph=g.name,
             )
             manifest.write(out)
+            if "int8" in precisions:
+                manifest.path = out  # the parity feeds come through the engine's own pre-processing
+                t = time.perf_counter()
+                manifest.artifacts += _export_int8(
+                    g, graph_module(g, model), manifest, config, dims, out, formats, generation, progress
+                )
+                seconds[f"{g.name}:int8" if generation else "int8"] = time.perf_counter() - t
+                manifest.write(out)
             _record_backend_choice(manifest, out, progress)
         if d.generation is not None:
             gen = d.generation

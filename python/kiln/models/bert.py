@@ -26,9 +26,19 @@ from torch import nn
 
 from ..deploy import TaskCheck, argmax_check, cosine_check, pooled_embeddings, qa_span_check, text_encoder, tolerances
 from ..errors import InvalidArgumentError
-from ..manifest import TensorSpec
+from ..manifest import TensorSpec, Tolerance
 from .base import HFConfig, KilnModel
 from .layers import activation, additive_padding_mask, check_activation, masked_max, masked_mean
+
+# int8 (kiln build --precision int8): the bar for sentence embeddings, and the measured
+# per-element error of L2-normalised embeddings (README "int8 engines")
+INT8_MIN_COSINE = 0.99
+INT8_EMBEDDINGS = Tolerance(
+    3e-2,
+    0.0,
+    "int8: measured max abs on all-MiniLM-L6-v2 over 120 real sentences: 0.012 (aoti, torchao per-token "
+    "int8) and 0.027 (onnx, ONNX Runtime per-tensor uint8 activations); worst cosine 0.9975 / 0.9904",
+)
 
 
 @dataclass
@@ -498,8 +508,12 @@ DEPLOYABLES = (
         BertForFeatureExtraction,
         "feature-extraction",
         lambda c: (TensorSpec("embeddings", "float32", ("batch", c.hidden_size)),),
-        TaskCheck("embedding cosine >= 0.9999", cosine_check("embeddings")),
-        tol=tolerances("embeddings", atol=1e-5),
+        TaskCheck(
+            "embedding cosine >= 0.9999 (int8: >= 0.99)",
+            cosine_check("embeddings"),
+            {"int8": cosine_check("embeddings", INT8_MIN_COSINE)},
+        ),
+        tol=tolerances("embeddings", atol=1e-5, int8=INT8_EMBEDDINGS),
         reference=pooled_embeddings,
         options=("pooling", "normalize"),
         tiny=_TINY,

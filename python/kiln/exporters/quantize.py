@@ -1,0 +1,200 @@
+"""int8 artifacts (`kiln build RECIPE --precision int8`): quantised copies of a graph's linear layers.
+
+Schemes, measured on the real all-MiniLM-L6-v2 over 120 sentences (one at a time; cosine of each
+int8 embedding with fp32, and Spearman of the 60 pair similarities), before choosing:
+
+    weights int8 per channel, activations fp32          min cos 0.9936  Spearman 0.9987  (no speed-up)
+    activations int8 per token (symmetric) + weights     min cos 0.9930  Spearman 0.9948  <- aoti
+    activations uint8 per tensor + weights per channel   min cos 0.9790  Spearman 0.9903  <- onnx (ORT)
+    the same with 7-bit activations (fbgemm's dynamic    min cos 0.9420  Spearman 0.9631  (not used: this
+    Linear, what torch.ao quantize_dynamic traces into                                    is why there is
+    TorchScript)                                                                           no torchscript int8)
+
+A per-tensor activation scale is set by BERT's few outlier channels, so most values get a
+handful of levels; a scale per token keeps them. The per-token scheme is torchao's
+Int8DynamicActivationInt8WeightConfig: torch.export keeps it as aten._int_mm between fused
+quantise / dequantise kernels, so the AOTInductor package needs no torchao at run time and the C++
+runtime (kiln-aoti) runs it like any other. Generation decoders are memory-bound at decode (a step
+reads every weight once): they take torchao's Int8WeightOnlyConfig (per-channel int8 weights,
+fp32 activations; a quarter of the bytes per step). ONNX gets ONNX Runtime's quantize_dynamic
+(per-channel int8 weights, dynamic per-tensor uint8 activations: what ORT's MatMulInteger
+supports), which the report shows is less accurate.
+
+Which layers stay fp32 is measured, not guessed: each linear layer is quantised alone and its
+effect on the graph's outputs measured on the parity feeds (the harness's own inputs: real
+samples through the engine's pre-processing plus random valid ones); then, with every layer
+quantised, the most harmful layers are put back to fp32 one at a time until the outputs' cosine
+with fp32 reaches TARGET_COSINE, or MAX_EXCLUDED_SHARE of the layers are fp32. The manifest records
+the scheme, the layers quantised, those excluded with their measured effect, and the result.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+TARGET_COSINE = 0.999  # per output row, worst over the parity feeds
+MAX_EXCLUDED_SHARE = 0.125  # at most 1 in 8 linear layers kept in fp32
+
+Feed = dict[str, np.ndarray]
+
+
+def _torchao() -> Any:
+    logging.getLogger("torchao").setLevel(logging.ERROR)  # it announces every CUDA kernel it lacks
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # and trips a torch deprecation
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import torchao.quantization as q
+    return q
+
+
+def scheme_for(generation: bool) -> str:
+    return "int8-weight-only" if generation else "int8-dynamic-activation-int8-weight"
+
+
+SCHEMES = {
+    "int8-dynamic-activation-int8-weight": (
+        "torchao Int8DynamicActivationInt8WeightConfig: weights int8 symmetric per output channel, activations "
+        "int8 symmetric per token, quantised at run time; aten._int_mm with int32 accumulation"
+    ),
+    "int8-weight-only": (
+        "torchao Int8WeightOnlyConfig: weights int8 symmetric per output channel, activations fp32 "
+        "(a decode step reads a quarter of the fp32 bytes)"
+    ),
+    "onnxruntime-dynamic": (
+        "onnxruntime.quantization.quantize_dynamic: MatMul weights int8 per output channel, activations uint8 "
+        "per tensor quantised at run time (DynamicQuantizeLinear + MatMulInteger)"
+    ),
+}
+
+
+def as_linears(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy with every GPT-2 style Conv1D (weight stored (in, out)) as an nn.Linear, so
+    the quantisers, which know nn.Linear, see every projection."""
+    from ..models.gpt2 import Conv1D
+
+    module = copy.deepcopy(module)
+    for child in list(module.modules()):
+        for attr, sub in list(child.named_children()):
+            if isinstance(sub, Conv1D):
+                n_in, n_out = sub.weight.shape
+                lin = torch.nn.Linear(n_in, n_out)
+                lin.weight = torch.nn.Parameter(sub.weight.detach().t().contiguous())
+                lin.bias = torch.nn.Parameter(sub.bias.detach().clone())
+                setattr(child, attr, lin)
+    return module
+
+
+def linear_layers(module: torch.nn.Module) -> list[str]:
+    return [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
+
+
+def quantized(module: torch.nn.Module, scheme: str, only: set[str] | None = None, exclude: Sequence[str] = ()) -> Any:
+    """A quantised deep copy of `module` (linears already, see as_linears): the layers in `only`
+    (all when None) except those in `exclude`."""
+    q = _torchao()
+    config = q.Int8WeightOnlyConfig() if scheme == "int8-weight-only" else q.Int8DynamicActivationInt8WeightConfig()
+    out = copy.deepcopy(module)
+    skip = set(exclude)
+
+    def take(m: torch.nn.Module, name: str) -> bool:
+        return isinstance(m, torch.nn.Linear) and name not in skip and (only is None or name in only)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q.quantize_(out, config, filter_fn=take)
+    return out.eval()
+
+
+def output_cosine(module: Any, reference: list[list[np.ndarray]], feeds: list[Feed], input_names: list[str]) -> float:
+    """The worst cosine similarity, over the feeds, outputs and rows (the first axis), between
+    module's outputs and the reference's (floating outputs only)."""
+    worst = 1.0
+    with torch.inference_mode():
+        for feed, ref in zip(feeds, reference):
+            out = module(*[torch.from_numpy(np.ascontiguousarray(feed[n])) for n in input_names])
+            for o, r in zip(out, ref):
+                if not torch.is_floating_point(o):
+                    continue
+                a = o.double().reshape(o.shape[0], -1) if o.dim() > 1 else o.double().reshape(1, -1)
+                b = torch.from_numpy(r).double().reshape(a.shape)
+                num = (a * b).sum(-1)
+                den = a.norm(dim=-1) * b.norm(dim=-1)
+                ok = den > 0
+                if ok.any():
+                    worst = min(worst, float((num[ok] / den[ok]).min()))
+    return worst
+
+
+def choose_exclusions(
+    module: torch.nn.Module,
+    scheme: str,
+    feeds: list[Feed],
+    input_names: list[str],
+    progress: Callable[[str], None] = lambda m: None,
+) -> tuple[dict[str, float], list[str], float]:
+    """({layer: 1 - cosine when it alone is quantised}, layers kept fp32, cosine of the result)."""
+    with torch.inference_mode():
+        reference = [
+            [o.numpy() for o in module(*[torch.from_numpy(np.ascontiguousarray(f[n])) for n in input_names])]
+            for f in feeds
+        ]
+    layers = linear_layers(module)
+    progress(f"  int8: measuring {len(layers)} linear layers one at a time on {len(feeds)} parity feeds")
+    sensitivity = {
+        name: 1.0 - output_cosine(quantized(module, scheme, only={name}), reference, feeds, input_names)
+        for name in layers
+    }
+    ranked = sorted(layers, key=lambda n: sensitivity[n], reverse=True)
+    budget = int(len(layers) * MAX_EXCLUDED_SHARE)
+    excluded: list[str] = []
+    cos = output_cosine(quantized(module, scheme), reference, feeds, input_names)
+    while cos < TARGET_COSINE and len(excluded) < budget:
+        excluded.append(ranked[len(excluded)])
+        cos = output_cosine(quantized(module, scheme, exclude=excluded), reference, feeds, input_names)
+    return sensitivity, excluded, cos
+
+
+def quantize_onnx(fp32: Path, out: Path, exclude_layers: Sequence[str] = ()) -> dict[str, Any]:
+    """ONNX Runtime's dynamic quantisation of an fp32 ONNX file (per-channel int8 weights), the
+    MatMuls of `exclude_layers` (module names) left fp32. export: the dynamo exporter names a
+    linear's transposed weight val_N but keeps the module's name on its bias, so a MatMul is
+    found by the bias Add that consumes it (or by a weight of the module's name)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(fp32))
+    weights = {i.name for i in model.graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    names = {f"{layer}.{p}" for layer in exclude_layers for p in ("weight", "bias")}
+    nodes, excluded = [], []
+    for n in model.graph.node:
+        if n.op_type not in ("MatMul", "Gemm") or len(n.input) < 2 or n.input[1] not in weights:
+            continue
+        nodes.append(n.name)
+        used = set(n.input) | {i for c in consumers.get(n.output[0], []) if c.op_type == "Add" for i in c.input}
+        if used & names:
+            excluded.append(n.name)
+    logging.getLogger("root").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(
+            str(fp32),
+            str(out),
+            per_channel=True,
+            reduce_range=False,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            nodes_to_exclude=excluded,
+        )
+    return {"matmuls": len(nodes), "quantized": len(nodes) - len(excluded), "excluded": excluded}

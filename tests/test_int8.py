@@ -1,0 +1,135 @@
+"""int8 engines (kiln build --precision int8) on a tiny BERT sentence-embedding engine: the build
+records what was quantised, the C++ runtime chooses the artifact by precision, and parity holds
+the int8 artifacts to the measured int8 table and the task check."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kiln import errors as E
+from kiln import registry
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def int8_engine(tmp_path_factory):
+    from kiln.exporters import build
+    from kiln.recipe import Recipe
+    from kiln.testing import make_checkpoint
+
+    d = registry.get("bert", "feature-extraction")
+    root = tmp_path_factory.mktemp("int8")
+    ckpt, _ = make_checkpoint(d, root / "ckpt")
+    recipe = Recipe.for_checkpoint(ckpt, d.task)
+    return build(recipe, output=root / "engine", formats=["onnx", "aoti"], precisions=["fp32", "int8"]).path
+
+
+def test_build_records_precision_and_the_quantisation_recipe(int8_engine):
+    m = json.loads((int8_engine / "manifest.json").read_text())
+    by = {(a["format"], a["precision"]): a for a in m["artifacts"]}
+    assert set(by) == {("onnx", "fp32"), ("aoti", "fp32"), ("onnx", "int8"), ("aoti", "int8")}
+    q = by["aoti", "int8"]["quantization"]
+    assert q["scheme"] == "int8-dynamic-activation-int8-weight"
+    assert q["layers"] == 2 * 6  # tiny BERT: 2 layers x (q, k, v, out, intermediate, output)
+    assert q["quantized"] + len(q["excluded"]) == q["layers"]
+    assert len(q["excluded"]) <= q["layers"] // 8  # the share kept fp32 is bounded
+    assert set(q["excluded"]) <= set(q["most_sensitive"]) | set(q["excluded"])
+    assert 0.99 <= q["measured_cosine"] <= 1.0
+    assert by["aoti", "int8"]["versions"]["torchao"]
+    o = by["onnx", "int8"]["quantization"]
+    assert o["scheme"] == "onnxruntime-dynamic" and o["quantized"] + len(o["excluded"]) == o["layers"] == 12
+    assert len(o["excluded"]) == len(q["excluded"])  # the same layers kept fp32 in both
+    # the int8 table is the deployable's measured one, not derived from the format
+    assert m["tolerances"]["int8"]["embeddings"]["why"].startswith("int8: measured")
+
+
+def test_precision_chooses_the_artifact(int8_engine):
+    from kiln.runtime import Engine
+
+    auto = Engine(int8_engine)
+    assert (auto.backend, auto.precision) == ("aoti", "fp32")  # auto keeps fp32 beside int8
+    q = Engine(int8_engine, precision="int8")
+    assert (q.backend, q.precision) == ("aoti", "int8")
+    d = registry.get("bert", "feature-extraction")
+    config = d.config_class.from_dict(auto.manifest["config"])
+    feed = d.graphs[0].make_example(config, {"batch": 2, "sequence": 24}, seed=3)
+    a, b = auto.run(feed)["embeddings"], q.run(feed)["embeddings"]
+    diff = float(np.abs(a - b).max())
+    assert 0 < diff < 0.1  # quantised (not the fp32 file again), and close
+    with pytest.raises(E.InvalidArgumentError, match="precision 'int4' is not one of auto, fp32, fp16, bf16, int8"):
+        Engine(int8_engine, precision="int4")
+    with pytest.raises(E.InvalidArgumentError, match="does not exist for the aoti backend"):
+        Engine(int8_engine, backend="aoti", precision="fp16")
+    with pytest.raises(E.BackendUnavailableError, match="no torchscript artifact for backend 'torchscript'"):
+        Engine(int8_engine, backend="torchscript", precision="int8")
+
+
+def test_only_int8_runs_int8_under_auto(int8_engine, tmp_path):
+    import shutil
+
+    from kiln.manifest import read_manifest
+    from kiln.runtime import Engine
+
+    only = tmp_path / "only-int8"
+    shutil.copytree(int8_engine, only)
+    m = read_manifest(only)
+    m.artifacts = [a for a in m.artifacts if a.precision == "int8"]
+    m.write(only)
+    e = Engine(only)
+    assert (e.backend, e.precision) == ("aoti", "int8")
+    with pytest.raises(E.ArtifactError, match="no fp32 aoti artifact.*model.int8.pt2"):
+        Engine(only, precision="fp32")
+
+
+def test_parity_holds_int8_to_its_table(int8_engine):
+    from kiln.parity import run_parity
+
+    report = run_parity(int8_engine)
+    names = set(report.backends)
+    assert {"kiln-aoti-int8", "aoti-python-int8", "onnxruntime-int8", "kiln-aoti"} <= names
+    table = report.tolerances["int8"]["embeddings"]
+    for name in ("kiln-aoti-int8", "aoti-python-int8", "onnxruntime-int8"):
+        b = report.backends[name]
+        assert b.passed, (name, b.outputs, b.task_detail)
+        out = b.outputs["embeddings"]
+        assert out["precision"] == "int8"
+        assert 0 < out["max_abs"] <= table["atol"] + table["rtol"]  # measured, nonzero, in the table
+        assert "(>= 0.99)" in b.task_detail
+    fp32 = report.backends["kiln-aoti"].outputs["embeddings"]
+    assert fp32["max_abs"] < report.backends["kiln-aoti-int8"].outputs["embeddings"]["max_abs"]
+
+
+def test_int8_needs_a_measured_table_and_a_cpu_format(tmp_path):
+    from kiln.exporters import build
+    from kiln.recipe import load_recipe
+
+    with pytest.raises(E.InvalidArgumentError, match="no measured int8 tolerance table"):
+        build(load_recipe("vit-image-classification"), output=tmp_path / "vit", precisions=["int8"])
+    with pytest.raises(E.InvalidArgumentError, match="int8 artifacts are aoti and onnx"):
+        build(
+            load_recipe("minilm-feature-extraction"),
+            output=tmp_path / "m",
+            formats=["torchscript"],
+            precisions=["int8"],
+        )
+    with pytest.raises(E.InvalidArgumentError, match="--precision \\['int4'\\]"):
+        build(load_recipe("minilm-feature-extraction"), output=tmp_path / "m", precisions=["int4"])
+    assert not (tmp_path / "vit").exists() and not (tmp_path / "m").exists()
+
+
+def test_spearman_matches_scipy():
+    from scipy.stats import spearmanr
+
+    from kiln.int8 import spearman
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=60)
+    b = a + rng.normal(scale=0.5, size=60)
+    b[3] = b[4]  # a tie
+    assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+    assert spearman(a, a) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
