@@ -118,7 +118,10 @@ def run_bench(
     budget_s: float = 8.0,
     only: list[str] | None = None,
     progress: Callable[[str], None] = lambda m: None,
+    attention: str | None = None,
 ) -> dict:
+    """`attention`: the transformers baseline's attn_implementation (None: its default), named in
+    the report."""
     import torch
 
     manifest = read_graph_manifest(engine_dir)
@@ -127,7 +130,7 @@ def run_bench(
     length = _length_dim(manifest)
     seq = seq or (manifest.dims[length].opt if length else None)
     torch.set_num_threads(threads)
-    fns, skipped = _load(runners(manifest, threads), only, progress)
+    fns, skipped = _load(runners(manifest, threads, attention), only, progress)
     rows = []
     for batch in batches:
         feed = _feed(manifest, batch, seq)
@@ -155,6 +158,7 @@ def run_bench(
         "task": manifest.task,
         "threads": threads,
         "machine": machine(),
+        "transformers_attention": attention or "default",
         "rows": [r.to_json() for r in rows],
         "skipped": skipped,
     }
@@ -194,7 +198,11 @@ def summary(result: dict) -> list[str]:
         best = min(cpp, key=lambda k: cpp[k])
         parts = [f"batch {batch}: best C++ backend {best} {cpp[best]:.2f} ms"]
         if "transformers" in by:
-            parts.append(f"{by['transformers'] / cpp[best]:.2f}x transformers eager's speed")
+            attention = result.get("transformers_attention", "default")
+            parts.append(
+                f"{by['transformers'] / cpp[best]:.2f}x transformers eager's speed "
+                f"(attn_implementation: {attention if attention != 'default' else 'its default'})"
+            )
         if "onnxruntime" in by:
             parts.append(f"{by['onnxruntime'] / cpp[best]:.2f}x ONNX Runtime's speed")
         direct = {"kiln-aoti": "aoti-python", "kiln-torchscript": "torchscript-python"}
