@@ -141,6 +141,26 @@ def test_bench_measures_every_backend(capsys, tiny_engines, tmp_path):
     assert code == 2 and "--batch 'one'" in err
 
 
+def test_bench_names_the_transformers_baselines_attention(capsys, tiny_engines, tmp_path):
+    """--attention eager loads the baseline with attn_implementation="eager" (the same outputs as
+    transformers' default attention) and the report says so, in the JSON and the summary."""
+    from kiln.backends import transformers_infer
+    from kiln.bench import _feed
+    from kiln.manifest import read_graph_manifest
+
+    engine = tiny_engines["text-classification"][0]
+    manifest = read_graph_manifest(engine)
+    feed = _feed(manifest, 2, 16)
+    eager, default = transformers_infer(manifest, "eager")(feed), transformers_infer(manifest)(feed)
+    for name, value in default.items():
+        assert np.abs(eager[name] - value).max() <= 1e-5 and np.abs(value).max() > 1e-2
+    code, out, _ = run(capsys, "bench", engine, "--seq", "16", "--iters", "2", "--attention", "eager",
+                       "--backends", "transformers", "kiln-torchscript", "--json", tmp_path / "b.json")
+    assert code == 0
+    assert json.loads((tmp_path / "b.json").read_text())["transformers_attention"] == "eager"
+    assert "transformers eager's speed (attn_implementation: eager)" in " ".join(out.split())
+
+
 def test_inspect_shows_the_manifest(capsys, tiny_engines):
     code, out, _ = run(capsys, "inspect", tiny_engines["question-answering"][0])
     assert code == 0

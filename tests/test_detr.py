@@ -5,7 +5,8 @@ check, the recipe, `kiln run --save`.
 
 Tiny configs with random weights, saved with save_pretrained, stand in for real checkpoints
 (none are reachable here); random weights put every class near 1/(L + 1), so tests that need
-kept detections sharpen the classifier (and the queries, see `sharpen`) in the saved file.
+kept detections sharpen the classifier (and the queries: kiln.testing.sharpen, the keys
+registered as the deployable's `sharpen`) in the saved file.
 """
 from __future__ import annotations
 
@@ -23,26 +24,9 @@ from kiln.checkpoint import load_model, random_checkpoint
 from kiln.errors import CheckpointError, InvalidArgumentError
 from kiln.models.detr import DetrConfig, DetrForObjectDetection, downsample_mask
 from kiln.processing.detection import DetrImageProcessor, post_process_object_detection, size_with_aspect_ratio
+from kiln.testing import sharpen
 
 D = registry.get("detr", "object-detection")
-CLASSIFIER = ("class_labels_classifier.weight", "class_labels_classifier.bias")
-
-
-def sharpen(ckpt, factor: float = 10.0):
-    """Random DETR weights are degenerate: every query near 1/(L + 1) for every class, and the
-    queries nearly alike (the decoder starts from zeros and attends almost uniformly). Multiply
-    the classifier, the query position embeddings and the cross-attention projections by
-    `factor` in the saved file (in place), so that queries differ, some score above 0.5 and
-    some below, as a trained detector's do."""
-    from safetensors.torch import load_file, save_file
-
-    state = load_file(ckpt / "model.safetensors")
-    for k in state:
-        if k in CLASSIFIER or k == "model.query_position_embeddings.weight" or re.fullmatch(
-                r"model\.decoder\.layers\.\d+\.encoder_attn\.(q|k|v|out)_proj\.weight", k):
-            state[k] = state[k] * factor
-    save_file(state, ckpt / "model.safetensors", metadata={"format": "pt"})
-    return ckpt
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +36,7 @@ def tiny(tmp_path_factory):
     import transformers
 
     ckpt, _ = make_checkpoint(D, tmp_path_factory.mktemp("detr") / "ckpt")
-    sharpen(ckpt)
+    sharpen(D, ckpt)  # random DETR weights: the decoder starts from zeros and attends almost uniformly
     return ckpt, transformers.DetrForObjectDetection.from_pretrained(str(ckpt)).eval()
 
 

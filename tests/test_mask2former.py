@@ -253,3 +253,38 @@ def test_a_nan_input_does_not_index_out_of_bounds():
     out = msda_gather(value, shapes, loc, weights)
     ref = msda_grid_sample(value, shapes, loc, weights)
     assert torch.isfinite(out[0, 1:]).all() and float((out[0, 1:] - ref[0, 1:]).abs().max()) <= 1e-6
+
+
+@torch.no_grad()
+def test_the_checkpoint_maker_sharpens_the_queries_and_keeps_the_recipes_preprocessing(tmp_path):
+    """`python -m kiln.testing RECIPE DIR` (what the README's real-size runs build from): the
+    recipe's preprocessor_config.json (384 x 384), not the tiny tests'; the keys the deployable
+    names multiplied by its factor and nothing else (against the same seed unsharpened); kiln
+    still equal to transformers on the sharpened file; a pattern that matches no key refused."""
+    import dataclasses
+    import json
+
+    from safetensors.torch import load_file
+
+    from kiln.testing import main, sharpen
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**D.tiny, "num_labels": 5}))
+    recipe = "mask2former-panoptic-segmentation"
+    assert main([recipe, str(tmp_path / "plain"), "--config", str(config), "--no-sharpen"]) == 0
+    assert main([recipe, str(tmp_path / "sharp"), "--config", str(config)]) == 0
+    processor = json.loads((tmp_path / "sharp" / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"height": 384, "width": 384}
+    plain, sharp = load_file(tmp_path / "plain" / "model.safetensors"), load_file(tmp_path / "sharp" / "model.safetensors")
+    scaled = [k for k in plain if not torch.equal(plain[k], sharp[k])]
+    assert "class_predictor.weight" in scaled and "model.transformer_module.queries_features.weight" in scaled
+    assert "model.transformer_module.queries_embedder.weight" in scaled and not any("_attn." in k for k in scaled)
+    for k in scaled:
+        assert torch.allclose(sharp[k], plain[k] * D.sharpen_factor)
+    import transformers
+
+    hf = transformers.Mask2FormerForUniversalSegmentation.from_pretrained(str(tmp_path / "sharp")).eval()
+    _outputs_equal(tmp_path / "sharp", hf, 64, batch=1)
+    renamed = dataclasses.replace(D, sharpen=(*D.sharpen, r"model\.no_such_head\.weight"))
+    with pytest.raises(CheckpointError, match="no_such_head"):
+        sharpen(renamed, tmp_path / "sharp")

@@ -101,8 +101,9 @@ def torch_infer(module: Any, manifest: Manifest) -> Infer:
     return infer
 
 
-def transformers_infer(manifest: Manifest) -> Infer:
-    """The engine's source checkpoint in transformers, computing the graph's outputs."""
+def transformers_infer(manifest: Manifest, attention: str | None = None) -> Infer:
+    """The engine's source checkpoint in transformers, computing the graph's outputs; `attention`:
+    its attn_implementation ("eager", "sdpa"; None: transformers' default for the model)."""
     import torch
     import transformers
 
@@ -112,7 +113,9 @@ def transformers_infer(manifest: Manifest) -> Infer:
     graph = d.graph(manifest.graph)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # its weight-loading bar would break tables
-    kwargs = {"num_labels": len(manifest.labels)} if manifest.labels else {}
+    kwargs: dict[str, Any] = {"num_labels": len(manifest.labels)} if manifest.labels else {}
+    if attention is not None:
+        kwargs["attn_implementation"] = attention
     model = getattr(transformers, d.reference_class).from_pretrained(manifest.source.checkpoint, **kwargs).eval()
     reference = graph.reference
     assert reference is not None
@@ -172,9 +175,10 @@ def cpp_backends() -> tuple[list[str], str | None]:
 # --- the list ---------------------------------------------------------------------------------
 
 
-def runners(manifest: Manifest, threads: int | None = None) -> list[Runner]:
+def runners(manifest: Manifest, threads: int | None = None, attention: str | None = None) -> list[Runner]:
     """Every runner kiln knows for this graph, the reference first; `threads` sets every
-    runner's intra-op threads (None leaves each at its default)."""
+    runner's intra-op threads (None leaves each at its default); `attention` the transformers
+    baseline's attn_implementation (None: its default)."""
     from . import registry
 
     def missing(fmt: str, precision: str = "fp32") -> str | None:
@@ -198,7 +202,7 @@ def runners(manifest: Manifest, threads: int | None = None) -> list[Runner]:
         why_hf = "transformers is not installed (pip install kiln[test])"
     if graph.reference is None:
         why_hf = f"transformers has no call that computes the {manifest.graph} graph alone"
-    out.append(Runner(BASELINE, "baseline", lambda: transformers_infer(manifest), why_hf))
+    out.append(Runner(BASELINE, "baseline", lambda: transformers_infer(manifest, attention), why_hf))
 
     def torchscript() -> Infer:
         import torch

@@ -126,7 +126,10 @@ def run_bench(
     only: list[str] | None = None,
     beside_load: bool = False,
     progress: Callable[[str], None] = lambda m: None,
+    attention: str | None = None,
 ) -> dict:
+    """`attention`: the transformers baseline's attn_implementation (None: its default), named in
+    the report."""
     import torch
 
     manifest = read_graph_manifest(engine_dir)
@@ -135,7 +138,7 @@ def run_bench(
     length = _length_dim(manifest)
     seq = seq or (manifest.dims[length].opt if length else None)
     torch.set_num_threads(threads)
-    all_runners = runners(manifest, threads)
+    all_runners = runners(manifest, threads, attention)
     fns, skipped = _load(all_runners, only, progress)
     module = eager_model(manifest)
     eager = torch_infer(module, manifest)
@@ -189,6 +192,7 @@ def run_bench(
         "weight_bytes": weights,
         "footprint": _footprints(Path(engine_dir), list(fns), threads, batches[0], seq, weights, progress),
         "kernels": _aoti_kernels(manifest),
+        "transformers_attention": attention or "default",
         "rows": [r.to_json() for r in rows],
         "skipped": skipped,
     }
@@ -352,7 +356,11 @@ def summary(result: dict) -> list[str]:
         share = next(r["gemm_share"] for r in rows if r["batch"] == batch and r["backend"] == best)
         parts = [f"batch {batch}: best C++ backend {best} {cpp[best]:.2f} ms, {100 * share:.0f}% of the GEMM roofline"]
         if "transformers" in by:
-            parts.append(f"{by['transformers'] / cpp[best]:.2f}x transformers eager's speed")
+            attention = result.get("transformers_attention", "default")
+            parts.append(
+                f"{by['transformers'] / cpp[best]:.2f}x transformers eager's speed "
+                f"(attn_implementation: {attention if attention != 'default' else 'its default'})"
+            )
         if "onnxruntime" in by:
             parts.append(f"{by['onnxruntime'] / cpp[best]:.2f}x ONNX Runtime's speed")
         direct = {"kiln-aoti": "aoti-python", "kiln-torchscript": "torchscript-python"}

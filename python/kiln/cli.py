@@ -239,6 +239,7 @@ def cmd_bench(args) -> int:
                 only=only,
                 beside_load=args.beside_load,
                 progress=lambda m: status.update(f"bench: {m}"),
+                attention=args.attention,
             )
     if generation:
         from .bench import generation_markdown, print_generation_bench
@@ -519,6 +520,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--beams", type=int, help="generation: beams (default 1 for GPT-2, 4 for BART)")
     s.add_argument("--threads", type=int, default=2, help="threads for every backend (default 2)")
     s.add_argument("--iters", type=int, default=50, help="timed iterations per row (default 50)")
+    s.add_argument(
+        "--attention",
+        choices=("eager", "sdpa"),
+        help="the transformers baseline's attn_implementation (default: transformers' default for the "
+        "model; Mask2Former's is SDPA in its Swin, eager in its decoder); the report names it",
+    )
     s.add_argument("--backends", nargs="+", help="only these backends")
     s.add_argument(
         "--beside-load",

@@ -123,6 +123,12 @@ class Deployable:
     # dims a checkpoint's preprocessor_config.json fixes (a SegFormer's image size): the defaults
     # of `kiln build --checkpoint DIR`, and what a build checks the engine's dims against
     processor_dims: Callable[[Mapping[str, Any]], dict[str, DimRange]] | None = None
+    # checkpoint keys (regular expressions over the saved names) that `kiln.testing.sharpen`
+    # multiplies by `sharpen_factor` in a made checkpoint: random weights answer every query alike
+    # (near 1 / (labels + 1) for every class), and a query-based detector or segmenter then keeps
+    # nothing at its thresholds; sharpened, some queries are confident and some are not
+    sharpen: tuple[str, ...] = ()
+    sharpen_factor: float = 10.0
 
     def __post_init__(self) -> None:
         names = [g.name for g in self.graphs]
@@ -547,7 +553,12 @@ def detection_outputs(hf_model: Any, feed: dict, options: Mapping[str, Any]) -> 
 
 
 def object_detection(
-    model: type[KilnModel], *, tiny: Mapping[str, Any], tiny_preprocessor: Mapping[str, Any]
+    model: type[KilnModel],
+    *,
+    tiny: Mapping[str, Any],
+    tiny_preprocessor: Mapping[str, Any],
+    sharpen: tuple[str, ...] = (),
+    sharpen_factor: float = 10.0,
 ) -> Deployable:
     """pixel_values [B, C, H, W] and pixel_mask int64 [B, H, W] over dynamic H, W ->
     logits [B, Q, L + 1] and pred_boxes [B, Q, 4] (cx, cy, w, h).
@@ -591,6 +602,8 @@ def object_detection(
         labels=True,
         tiny=tiny,
         tiny_preprocessor=tiny_preprocessor,
+        sharpen=sharpen,
+        sharpen_factor=sharpen_factor,
     )
 
 
@@ -1225,7 +1238,12 @@ def universal_outputs(hf_model: Any, feed: dict, options: Mapping[str, Any]) -> 
 
 
 def universal_segmentation(
-    model: type[KilnModel], *, tiny: Mapping[str, Any], tiny_preprocessor: Mapping[str, Any]
+    model: type[KilnModel],
+    *,
+    tiny: Mapping[str, Any],
+    tiny_preprocessor: Mapping[str, Any],
+    sharpen: tuple[str, ...] = (),
+    sharpen_factor: float = 10.0,
 ) -> Deployable:
     """pixel_values (batch, channels, height, width) at one static size -> class_queries_logits
     (batch, num_queries, num_labels + 1) and masks_queries_logits (batch, num_queries, height/4,
@@ -1263,4 +1281,6 @@ def universal_segmentation(
         tiny=tiny,
         tiny_preprocessor=tiny_preprocessor,
         processor_dims=_fixed_size_dims,
+        sharpen=sharpen,
+        sharpen_factor=sharpen_factor,
     )

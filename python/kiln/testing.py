@@ -78,6 +78,29 @@ def perturb(model: Any, seed: int, scale: float = 0.1, relative: bool = False) -
             p.add_(torch.randn(p.shape, generator=g) * scale * (spread if spread > 0 else 1.0))
 
 
+def sharpen(d: Deployable, ckpt: Path) -> Path:
+    """Multiply the checkpoint keys the deployable names (`Deployable.sharpen`, regular
+    expressions) by its `sharpen_factor` in the saved model.safetensors, in place: random weights
+    answer every query of a DETR or Mask2Former alike, near 1 / (labels + 1) for every class, so
+    that nothing passes the answers' thresholds; sharpened, queries differ and some are confident.
+    Raises CheckpointError where a pattern matches no key (a renamed weight would otherwise leave
+    the checkpoint unsharpened without a word)."""
+    import re
+
+    from safetensors.torch import load_file, save_file
+
+    path = Path(ckpt) / "model.safetensors"
+    state = load_file(path)
+    unmatched = [p for p in d.sharpen if not any(re.fullmatch(p, k) for k in state)]
+    if unmatched or not d.sharpen:
+        raise CheckpointError(f"{path}: {d.name} sharpens {list(d.sharpen)}; no key matches {unmatched}")
+    for k in state:
+        if any(re.fullmatch(p, k) for p in d.sharpen):
+            state[k] = state[k] * d.sharpen_factor
+    save_file(state, path, metadata={"format": "pt"})
+    return Path(ckpt)
+
+
 def _modality_config(d: Deployable) -> dict:
     """Config entries the modality's processing files fix (the tokenizer's vocabulary size)."""
     if d.modality == "text":
@@ -219,9 +242,11 @@ def graphs_equal_transformers(d: Deployable, ckpt: Path, hf: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     """`python -m kiln.testing RECIPE OUT`: a checkpoint made by transformers (its own class and
     initialisation, perturbed relative to each tensor's spread, save_pretrained) at the recipe's
-    config, with the processing files a user's checkpoint carries (T5 and mBART: the SentencePiece
-    model alone). What the README's "kiln build RECIPE --checkpoint DIR, then kiln parity" runs on
-    where no real weights are reachable."""
+    config, with the processing files a user's checkpoint carries (the recipe's own
+    preprocessor_config.json where it has one; T5 and mBART: the SentencePiece model alone), and,
+    for the query-based detectors and segmenters (DETR, Mask2Former), the keys the deployable names
+    sharpened (see `sharpen`) so that some answers pass their thresholds. What the README's "kiln
+    build RECIPE --checkpoint DIR, then kiln parity" runs on where no real weights are reachable."""
     import argparse
 
     from .recipe import load_recipe
@@ -231,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", help="checkpoint directory to write")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--config", help="a config.json to use instead of the recipe's (e.g. a real-size one)")
+    ap.add_argument("--no-sharpen", action="store_true", help="keep a DETR's or Mask2Former's weights unsharpened")
     args = ap.parse_args(argv)
     recipe = load_recipe(args.recipe)
     config_dir = (recipe.path.parent if recipe.path else Path("export")) / recipe.checkpoint
@@ -239,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     d = recipe.deployable
     print(f"making a {d.reference_class} at {recipe.checkpoint}'s sizes in {args.out} ...", flush=True)
     out, _ = make_checkpoint(d, Path(args.out), args.seed, relative=True, **config)
+    if (config_dir / "preprocessor_config.json").is_file():  # the recipe's sizes, not the tiny tests'
+        shutil.copy2(config_dir / "preprocessor_config.json", out / "preprocessor_config.json")
+    if d.sharpen and not args.no_sharpen:
+        sharpen(d, out)
+        print(f"sharpened {', '.join(d.sharpen)} x{d.sharpen_factor:g}")
     print(f"wrote {out}: kiln build {recipe.name} --checkpoint {out}")
     return 0
 
