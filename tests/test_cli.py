@@ -119,7 +119,7 @@ def test_bench_measures_every_backend(capsys, tiny_engines, tmp_path):
             lim["bytes_read"] / r["p50_ms"] / 1e6 / lim["bandwidth"]["read_GBps"])
     assert data["machine"]["blas"] and len(data["machine"]["load_average"]) == 3
     assert any("linear" in k or k.endswith("mm") for k in data["kernels"])  # what the aoti package calls
-    assert "limits measured in this run, batch 2 x 32" in out and "% of the GEMM roofline" in out
+    assert "limits measured in this run, batch 2 x 32" in out and "% of the fp32 GEMM roofline" in out
     # the fastest C++ backend alone and beside a busy kiln-run, with kiln's OpenMP spin default
     b = data["beside_load"]
     assert b["backend"] == min((r for r in data["rows"] if r["batch"] == 1 and r["backend"].startswith("kiln-")),

@@ -286,11 +286,11 @@ def _footprints(
     Engine and kiln-run, each beside its base and the weights' bytes."""
     out = {}
     for name in names:
-        backend = name.removeprefix("kiln-")
+        backend, _, precision = name.removeprefix("kiln-").partition("-")  # kiln-aoti-int8: aoti, int8
         if not name.startswith("kiln-") or backend == "tensorrt":
             continue
         progress(f"{name}: cold start and peak memory, in fresh processes")
-        measured = footprint.measure(str(engine_dir), backend, threads, batch, seq)
+        measured = footprint.measure(str(engine_dir), backend, threads, batch, seq, precision or "auto")
         for m in measured.values():
             if "error" not in m:
                 m["over_base_per_weight"] = (m["peak_MB"] - m["base_MB"]) * 2**20 / max(weights, 1)
@@ -349,12 +349,23 @@ def summary(result: dict) -> list[str]:
     rows = result["rows"]
     for batch in sorted({r["batch"] for r in rows}):
         by = {r["backend"]: r["p50_ms"] for r in rows if r["batch"] == batch}
-        cpp = {k: v for k, v in by.items() if k.startswith("kiln-")}
+        # fp32 against fp32: the int8 runners get their own line
+        cpp = {k: v for k, v in by.items() if k.startswith("kiln-") and not k.endswith("-int8")}
+        int8 = [
+            f"{k} {by[k.removesuffix('-int8')] / v:.2f}x {k.removesuffix('-int8')}'s speed"
+            for k, v in by.items()
+            if k.endswith("-int8") and k.removesuffix("-int8") in by
+        ]
+        if int8:
+            lines.append(f"batch {batch} int8: " + "; ".join(int8))
         if not cpp:
             continue
         best = min(cpp, key=lambda k: cpp[k])
         share = next(r["gemm_share"] for r in rows if r["batch"] == batch and r["backend"] == best)
-        parts = [f"batch {batch}: best C++ backend {best} {cpp[best]:.2f} ms, {100 * share:.0f}% of the GEMM roofline"]
+        parts = [
+            f"batch {batch}: best fp32 C++ backend {best} {cpp[best]:.2f} ms, "
+            f"{100 * share:.0f}% of the fp32 GEMM roofline"
+        ]
         if "transformers" in by:
             attention = result.get("transformers_attention", "default")
             parts.append(

@@ -1,6 +1,6 @@
 """Cold start and peak memory of an engine, each measured in a fresh process (`kiln bench`).
 
-    python -m kiln.footprint ENGINE_DIR BACKEND THREADS BATCH [SEQ]   -> one JSON line
+    python -m kiln.footprint ENGINE_DIR BACKEND THREADS BATCH SEQ PRECISION   -> one JSON line
 
 A Python `Engine`: the process imports kiln and makes its inputs, then reads its resident
 memory (the base: interpreter, libtorch, kiln), opens the engine, runs it once (the cold start:
@@ -27,7 +27,9 @@ def _status_mb(field: str) -> float:
     return float("nan")
 
 
-def python_engine(engine_dir: str, backend: str, threads: int, batch: int, seq: int | None) -> dict:
+def python_engine(
+    engine_dir: str, backend: str, threads: int, batch: int, seq: int | None, precision: str = "auto"
+) -> dict:
     """In this process (call it in a fresh one): base, cold start, peak of a Python Engine."""
     from .bench import _feed
     from .manifest import read_graph_manifest
@@ -36,7 +38,7 @@ def python_engine(engine_dir: str, backend: str, threads: int, batch: int, seq: 
     feed = _feed(read_graph_manifest(engine_dir), batch, seq)
     base = _status_mb("VmRSS")
     t = time.perf_counter()
-    engine = Engine(engine_dir, backend=backend, num_threads=threads)
+    engine = Engine(engine_dir, backend=backend, num_threads=threads, precision=precision)
     opened = time.perf_counter()
     engine.run(feed)
     first = time.perf_counter()
@@ -67,11 +69,13 @@ def _peak_of(cmd: list[str]) -> tuple[float, str]:
     return float(peak), text
 
 
-def kiln_run(binary: str, engine_dir: str, backend: str, threads: int, batch: int, seq: int | None) -> dict:
+def kiln_run(
+    binary: str, engine_dir: str, backend: str, threads: int, batch: int, seq: int | None, precision: str = "auto"
+) -> dict:
     """kiln-run's base, peak and cold start (open + the first run, as it prints them)."""
     base, _ = _peak_of([binary, "--help"])
     args = [binary, engine_dir, "--backend", backend, "--threads", str(threads), "--iters", "1", "--warmup", "0"]
-    args += ["--batch", str(batch)] + (["--seq", str(seq)] if seq else [])
+    args += ["--batch", str(batch), "--precision", precision] + (["--seq", str(seq)] if seq else [])
     peak, text = _peak_of(args)
     opened = re.search(r"opened in ([0-9.]+) ms", text)
     run = re.search(r"p50 ([0-9.]+) ms", text)
@@ -80,11 +84,12 @@ def kiln_run(binary: str, engine_dir: str, backend: str, threads: int, batch: in
     return {"base_MB": base, "peak_MB": peak, "open_s": open_s, "first_run_s": run_s, "cold_start_s": open_s + run_s}
 
 
-def measure(engine_dir: str, backend: str, threads: int, batch: int, seq: int | None) -> dict:
+def measure(engine_dir: str, backend: str, threads: int, batch: int, seq: int | None, precision: str = "auto") -> dict:
     """Both, each in a fresh process: {"python": {...}, "kiln-run": {...}} (an entry that failed
     carries "error")."""
     out: dict[str, dict] = {}
     cmd = [sys.executable, "-m", "kiln.footprint", engine_dir, backend, str(threads), str(batch), str(seq or 0)]
+    cmd.append(precision)
     p = subprocess.run(cmd, capture_output=True, text=True)
     try:
         out["python"] = json.loads(p.stdout.strip().splitlines()[-1])
@@ -95,7 +100,7 @@ def measure(engine_dir: str, backend: str, threads: int, batch: int, seq: int | 
         out["kiln-run"] = {"error": "kiln-run is not built (make cpp)"}
     else:
         try:
-            out["kiln-run"] = kiln_run(str(binary), engine_dir, backend, threads, batch, seq)
+            out["kiln-run"] = kiln_run(str(binary), engine_dir, backend, threads, batch, seq, precision)
         except (RuntimeError, subprocess.CalledProcessError) as e:
             out["kiln-run"] = {"error": str(e)[-500:]}
     return out
@@ -112,7 +117,7 @@ def weight_bytes(module) -> int:
 
 
 if __name__ == "__main__":
-    engine, backend, threads, batch, seq = sys.argv[1:6]
+    engine, backend, threads, batch, seq, precision = sys.argv[1:7]
     # VmHWM, not getrusage: Linux keeps ru_maxrss across fork + exec, so a child of a large
     # process (the bench) would report its parent's peak
-    print(json.dumps(python_engine(engine, backend, int(threads), int(batch), int(seq) or None)))
+    print(json.dumps(python_engine(engine, backend, int(threads), int(batch), int(seq) or None, precision)))
