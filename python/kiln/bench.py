@@ -9,6 +9,7 @@ Generation engines: the whole generate() call, transformers' and kiln::Generator
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import json
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import footprint, roofline
-from .backends import Runner, eager_model, open_all, runners, select, torch_infer
+from .backends import REFERENCE, Runner, eager_model, open_all, runners, select, torch_infer
 from .errors import InvalidArgumentError
 from .manifest import GenerationManifest, Manifest, read_graph_manifest, read_manifest
 from .roofline import Work
@@ -138,10 +139,13 @@ def run_bench(
     length = _length_dim(manifest)
     seq = seq or (manifest.dims[length].opt if length else None)
     torch.set_num_threads(threads)
-    all_runners = runners(manifest, threads, attention)
-    fns, skipped = _load(all_runners, only, progress)
-    module = eager_model(manifest)
+    module = eager_model(manifest)  # the roofline's reference, also the "eager" row when benchmarked
     eager = torch_infer(module, manifest)
+    all_runners = [
+        dataclasses.replace(r, open=lambda: eager) if r.name == REFERENCE else r
+        for r in runners(manifest, threads, attention)
+    ]
+    fns, skipped = _load(all_runners, only, progress)
     rows, limits = [], []
     for batch in batches:
         feed = _feed(manifest, batch, seq)
@@ -606,9 +610,14 @@ def run_generation_bench(
         candidates.append(Runner(f"kiln-{b}", "cpp", functools.partial(_kiln_generate, engine_dir, b, threads), why))
     fns, skipped = _load(candidates, only, progress)
     progress("the machine's limits: GEMM on the prefill's shapes, a streaming read the size of a decode step")
-    works = {b: _generation_work(manifest, b, prompt, new_tokens, beams) for b in batches}
     decoder = manifest.graph("decoder")
-    weights = footprint.weight_bytes(eager_model(decoder))
+    decoder_module = eager_model(decoder)
+    graphs = {"decoder": torch_infer(decoder_module, decoder)}
+    if manifest.encoder_decoder:
+        encoder = manifest.graph("encoder")
+        graphs["encoder"] = torch_infer(eager_model(encoder), encoder)
+    works = {b: _generation_work(manifest, graphs, b, prompt, new_tokens, beams) for b in batches}
+    weights = footprint.weight_bytes(decoder_module)
     before = {b: _generation_limits(*works[b], threads) for b in batches}
     rows = []
     for name, fn in fns.items():
@@ -657,23 +666,20 @@ def run_generation_bench(
 
 
 def _generation_work(
-    manifest: GenerationManifest, batch: int, prompt: int, new_tokens: int, beams: int
+    manifest: GenerationManifest, graphs: dict[str, Callable], batch: int, prompt: int, new_tokens: int, beams: int
 ) -> tuple[Work, Work]:
-    """What the eager model does in the prefill (the encoder, for an encoder-decoder) and in one
-    decode step halfway through the generation (batch x beams rows, new = 1)."""
+    """What the eager graphs (`graphs`: name -> infer) do in the prefill (the encoder, for an
+    encoder-decoder) and in one decode step halfway through the generation (batch x beams rows,
+    new = 1)."""
     decoder = manifest.graph("decoder")
     step_past = new_tokens // 2 + (0 if manifest.encoder_decoder else prompt)
-    rows = batch * beams
     sizes = {"source": prompt} if manifest.encoder_decoder else {}
-    step_feed = _feed(decoder, rows, None, new=1, past=step_past, total=step_past + 1, **sizes)
-    dec = torch_infer(eager_model(decoder), decoder)
+    step_feed = _feed(decoder, batch * beams, None, new=1, past=step_past, total=step_past + 1, **sizes)
     if manifest.encoder_decoder:
-        first = manifest.graph("encoder")
-        prefill_feed = _feed(first, batch, None, source=prompt)
-        prefill = torch_infer(eager_model(first), first)
+        prefill, prefill_feed = graphs["encoder"], _feed(manifest.graph("encoder"), batch, None, source=prompt)
     else:
-        prefill_feed = _feed(decoder, batch, None, new=prompt, past=0, total=prompt)
-        prefill = dec
+        prefill, prefill_feed = graphs["decoder"], _feed(decoder, batch, None, new=prompt, past=0, total=prompt)
+    dec = graphs["decoder"]
     return Work.of(lambda: prefill(prefill_feed)), Work.of(lambda: dec(step_feed))
 
 
