@@ -402,7 +402,11 @@ def test_answers_equal_transformers(d, deployable_engine):
     engine, ckpt, hf = deployable_engine(d)
     assert d.task in ANSWERS, f"no answer check for the task {d.task}: add one to ANSWERS"
     pipe = pipeline(engine)
-    assert pipe.backend == "aoti"
+    from kiln.backends import auto_backend
+    from kiln.manifest import graph_manifests
+    from kiln.runtime import available_backends
+    # a compiled artifact through the C++ runtime: the one `kiln build` measured faster here
+    assert pipe.backend == auto_backend(graph_manifests(engine)[-1], available_backends()) in ("aoti", "torchscript")
     ANSWERS[d.task](pipe, ckpt, hf)
 
 

@@ -172,6 +172,22 @@ def cpp_backends() -> tuple[list[str], str | None]:
         return [], f"kiln._kiln is not importable ({e}); run `make setup`"
 
 
+def auto_backend(manifest: Manifest, usable: list[str]) -> str | None:
+    """The backend the C++ runtime's "auto" opens for this graph (engine.cpp choose_backend): a
+    TensorRT plan first, then the CPU backend `kiln build` measured fastest when this CPU is the
+    one it was measured on (manifest.backend_choice), else the fixed order; None if none can."""
+    from .roofline import cpu_model_name
+
+    formats = {a.format for a in manifest.artifacts}
+    have = [b for b in CPP_BACKENDS if b in usable and b in formats]
+    if not have:
+        return None
+    choice = manifest.backend_choice or {}
+    if have[0] != "tensorrt" and choice.get("backend") in have and choice.get("cpu") == cpu_model_name():
+        return str(choice["backend"])
+    return have[0]
+
+
 # --- the list ---------------------------------------------------------------------------------
 
 

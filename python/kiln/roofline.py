@@ -44,18 +44,28 @@ ISA_FLAGS = (
 )
 
 
+def cpu_model_name() -> str:
+    """The first "model name" line of /proc/cpuinfo (what kiln::detail::cpu_model_name reads)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
 def cpu_info() -> dict:
     """What a figure means only beside: the CPU, its flags, the BLAS / oneDNN torch calls."""
     import torch
 
-    name, vendor, flags = "", "", set()
+    name, vendor, flags = cpu_model_name(), "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             key = key.strip()
-            if key == "model name" and not name:
-                name = value.strip()  # the line the C++ runtime reads (kiln::detail::cpu_model_name)
-            elif key == "vendor_id":
+            if key == "vendor_id":
                 vendor = value.strip()
             elif key == "flags":
                 flags = set(value.split())

@@ -98,9 +98,10 @@ def pipeline_inputs(manifest: Manifest) -> list[str] | None:
 
 
 def resolve_backend(backend: str, manifest: Manifest | GenerationManifest) -> str:
-    """'auto' made explicit for the config: the best backend usable on this machine that the
-    engine has an artifact for (TensorRT before AOTInductor before TorchScript)."""
-    from ..backends import CPP_BACKENDS
+    """'auto' made explicit for the config: what the runtime's auto opens on this machine (a
+    TensorRT plan, else the CPU backend the build measured fastest here, else AOTInductor before
+    TorchScript)."""
+    from ..backends import CPP_BACKENDS, auto_backend
 
     if backend != "auto":
         if backend not in CPP_BACKENDS:
@@ -109,14 +110,14 @@ def resolve_backend(backend: str, manifest: Manifest | GenerationManifest) -> st
     from ..runtime import available_backends
 
     graph = manifest.graph("decoder") if isinstance(manifest, GenerationManifest) else manifest
-    formats = {a.format for a in graph.artifacts}
-    usable = [b for b in available_backends() if b in formats]
-    if not usable:
+    chosen = auto_backend(graph, available_backends())
+    if chosen is None:
+        formats = {a.format for a in graph.artifacts}
         raise InvalidArgumentError(
             f"{manifest.name}: none of its artifacts ({', '.join(sorted(formats))}) runs on a backend usable here "
             f"({', '.join(available_backends())}); pass --backend for the server's machine"
         )
-    return usable[0]
+    return chosen
 
 
 def _instance_group(kind: str, count: int) -> list[dict]:
