@@ -187,8 +187,13 @@ def test_onnx_weights_beside_the_graph(tmp_path, monkeypatch):
 def test_semantic_search_through_the_cpp_runtime(minilm_engine, minilm_dir):
     import torch
     import transformers
+    from kiln.backends import auto_backend
+    from kiln.manifest import read_graph_manifest
+    from kiln.runtime import available_backends
     pipe = pipeline(minilm_engine)
-    assert pipe.backend == "aoti"
+    # the compiled artifact `kiln build` measured faster on this CPU
+    assert pipe.backend == auto_backend(read_graph_manifest(minilm_engine), available_backends()) in ("aoti",
+                                                                                                      "torchscript")
     ranked = pipe.similarity(samples.SEARCH_QUERY, samples.SEARCH_DOCUMENTS)
     top2 = {doc for _, doc in ranked[:2]}
     assert top2 <= {samples.SEARCH_DOCUMENTS[i] for i in (0, 2, 4)}, ranked  # the deployment ones
