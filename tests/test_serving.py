@@ -213,6 +213,26 @@ def test_image_parity_under_concurrent_load(server, repository, engines):
     assert execs1 - execs0 < len(feeds)
 
 
+@pytest.mark.parametrize("backend", batching.BATCH_INVARIANT)
+def test_batch_invariant_backends_give_a_row_the_same_bits_in_any_batch(engines, backend):
+    """What 'exact' batching rests on: on a BATCH_INVARIANT backend, requests concatenated into
+    one Engine.run get the bits each gets alone (ViT: one shape; BERT: mixed masks)."""
+    rng = np.random.default_rng(3)
+    vit = Engine(engines["vit"], backend=backend)
+    spec = read_graph_manifest(engines["vit"]).inputs[0]
+    bert = Engine(engines["bert"], backend=backend)
+    cases = []
+    for _ in range(6):
+        cases.append((vit, [{"pixel_values": rng.uniform(-1.5, 1.5, (int(rng.integers(1, 4)), *spec.shape[1:]))
+                             .astype(np.float32)} for _ in range(3)]))
+        cases.append((bert, text_feeds(rng, read_graph_manifest(engines["bert"]), [int(rng.integers(2, 41))] * 3)))
+    for engine, feeds in cases:
+        together = engine.run({n: np.concatenate([f[n] for f in feeds]) for n in feeds[0]})
+        alone = [engine.run(f) for f in feeds]
+        for name, got in together.items():
+            assert np.array_equal(got, np.concatenate([a[name] for a in alone])), (engine, name)
+
+
 def test_padded_batching_slices_each_request_back(server, repository, engines):
     """batching 'pad': 64 requests, every one a different length, so any execution that merged
     requests padded them into one Engine.run; per-token logits come back at each request's own
@@ -254,7 +274,7 @@ def bert_inputs(mod, feed: dict) -> list:
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_bad_requests_fail_alone_with_named_errors(server, engines, protocol):
+def test_bad_requests_fail_alone_with_named_errors(server, repository, engines, protocol):
     mod = grpcclient if protocol == "grpc" else httpclient
     client = mod.InferenceServerClient(server.grpc_url if protocol == "grpc" else server.http_url)
     name = engines["bert"].name
@@ -290,7 +310,7 @@ def test_bad_requests_fail_alone_with_named_errors(server, engines, protocol):
             ["kiln error [INPUT_VALUE]", "input_ids", "1000000"],
         ),
     }
-    engine = Engine(engines["bert"], backend="aoti")
+    engine = Engine(engines["bert"], backend=backend_of(repository[1], name))
     for case, (feed, expected) in cases.items():
         with pytest.raises(InferenceServerException) as e:
             client.infer(name, bert_inputs(mod, feed))
@@ -560,9 +580,11 @@ def test_batcher_groups_or_pads_and_splits_back():
             "pooled": np.repeat(feed["attention_mask"].sum(1, keepdims=True), 3, 1).astype(np.float32),
         }
 
-    exact = batching.Batcher(m, "exact")
+    exact = batching.Batcher(m, "exact", "aoti")
     runs = list(exact.plan(feeds))
     assert [r.requests for r in runs] == [[0, 2], [1], [3]]  # one run per shape
+    alone = batching.Batcher(m, "exact", "torchscript")  # not batch-invariant: a run per request
+    assert [r.requests for r in alone.plan(feeds)] == [[0], [1], [2], [3]]
     pad = batching.Batcher(m, "pad")
     (run,) = pad.plan(feeds)
     assert run.feed["input_ids"].shape == (7, 5) and run.feed["attention_mask"][0].tolist() == [1, 1, 1, 0, 0]

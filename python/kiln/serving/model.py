@@ -81,7 +81,7 @@ class TritonPythonModel:
 
             self.manifest = read_graph_manifest(self.dir)
             self.engine = Engine(self.dir, backend=backend, num_threads=threads, precision=precision)
-            self.batcher = batching.Batcher(self.manifest, self.params.get("batching", "exact"))
+            self.batcher = batching.Batcher(self.manifest, self.params.get("batching", "exact"), self.engine.backend)
             self.outputs = self.manifest.output_names
         elif self.kind == "pipeline":
             from kiln.pipelines import pipeline
