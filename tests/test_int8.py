@@ -5,6 +5,7 @@ the int8 artifacts to the measured int8 table and the task check."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -133,3 +134,46 @@ def test_spearman_matches_scipy():
     assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
     assert spearman(a, a) == pytest.approx(1.0)
     assert spearman(a, -a) == pytest.approx(-1.0)
+
+
+@pytest.fixture(scope="module")
+def int8_decoder(tmp_path_factory):
+    from kiln.exporters import build
+    from kiln.recipe import Recipe
+    from kiln.testing import make_checkpoint
+
+    d = registry.get("gpt2", "text-generation")
+    root = tmp_path_factory.mktemp("int8-gpt2")
+    ckpt, _ = make_checkpoint(d, root / "ckpt")
+    recipe = Recipe.for_checkpoint(ckpt, d.task)
+    return build(recipe, output=root / "engine", formats=["aoti"], precisions=["fp32", "int8"]).path
+
+
+def test_int8_decoder_keeps_int8_weights_and_generates(int8_decoder):
+    """A decode step is memory-bound: the int8 package must hold int8 weights (_int_mm), not
+    weights that Inductor's freezing folded back into fp32 (what weight-only int8 became), and the
+    C++ runtime decodes with it; parity holds the decoder to GPT-2's int8 table."""
+    from kiln import roofline
+    from kiln.manifest import read_graph_manifest
+    from kiln.parity import run_parity
+    from kiln.runtime import Generator
+
+    m = read_graph_manifest(int8_decoder / "decoder")
+    q8, f32 = m.artifact("aoti", "int8"), m.artifact("aoti", "fp32")
+    assert q8.extra["quantization"]["scheme"] == "int8-dynamic-activation-int8-weight"
+    kernels = roofline.artifact_kernels(m.artifact_path(q8))
+    assert kernels.get("_int_mm_out", 0) == q8.extra["quantization"]["quantized"] > 0, kernels
+    assert "_int_mm_out" not in roofline.artifact_kernels(m.artifact_path(f32))
+    prompt = [[464, 2068, 7586, 21831]]
+    runs = {
+        p: Generator(int8_decoder, backend="aoti", precision=p).generate(prompt, max_new_tokens=6, min_new_tokens=6)
+        for p in ("fp32", "int8")
+    }
+    assert all(len(r.sequences[0]) == 6 for r in runs.values())
+    report = run_parity(int8_decoder / "decoder", backends=["kiln-aoti", "kiln-aoti-int8"])
+    b = report.backends["kiln-aoti-int8"]
+    assert b.passed, (b.outputs, b.task_detail)
+    assert b.outputs["logits"]["max_abs"] > report.backends["kiln-aoti"].outputs["logits"]["max_abs"]  # quantised
+    decisive = [int(n) for n in re.findall(r"(\d+) decisive next tokens, 0 differ", b.task_detail)]
+    assert decisive and sum(decisive) > 0, b.task_detail  # the check held some token, not only near-ties
+    assert "top-1 agreement" in b.task_detail

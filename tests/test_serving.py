@@ -221,10 +221,13 @@ def test_batch_invariant_backends_give_a_row_the_same_bits_in_any_batch(engines,
     vit = Engine(engines["vit"], backend=backend)
     spec = read_graph_manifest(engines["vit"]).inputs[0]
     bert = Engine(engines["bert"], backend=backend)
+
+    def images() -> dict:
+        return {"pixel_values": rng.uniform(-1.5, 1.5, (int(rng.integers(1, 4)), *spec.shape[1:])).astype(np.float32)}
+
     cases = []
     for _ in range(6):
-        cases.append((vit, [{"pixel_values": rng.uniform(-1.5, 1.5, (int(rng.integers(1, 4)), *spec.shape[1:]))
-                             .astype(np.float32)} for _ in range(3)]))
+        cases.append((vit, [images() for _ in range(3)]))
         cases.append((bert, text_feeds(rng, read_graph_manifest(engines["bert"]), [int(rng.integers(2, 41))] * 3)))
     for engine, feeds in cases:
         together = engine.run({n: np.concatenate([f[n] for f in feeds]) for n in feeds[0]})

@@ -5,50 +5,23 @@ Sentence embeddings (feature-extraction): every sentence of kiln.samples.SENTENC
 alone in fp32 and int8: the cosine of each int8 embedding with its fp32 one, and the Spearman
 correlation of the pairs' similarities (is the ranking kept). Decoders (text-generation): the
 top-1 agreement of next-token logits over real text (prefill of kiln.samples sentences), and the
-greedy decoding speed in tokens/s. Speed: fp32 and int8 alternated, medians, `threads` threads.
+greedy decoding speed in tokens/s. Speed: fp32 and int8 in blocks of calls taking turns (as
+`kiln bench` times), medians, `threads` threads.
 The report names the CPU (model, the ISA flags that decide int8 speed) and the load average,
 since the machine may be shared.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .bench import _measure_interleaved, machine
 from .errors import InvalidArgumentError
 from .manifest import GenerationManifest, Manifest, read_manifest
-
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
-
-
-def machine() -> dict[str, Any]:
-    """The CPU's model name, the int8-relevant ISA flags it exposes, the load average."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("unknown", "", "x86_64"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    try:
-        load = Path("/proc/loadavg").read_text().split()[:3]
-    except OSError:
-        load = []
-    return {
-        "cpu": model,
-        "flags": {f: f in flags for f in FLAGS},
-        "cpus": os.cpu_count(),
-        "loadavg": " ".join(load),
-    }
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -68,17 +41,12 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def _timed(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median milliseconds of each callable, the callables alternated so load hits them alike."""
-    for fn in fns.values():
-        fn()  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t) * 1e3)
-    return {k: float(np.median(v)) for k, v in times.items()}
+def _timed(runs: dict[str, Callable[[dict], Any]], feed: dict, repeats: int) -> dict[str, float]:
+    """Median milliseconds of each run on `feed`, timed as `kiln bench` times backends: blocks of
+    calls taking turns (alternating single calls would make each call find the caches holding
+    the other engine's weights, which penalises the larger fp32 weights)."""
+    times = _measure_interleaved(runs, feed, warmup=2, iters=repeats, budget_s=float("inf"))
+    return {k: float(np.median(v)) * 1e3 for k, v in times.items()}
 
 
 def _pairs(manifest: Manifest) -> tuple[list[str], list[tuple[int, int]]]:
@@ -127,8 +95,7 @@ def measure_embeddings(manifest: Manifest, backend: str, threads: int, repeats: 
         if not (d["batch"].allows(batch) and d["sequence"].allows(128)):
             continue
         feed = graph.example(config, {"batch": batch, "sequence": 128}, rng)
-        calls: dict[str, Callable[[], Any]] = {name: functools.partial(run, feed) for name, run in runs.items()}
-        ms = _timed(calls, repeats)
+        ms = _timed(runs, feed, repeats)
         out["speed"][f"{batch}x128"] = {
             "ms": ms,
             "speedup": {n: ms[n.removesuffix("-int8")] / ms[n] for n in runs if n.endswith("-int8")},
@@ -146,6 +113,8 @@ def measure_decoder(manifest: GenerationManifest, backend: str, threads: int, re
     decoder = manifest.graph_dir("decoder")
     engines = {p: Engine(decoder, backend=backend, precision=p, num_threads=threads) for p in ("fp32", "int8")}
     same = total = 0
+    gaps: list[np.ndarray] = []
+    missed: list[np.ndarray] = []
     for text in SENTENCES:
         ids = np.array([pipe.tokenizer.encode(text)], dtype=np.int64)
         n = ids.shape[1]
@@ -156,7 +125,11 @@ def measure_decoder(manifest: GenerationManifest, backend: str, threads: int, re
             "past_key_values": np.zeros((cache.layers, 2, 1, cache.heads, 0, cache.head_dim), np.float32),
         }
         logits = {p: e.run(feed)["logits"][0] for p, e in engines.items()}
-        same += int((logits["fp32"].argmax(-1) == logits["int8"].argmax(-1)).sum())
+        agree = logits["fp32"].argmax(-1) == logits["int8"].argmax(-1)
+        top2 = np.sort(logits["fp32"], -1)[:, -2:]
+        gaps.append(top2[:, 1] - top2[:, 0])  # how decisive fp32's own choice was
+        missed.append(~agree)
+        same += int(agree.sum())
         total += n
     gens = {p: Generator(manifest.dir, backend=backend, precision=p, num_threads=threads) for p in ("fp32", "int8")}
     prompt = [pipe.tokenizer.encode(SENTENCES[0])]
@@ -167,8 +140,14 @@ def measure_decoder(manifest: GenerationManifest, backend: str, threads: int, re
             r = g.generate(prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
             step_ms[p].append(float(np.median(r.timings["step_ms"])))  # per-step times of this run
     ms = {p: float(np.median(v)) for p, v in step_ms.items()}
+    gap, miss = np.concatenate(gaps), np.concatenate(missed)
     return {
         "top1_agreement": same / total,
+        # random weights give near-flat logits: the misses' fp32 top-1 - top-2 gap beside all gaps
+        "fp32_top1_gap_median": {
+            "all": float(np.median(gap)),
+            "misses": float(np.median(gap[miss])) if miss.any() else None,
+        },
         "positions": total,
         "texts": len(SENTENCES),
         "decode": {
@@ -197,5 +176,5 @@ def measure(engine_dir: str | Path, backend: str = "aoti", threads: int = 2, rep
             f"{engine_dir}: a {m.task} engine; `kiln int8` measures feature-extraction and text-generation engines "
             "(use `kiln parity` for the others)"
         )
-    report["machine_after"] = machine()["loadavg"]
+    report["load_average_after"] = machine()["load_average"]
     return report

@@ -273,7 +273,6 @@ def _export_int8(
     dims: dict[str, DimRange],
     out: Path,
     formats: list[str],
-    generation: bool,
     progress: Progress,
 ) -> list[Artifact]:
     """The int8 artifacts of one graph beside its fp32 ones (see exporters/quantize.py): the
@@ -287,7 +286,7 @@ def _export_int8(
     args = tuple(torch.from_numpy(example[n]) for n in input_names)
     shapes = dynamic_shapes(graph, config, dims)
     linear = Q.as_linears(module)
-    scheme = Q.scheme_for(generation)
+    scheme = Q.AOTI_SCHEME
     feeds = parity_feeds(manifest)
     sensitivity, excluded, cos = Q.choose_exclusions(linear, scheme, feeds, input_names, progress)
     layers = Q.linear_layers(linear)
@@ -570,7 +569,7 @@ def build(
                 manifest.path = out  # the parity feeds come through the engine's own pre-processing
                 t = time.perf_counter()
                 manifest.artifacts += _export_int8(
-                    g, graph_module(g, model), manifest, config, dims, out, formats, generation, progress
+                    g, graph_module(g, model), manifest, config, dims, out, formats, progress
                 )
                 seconds[f"{g.name}:int8" if generation else "int8"] = time.perf_counter() - t
                 manifest.write(out)

@@ -14,11 +14,21 @@ A per-tensor activation scale is set by BERT's few outlier channels, so most val
 handful of levels; a scale per token keeps them. The per-token scheme is torchao's
 Int8DynamicActivationInt8WeightConfig: torch.export keeps it as aten._int_mm between fused
 quantise / dequantise kernels, so the AOTInductor package needs no torchao at run time and the C++
-runtime (kiln-aoti) runs it like any other. Generation decoders are memory-bound at decode (a step
-reads every weight once): they take torchao's Int8WeightOnlyConfig (per-channel int8 weights,
-fp32 activations; a quarter of the bytes per step). ONNX gets ONNX Runtime's quantize_dynamic
-(per-channel int8 weights, dynamic per-tensor uint8 activations: what ORT's MatMulInteger
-supports), which the report shows is less accurate.
+runtime (kiln-aoti) runs it like any other. Generation decoders take the same scheme. A decode
+step is memory-bound (it reads every weight once), so int8 weights are what make it fast, and
+only _int_mm keeps them int8 in the package. Measured on GPT-2 small's decoder (a step at past 64,
+2 threads, Intel Xeon):
+
+    weight-only int8 (torchao Int8WeightOnlyConfig),   0.93x fp32: freezing constant-folds
+      AOTI with freezing                                dequantize(int8 weight) into an fp32 constant
+    weight-only int8, AOTI without freezing             a kernel dequantises every weight to fp32
+                                                        on every call, then mm (package int8, step not)
+    aten._weight_int8pack_mm (fp32 activations)         0.36-0.42x fp32 per GEMV: its fp32 path is
+                                                        not vectorised (2.5-3 GB/s)
+    per-token int8 activations + int8 weights (_int_mm) 2.2x fp32 (14.1 vs 31.2 ms)  <- decoders too
+
+ONNX gets ONNX Runtime's quantize_dynamic (per-channel int8 weights, dynamic per-tensor uint8
+activations: what ORT's MatMulInteger supports), which the report shows is less accurate.
 
 Which layers stay fp32 is measured, not guessed: each linear layer is quantised alone and its
 effect on the graph's outputs measured on the parity feeds (the harness's own inputs: real
@@ -55,18 +65,13 @@ def _torchao() -> Any:
     return q
 
 
-def scheme_for(generation: bool) -> str:
-    return "int8-weight-only" if generation else "int8-dynamic-activation-int8-weight"
+AOTI_SCHEME = "int8-dynamic-activation-int8-weight"  # encoders and decoders (see above)
 
 
 SCHEMES = {
     "int8-dynamic-activation-int8-weight": (
         "torchao Int8DynamicActivationInt8WeightConfig: weights int8 symmetric per output channel, activations "
         "int8 symmetric per token, quantised at run time; aten._int_mm with int32 accumulation"
-    ),
-    "int8-weight-only": (
-        "torchao Int8WeightOnlyConfig: weights int8 symmetric per output channel, activations fp32 "
-        "(a decode step reads a quarter of the fp32 bytes)"
     ),
     "onnxruntime-dynamic": (
         "onnxruntime.quantization.quantize_dynamic: MatMul weights int8 per output channel, activations uint8 "
@@ -100,7 +105,9 @@ def quantized(module: torch.nn.Module, scheme: str, only: set[str] | None = None
     """A quantised deep copy of `module` (linears already, see as_linears): the layers in `only`
     (all when None) except those in `exclude`."""
     q = _torchao()
-    config = q.Int8WeightOnlyConfig() if scheme == "int8-weight-only" else q.Int8DynamicActivationInt8WeightConfig()
+    if scheme != AOTI_SCHEME:
+        raise ValueError(f"int8 scheme {scheme!r}: kiln quantises AOTInductor graphs with {AOTI_SCHEME}")
+    config = q.Int8DynamicActivationInt8WeightConfig()
     out = copy.deepcopy(module)
     skip = set(exclude)
 

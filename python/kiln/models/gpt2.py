@@ -61,10 +61,12 @@ class GPT2Config(HFConfig):
         return self.n_embd // self.n_head
 
 
-# int8 decoders (kiln build --precision int8: weight-only int8, per channel). Not yet measured by
-# parity on GPT-2 small: a bound to be replaced by the measured error (README "int8 engines")
-INT8_LOGITS = Tolerance(5e-2, 5e-2, "int8: provisional bound, not yet measured by parity")
-INT8_CACHE = Tolerance(5e-2, 5e-2, "int8: provisional bound, not yet measured by parity")
+# int8 decoders (kiln build --precision int8: int8 weights per channel, int8 activations per
+# token). Measured by `kiln parity` on GPT-2 small (random weights, 49 of 49 linears int8) over
+# the parity feeds: logits max abs 0.096 (cosine 0.99935), present_key_values 0.094 (0.99955).
+# Bounds: about twice that (README "int8 engines").
+INT8_LOGITS = Tolerance(0.2, 5e-2, "int8: measured max abs 0.096 on GPT-2 small (random weights); bound ~2x")
+INT8_CACHE = Tolerance(0.2, 5e-2, "int8: measured max abs 0.094 on GPT-2 small (random weights); bound ~2x")
 
 
 class Conv1D(nn.Module):
