@@ -50,7 +50,12 @@ from typing import Any
 import numpy as np
 import torch
 
-TARGET_COSINE = 0.999  # per output row, worst over the parity feeds
+# per output row, worst over the parity feeds: half the error the task allows (an int8 embedding
+# keeps cosine >= 0.99 with fp32). Measured on the real MiniLM, 120 sentences (Intel Xeon, 2
+# threads, `kiln int8`): 0.999 kept 4 of 36 linears fp32 (two 1536 -> 384 output layers among
+# them), min cosine 0.9975, 8x128 1.80x fp32; 0.995 keeps 1, min cosine 0.9960, Spearman
+# 0.9989, 8x128 2.01x. Every fp32 layer costs about six int8 ones (AMX/VNNI _int_mm).
+TARGET_COSINE = 0.995
 MAX_EXCLUDED_SHARE = 0.125  # at most 1 in 8 linear layers kept in fp32
 
 Feed = dict[str, np.ndarray]
