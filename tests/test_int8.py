@@ -16,17 +16,21 @@ from kiln import registry
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def int8_engine(tmp_path_factory):
+def build_int8(root, family: str, task: str, formats: list[str]):
+    """A tiny checkpoint of this deployable built as `kiln build --precision int8` builds it."""
     from kiln.exporters import build
     from kiln.recipe import Recipe
     from kiln.testing import make_checkpoint
 
-    d = registry.get("bert", "feature-extraction")
-    root = tmp_path_factory.mktemp("int8")
+    d = registry.get(family, task)
     ckpt, _ = make_checkpoint(d, root / "ckpt")
-    recipe = Recipe.for_checkpoint(ckpt, d.task)
-    return build(recipe, output=root / "engine", formats=["onnx", "aoti"], precisions=["fp32", "int8"]).path
+    return build(Recipe.for_checkpoint(ckpt, d.task), output=root / "engine", formats=formats,
+                 precisions=["fp32", "int8"]).path
+
+
+@pytest.fixture(scope="module")
+def int8_engine(tmp_path_factory):
+    return build_int8(tmp_path_factory.mktemp("int8"), "bert", "feature-extraction", ["onnx", "aoti"])
 
 
 def test_build_records_precision_and_the_quantisation_recipe(int8_engine):
@@ -138,15 +142,7 @@ def test_spearman_matches_scipy():
 
 @pytest.fixture(scope="module")
 def int8_decoder(tmp_path_factory):
-    from kiln.exporters import build
-    from kiln.recipe import Recipe
-    from kiln.testing import make_checkpoint
-
-    d = registry.get("gpt2", "text-generation")
-    root = tmp_path_factory.mktemp("int8-gpt2")
-    ckpt, _ = make_checkpoint(d, root / "ckpt")
-    recipe = Recipe.for_checkpoint(ckpt, d.task)
-    return build(recipe, output=root / "engine", formats=["aoti"], precisions=["fp32", "int8"]).path
+    return build_int8(tmp_path_factory.mktemp("int8-gpt2"), "gpt2", "text-generation", ["aoti"])
 
 
 def test_int8_decoder_keeps_int8_weights_and_generates(int8_decoder):
