@@ -173,3 +173,26 @@ def test_int8_decoder_keeps_int8_weights_and_generates(int8_decoder):
     decisive = [int(n) for n in re.findall(r"(\d+) decisive next tokens, 0 differ", b.task_detail)]
     assert decisive and sum(decisive) > 0, b.task_detail  # the check held some token, not only near-ties
     assert "top-1 agreement" in b.task_detail
+
+
+def test_kiln_int8_measures_accuracy_and_speed(int8_engine, int8_decoder):
+    """`kiln int8`: embeddings' cosine and ranking against fp32 over the 120 sentences, decoders'
+    top-1 agreement over every prompt position, speeds of both precisions in one run."""
+    from kiln.int8 import measure
+    from kiln.pipelines import pipeline
+    from kiln.samples import SENTENCE_PAIRS, SENTENCES
+
+    report = measure(int8_engine, repeats=2)
+    r = report["embeddings"]
+    assert r["sentences"] == 2 * len(SENTENCE_PAIRS) and report["machine"]["cpu"]
+    for name in ("kiln-aoti-int8", "onnxruntime-int8"):
+        a = r["accuracy"][name]
+        assert 0.99 <= a["min_cosine"] <= a["mean_cosine"] < 1 and 0.95 <= a["spearman"] <= 1, (name, a)
+    for size, s in r["speed"].items():
+        assert set(s["ms"]) == {"kiln-aoti", "kiln-aoti-int8", "onnxruntime", "onnxruntime-int8"}, size
+        assert s["speedup"]["kiln-aoti-int8"] == pytest.approx(s["ms"]["kiln-aoti"] / s["ms"]["kiln-aoti-int8"])
+    d = measure(int8_decoder, repeats=2)["decoder"]
+    tokenizer = pipeline(int8_decoder, load_engine=False).tokenizer
+    assert d["positions"] == sum(len(tokenizer.encode(t)) for t in SENTENCES)
+    assert 0 <= d["top1_agreement"] <= 1 and d["decode"]["new_tokens"] == 48
+    assert d["decode"]["speedup"] == pytest.approx(d["decode"]["step_ms"]["fp32"] / d["decode"]["step_ms"]["int8"])

@@ -286,14 +286,13 @@ def _export_int8(
     args = tuple(torch.from_numpy(example[n]) for n in input_names)
     shapes = dynamic_shapes(graph, config, dims)
     linear = Q.as_linears(module)
-    scheme = Q.AOTI_SCHEME
     feeds = parity_feeds(manifest)
-    sensitivity, excluded, cos = Q.choose_exclusions(linear, scheme, feeds, input_names, progress)
+    sensitivity, excluded, cos = Q.choose_exclusions(linear, feeds, input_names, progress)
     layers = Q.linear_layers(linear)
     worst = sorted(sensitivity, key=lambda n: sensitivity[n], reverse=True)
     recipe: dict[str, Any] = {
-        "scheme": scheme,
-        "how": Q.SCHEMES[scheme],
+        "scheme": Q.AOTI_SCHEME,
+        "how": Q.SCHEMES[Q.AOTI_SCHEME],
         "layers": len(layers),
         "quantized": len(layers) - len(excluded),
         "excluded": {n: round(sensitivity[n], 6) for n in excluded},
@@ -315,7 +314,7 @@ def _export_int8(
 
         t = time.perf_counter()
         file = INT8_FILES["aoti"]
-        export_aoti(Q.quantized(linear, scheme, exclude=excluded), args, out / file, shapes)
+        export_aoti(Q.quantized(linear, exclude=excluded), args, out / file, shapes)
         artifacts.append(
             Artifact.of(
                 out,

@@ -106,12 +106,10 @@ def linear_layers(module: torch.nn.Module) -> list[str]:
     return [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
 
 
-def quantized(module: torch.nn.Module, scheme: str, only: set[str] | None = None, exclude: Sequence[str] = ()) -> Any:
+def quantized(module: torch.nn.Module, only: set[str] | None = None, exclude: Sequence[str] = ()) -> Any:
     """A quantised deep copy of `module` (linears already, see as_linears): the layers in `only`
     (all when None) except those in `exclude`."""
     q = _torchao()
-    if scheme != AOTI_SCHEME:
-        raise ValueError(f"int8 scheme {scheme!r}: kiln quantises AOTInductor graphs with {AOTI_SCHEME}")
     config = q.Int8DynamicActivationInt8WeightConfig()
     out = copy.deepcopy(module)
     skip = set(exclude)
@@ -147,7 +145,6 @@ def output_cosine(module: Any, reference: list[list[np.ndarray]], feeds: list[Fe
 
 def choose_exclusions(
     module: torch.nn.Module,
-    scheme: str,
     feeds: list[Feed],
     input_names: list[str],
     progress: Callable[[str], None] = lambda m: None,
@@ -161,16 +158,15 @@ def choose_exclusions(
     layers = linear_layers(module)
     progress(f"  int8: measuring {len(layers)} linear layers one at a time on {len(feeds)} parity feeds")
     sensitivity = {
-        name: 1.0 - output_cosine(quantized(module, scheme, only={name}), reference, feeds, input_names)
-        for name in layers
+        name: 1.0 - output_cosine(quantized(module, only={name}), reference, feeds, input_names) for name in layers
     }
     ranked = sorted(layers, key=lambda n: sensitivity[n], reverse=True)
     budget = int(len(layers) * MAX_EXCLUDED_SHARE)
     excluded: list[str] = []
-    cos = output_cosine(quantized(module, scheme), reference, feeds, input_names)
+    cos = output_cosine(quantized(module), reference, feeds, input_names)
     while cos < TARGET_COSINE and len(excluded) < budget:
         excluded.append(ranked[len(excluded)])
-        cos = output_cosine(quantized(module, scheme, exclude=excluded), reference, feeds, input_names)
+        cos = output_cosine(quantized(module, exclude=excluded), reference, feeds, input_names)
     return sensitivity, excluded, cos
 
 
