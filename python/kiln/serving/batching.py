@@ -114,9 +114,9 @@ class Run:
 class Batcher:
     """Plans the Engine.run calls for a list of (validated) request feeds and splits the outputs."""
 
-    def __init__(self, manifest: Manifest, batching: str = "exact", backend: str = "aoti"):
+    def __init__(self, manifest: Manifest, batching: str = "exact", backend: str | None = None):
         """backend: the one the engine runs; in 'exact' mode it decides whether requests of one
-        shape may share an Engine.run (BATCH_INVARIANT) or each runs alone."""
+        shape may share an Engine.run (BATCH_INVARIANT) or each runs alone (also when unknown)."""
         if batching not in BATCHING:
             raise InvalidArgumentError(f"batching {batching!r}: expected {' or '.join(BATCHING)}")
         self.manifest = manifest
