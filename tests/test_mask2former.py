@@ -11,6 +11,7 @@ from conftest import make_checkpoint
 
 from kiln import registry
 from kiln.checkpoint import load_model
+from kiln.deploy import universal_outputs
 from kiln.errors import CheckpointError
 from kiln.models.mask2former import TINY_BACKBONE, msda_gather, msda_grid_sample
 
@@ -20,16 +21,15 @@ D = registry.get("mask2former", "image-segmentation")
 def _outputs_equal(ckpt, hf, size: int, batch: int = 2, atol: float = 1e-4, **kwargs) -> None:
     x = torch.from_numpy(np.random.default_rng(0).uniform(-2, 2.5, (batch, 3, size, size)).astype(np.float32))
     with torch.no_grad():
-        ref = hf(pixel_values=x)
+        ref = universal_outputs(hf, {"pixel_values": x}, {})  # with its switch logits
         for impl in ("gather", "grid_sample"):
             ours = load_model(D.model, ckpt, deformable_attention=impl, **kwargs)(x)
             assert ours.masks_queries_logits.shape == (batch, hf.config.num_queries, size // 4, size // 4)
-            for got, want in (
-                (ours.class_queries_logits, ref.class_queries_logits),
-                (ours.masks_queries_logits, ref.masks_queries_logits),
-            ):
+            for name, want in ref.items():
+                got = getattr(ours, name)
+                assert got.shape == want.shape, (name, got.shape, want.shape)
                 err = float((got - want).abs().max())
-                assert err <= atol, (impl, err)
+                assert err <= atol, (impl, name, err)
                 assert float(want.abs().max()) > 1e-2
 
 
@@ -177,6 +177,73 @@ def test_the_task_check_holds_every_subtask():
     shifted = masks.numpy().copy()
     shifted[b, q] = np.roll(shifted[b, q], 5, axis=0)
     assert not check(ref, {**ref, "masks_queries_logits": shifted}, {})[0]
+
+
+def _one_switch_flipped(model, x: torch.Tensor, k: int) -> dict:
+    """What a candidate computes when fp32 rounding sends switch k (a flat index into
+    attention_mask_logits) the other way: its logit just across the threshold, and every later
+    switch decided on that path (reruns until the decisions settle, one layer per round)."""
+    block = model.blocked_positions
+    logits = model(x).attention_mask_logits
+    across = -1e-6 if not bool(block(logits.flatten()[k])) else 1e-6  # sigmoid(±1e-9) rounds to 0.5
+    for _ in range(32):
+        pinned = logits.flatten().clone()
+        pinned[k] = across
+        out = model.forward_pinned(x, pinned.view_as(logits))
+        settled = out.attention_mask_logits.flatten().clone()
+        settled[k] = across
+        if torch.equal(block(settled), block(pinned)):
+            break
+        logits = settled.view_as(logits)
+    return {**{n: v.numpy() for n, v in out._asdict().items()}, "attention_mask_logits": settled.view_as(logits).numpy()}
+
+
+@torch.no_grad()
+def test_parity_judges_a_flipped_switch_on_the_candidates_own_switches(deployable_engine, tmp_path):
+    """A candidate whose one masked-attention switch per batch went the other way (what fp32
+    reordering does to a logit near 0; the later layers then attend elsewhere and the outputs move
+    by more than their tolerance): parity reruns the reference on the candidate's switches and
+    passes it where the reference's logit at that switch was within the switch table's atol of 0,
+    and fails it where it was not (a decisive switch flipped, or the atol below that logit)."""
+    import json
+    import shutil
+
+    from kiln.backends import Runner, eager_model
+    from kiln.manifest import read_graph_manifest
+    from kiln.parity import parity_feeds, run_parity
+
+    engine, _, _ = deployable_engine(D)
+    manifest = read_graph_manifest(engine)
+    model = eager_model(manifest).model
+    feeds = parity_feeds(manifest)
+    own = [model(torch.from_numpy(f["pixel_values"])).attention_mask_logits.flatten() for f in feeds]
+
+    def parity(pick, switch_atol: float):
+        def infer(feed):
+            x = torch.from_numpy(feed["pixel_values"])
+            with torch.no_grad():
+                return _one_switch_flipped(model, x, pick(model(x).attention_mask_logits.flatten()))
+
+        copy = tmp_path / f"engine-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(engine, copy)
+        spec = json.loads((copy / "manifest.json").read_text())
+        table = {p: {o: t.to_json() for o, t in outs.items()} for p, outs in D.graphs[0].tolerances.items()}
+        table["fp32"]["attention_mask_logits"]["atol"] = switch_atol
+        spec["tolerances"] = table
+        (copy / "manifest.json").write_text(json.dumps(spec))
+        runner = Runner("flipped", "python", lambda: infer)
+        return run_parity(copy, backends=["flipped"], extra=[runner]).backends["flipped"]
+
+    nearest = lambda logits: int(logits.abs().argmin())  # noqa: E731
+    margin = max(float(o.abs().min()) for o in own)  # the farthest of the flipped logits from 0
+    near = parity(nearest, margin * 1.01 + 2e-6)
+    assert near.passed, near.task_detail
+    assert "judged on its own switches (1 of" in near.task_detail, near.task_detail
+    # the same flips, with the switch atol below the reference's logit there: caught
+    assert not parity(nearest, margin / 2).passed
+    # a decisive switch flipped: caught at any atol the table could reasonably hold
+    far = parity(lambda logits: int(logits.abs().argmax()), margin * 1.01 + 2e-6)
+    assert not far.passed and "judged on its own switches" in far.task_detail, far.task_detail
 
 
 def test_kiln_run_prints_and_draws_each_subtask(deployable_engine, tmp_path, capsys):

@@ -12,7 +12,13 @@ checkpoint loads by name. Known and unused: `criterion.empty_weight` (a loss buf
 
 `forward(pixel_values)` takes float32 [B, 3, H, W] (ImageNet mean / std) at the engine's static
 H, W and returns class_queries_logits [B, Q, num_labels + 1] (the last class is "no object") and
-masks_queries_logits [B, Q, H / 4, W / 4], transformers' outputs of the last decoder layer.
+masks_queries_logits [B, Q, H / 4, W / 4], transformers' outputs of the last decoder layer, and
+attention_mask_logits [B, Q, S]: what each decoder layer's masked attention switches on, the
+previous layer's mask logits resized to the layer's level (transformers' `attention_mask` before
+its `sigmoid < 0.5`), the layers concatenated. A position whose logit lies within fp32 rounding of
+0 is blocked by one evaluation order and open in another, and the layers after it attend to other
+pixels; parity reads these logits to tell such a switch from an error (`forward_pinned` reruns the
+eager model with a given set of switch decisions).
 
 export choices (see also swin.py):
 - the cross-attention's packed `in_proj_weight` / `in_proj_bias` are sliced into q, k, v in an
@@ -113,6 +119,7 @@ class Mask2FormerConfig(HFConfig):
 class Mask2FormerOutput(NamedTuple):
     class_queries_logits: torch.Tensor  # (B, Q, L + 1)
     masks_queries_logits: torch.Tensor  # (B, Q, H/4, W/4)
+    attention_mask_logits: torch.Tensor  # (B, Q, S): every layer's switch logits, concatenated
 
 
 # --- positions ------------------------------------------------------------------------------
@@ -441,18 +448,26 @@ class Mask2FormerMaskPredictor(nn.Module):
         return torch.einsum("bqc,bchw->bqhw", x, pixels)  # (B, Q, h, w)
 
 
-def attention_bias(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def blocked_positions(logits: torch.Tensor) -> torch.Tensor:
+    """The masked attention's switch on resized mask logits: blocked where sigmoid < 0.5
+    (transformers' test, kept as written: sigmoid rounds to 0.5 at tiny negative logits)."""
+    return logits.sigmoid() < 0.5
+
+
+def attention_bias(
+    masks: torch.Tensor, size: tuple[int, int], blocked: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The next layer's masked attention from the masks (B, Q, h, w): the masks resized to the
-    level (bilinear), a position is blocked where sigmoid < 0.5 (transformers' test, kept as
-    written: sigmoid rounds to 0.5 at tiny negative logits); a query that blocks every position
-    blocks none. -> additive bias (B, 1, Q, h'*w'): 0 or finfo.min.
+    level (bilinear), a position is blocked where `blocked_positions` says, or where `blocked`
+    (B, Q, h'*w', bool) says when given; a query that blocks every position blocks none.
+    -> (additive bias (B, 1, Q, h'*w'): 0 or finfo.min, the resized logits (B, Q, h'*w')).
 
     export: the empty-mask rule multiplies by (not all blocked), with no data-dependent index."""
     m = F.interpolate(masks, size=size, mode="bilinear", align_corners=False).flatten(2)  # (B, Q, S)
-    blocked = (m.sigmoid() < 0.5).to(masks.dtype)
+    shut = (blocked_positions(m) if blocked is None else blocked).to(masks.dtype)
     # float sums of 0/1 are exact up to 2^24 positions
-    some_open = (blocked.sum(-1, keepdim=True) != blocked.shape[-1]).to(masks.dtype)  # (B, Q, 1)
-    return (blocked * some_open * torch.finfo(masks.dtype).min)[:, None]
+    some_open = (shut.sum(-1, keepdim=True) != shut.shape[-1]).to(masks.dtype)  # (B, Q, 1)
+    return (shut * some_open * torch.finfo(masks.dtype).min)[:, None], m
 
 
 class Mask2FormerMaskedAttentionDecoder(nn.Module):
@@ -477,8 +492,12 @@ class Mask2FormerTransformerModule(nn.Module):
         self.decoder = Mask2FormerMaskedAttentionDecoder(c)
         self.level_embed = nn.Embedding(_LEVELS, d)
 
-    def forward(self, levels: list[torch.Tensor], pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> the last layer's normalised query states (B, Q, D) and masks (B, Q, H/4, W/4)."""
+    def forward(
+        self, levels: list[torch.Tensor], pixels: torch.Tensor, blocked: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> the last layer's normalised query states (B, Q, D), masks (B, Q, H/4, W/4) and every
+        layer's switch logits (B, Q, S). `blocked` (B, Q, S, bool): switch decisions to take
+        instead of the model's own (`forward_pinned`)."""
         B = pixels.shape[0]
         sizes = [(int(f.shape[2]), int(f.shape[3])) for f in levels]
         memory = [
@@ -491,13 +510,22 @@ class Mask2FormerTransformerModule(nn.Module):
         dec = self.decoder
         state = dec.layernorm(x)
         masks = dec.mask_predictor(state, pixels)
+        switches, start = [], 0
         for i, layer in enumerate(dec.layers):
             level = i % _LEVELS
-            bias = attention_bias(masks, sizes[level])
+            h, w = sizes[level]
+            pinned = None if blocked is None else blocked[:, :, start : start + h * w]
+            start += h * w
+            bias, logits = attention_bias(masks, sizes[level], pinned)
+            switches.append(logits)
             x = layer(x, query_pos, memory[level], memory_pos[level], bias)
             state = dec.layernorm(x)
             masks = dec.mask_predictor(state, pixels)
-        return state, masks
+        if blocked is not None and blocked.shape[-1] != start:
+            raise InvalidArgumentError(
+                f"blocked has {blocked.shape[-1]} switch positions per query; the layers have {start}"
+            )
+        return state, masks, torch.cat(switches, -1)
 
 
 class Mask2FormerModel(nn.Module):
@@ -506,13 +534,16 @@ class Mask2FormerModel(nn.Module):
         self.pixel_level_module = Mask2FormerPixelLevelModule(c, implementation)
         self.transformer_module = Mask2FormerTransformerModule(c)
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, pixel_values: torch.Tensor, blocked: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pixels, levels = self.pixel_level_module(pixel_values)
-        return self.transformer_module(levels, pixels)
+        return self.transformer_module(levels, pixels, blocked)
 
 
 class Mask2FormerForUniversalSegmentation(KilnModel):
-    """class_queries_logits (B, Q, L + 1) and masks_queries_logits (B, Q, H/4, W/4)."""
+    """class_queries_logits (B, Q, L + 1), masks_queries_logits (B, Q, H/4, W/4) and
+    attention_mask_logits (B, Q, S)."""
 
     config_class = Mask2FormerConfig
     base_model_prefix = "model"
@@ -539,9 +570,18 @@ class Mask2FormerForUniversalSegmentation(KilnModel):
         self.class_predictor = nn.Linear(config.hidden_dim, config.num_labels + 1)
 
     def forward(self, pixel_values: torch.Tensor) -> Mask2FormerOutput:
-        state, masks = self.model(pixel_values)
+        state, masks, switches = self.model(pixel_values)
         # export: contiguous, so every backend hands back dense buffers
-        return Mask2FormerOutput(self.class_predictor(state), masks.contiguous())
+        return Mask2FormerOutput(self.class_predictor(state), masks.contiguous(), switches)
+
+    blocked_positions = staticmethod(blocked_positions)
+
+    def forward_pinned(self, pixel_values: torch.Tensor, switch_logits: torch.Tensor) -> Mask2FormerOutput:
+        """The outputs with every masked-attention switch decided as `switch_logits` (B, Q, S:
+        another evaluation's attention_mask_logits) decide it through the model's own test.
+        Eager only: parity's reference on a candidate's switches."""
+        state, masks, switches = self.model(pixel_values, blocked_positions(switch_logits))
+        return Mask2FormerOutput(self.class_predictor(state), masks.contiguous(), switches)
 
     def init_weight(self, name: str, tensor: torch.Tensor, owner: nn.Module, generator: torch.Generator) -> None:
         init_like_hf(name, tensor, owner, self.config, generator)
