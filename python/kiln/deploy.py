@@ -1259,13 +1259,13 @@ def universal_outputs(hf_model: Any, feed: dict, options: Mapping[str, Any]) -> 
     import torch
     import torch.nn.functional as F
 
-    out = hf_model(pixel_values=feed["pixel_values"])
-    inner = hf_model.model(pixel_values=feed["pixel_values"], output_hidden_states=True)
-    sizes = [tuple(h.shape[-2:]) for h in inner.pixel_decoder_hidden_states]  # the levels, in order
-    predictions = inner.masks_queries_logits  # the first prediction and one per decoder layer
+    out = hf_model(pixel_values=feed["pixel_values"], output_hidden_states=True, output_auxiliary_logits=True)
+    sizes = [tuple(h.shape[-2:]) for h in out.pixel_decoder_hidden_states]  # the levels, in order
+    # the predictions before the last: the first one and one per decoder layer but the last
+    predictions = [aux["masks_queries_logits"] for aux in out.auxiliary_logits]
     switches = [
         F.interpolate(m, size=sizes[i % len(sizes)], mode="bilinear", align_corners=False).flatten(2)
-        for i, m in enumerate(predictions[:-1])
+        for i, m in enumerate(predictions)
     ]
     return {
         "class_queries_logits": out.class_queries_logits,
