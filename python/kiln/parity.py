@@ -163,18 +163,14 @@ def parity_feeds(manifest: Manifest, seed: int = 0) -> list[Feed]:
     return feeds
 
 
-def _max_abs(ref: np.ndarray, got: np.ndarray) -> float:
-    d = np.abs(np.asarray(got, np.float64) - np.asarray(ref, np.float64))
-    return float(d.max()) if d.size else 0.0
-
-
-def _within(ref: np.ndarray, got: np.ndarray, tol: Any) -> bool:
-    """polygraphy's elemwise rule: |got - ref| <= atol, or <= rtol * |ref|, at every element."""
+def _compare(ref: np.ndarray, got: np.ndarray, tol: Any) -> tuple[bool, float]:
+    """(polygraphy's elemwise rule: |got - ref| <= atol, or <= rtol * |ref|, at every element;
+    the max abs difference). Different shapes fail, with an infinite difference."""
     ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
     if ref.shape != got.shape:
-        return False
+        return False, float("inf")
     d = np.abs(got - ref)
-    return bool(np.all((d <= tol.atol) | (d <= tol.rtol * np.abs(ref))))
+    return bool(np.all((d <= tol.atol) | (d <= tol.rtol * np.abs(ref)))), float(d.max()) if d.size else 0.0
 
 
 def run_parity(
@@ -249,8 +245,9 @@ def run_parity(
                 if pinned_model is None:
                     pinned_model = eager_model(manifest).model
                 pinned, note = graph.pinned_reference(pinned_model, feeds[it], got)
-                worst = {out: _max_abs(pinned[out], got[out]) for out in compared}
-                ok = {out: _within(pinned[out], got[out], table[out]) for out in compared}
+                judged = {out: _compare(pinned[out], got[out], table[out]) for out in compared}
+                ok = {out: good for out, (good, _) in judged.items()}
+                worst = {out: w for out, (_, w) in judged.items()}
                 task_ok, pinned_detail = check(pinned, got, feeds[it])
                 for out, w in worst.items():
                     o = res.outputs[out]
