@@ -146,13 +146,16 @@ bench: setup
 	$(KILN) bench engines/minilm-feature-extraction --batch 1,8 --seq 128 --json $(BENCH_DIR)/minilm.json --markdown
 
 # GPT-2 small: prompt 32 + 64 new tokens, greedy, batch 1 and 8; BART-base: a 512-token
-# source, 4 beams, 64 new tokens. transformers generate vs kiln::Generator on each backend.
+# source, 4 beams, 64 new tokens, and greedy on an engine built for one row per step.
+# transformers generate vs kiln::Generator on each backend.
 bench-generation: setup
 	mkdir -p $(BENCH_DIR)
 	$(KILN) build export/gpt2-text-generation.toml
 	$(KILN) bench engines/gpt2-text-generation --batch 1,8 --seq 32 --new-tokens 64 --json $(BENCH_DIR)/generation-gpt2.json --markdown
 	$(KILN) build export/bart-summarization.toml
 	$(KILN) bench engines/bart-summarization --batch 1 --seq 512 --new-tokens 64 --beams 4 --json $(BENCH_DIR)/generation-bart.json --markdown
+	$(KILN) build export/bart-summarization.toml --dims batch=1:1:16 --output engines/bart-summarization-greedy
+	$(KILN) bench engines/bart-summarization-greedy --batch 1 --seq 512 --new-tokens 64 --beams 1 --json $(BENCH_DIR)/generation-bart-greedy.json --markdown
 	$(KILN) build export/t5-summarization.toml
 	$(KILN) bench engines/t5-summarization --batch 1 --seq 512 --new-tokens 64 --beams 4 --json $(BENCH_DIR)/generation-t5.json --markdown
 

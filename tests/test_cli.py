@@ -226,6 +226,13 @@ def test_build_inspect_and_bench_a_generation_engine(capsys, tmp_path, deployabl
     assert all(r["new_tokens"] == 6 and r["prompt"] == 40 and r["tokens_per_s"] > 0 for r in data["rows"])
     (lim,) = data["limits"]
     assert lim["decode_step"]["bytes_read"] > 0 and lim["flops"] > 0
+    # the step's widest projection (the vocabulary's: 2 beams x d_model x vocab) through each kernel
+    from kiln.manifest import read_manifest
+    vocab = data["limits"][0]["vocab_projection"]
+    widest = max((tuple(map(int, k.split("x"))) for k in lim["decode_step"]["matmul_flops"]), key=lambda s: s[1] * s[2])
+    assert tuple(vocab["shape"]) == widest and widest[0] == 2 and widest[2] == read_manifest(out).vocab_size
+    assert set(vocab["GBps"]) == {"mkl_in_out", "mkl_out_in", "onednn_prepacked"} and min(vocab["GBps"].values()) > 0
+    assert "vocabulary projection" in text
     for r in data["rows"]:  # a decode step's least bytes over its time, as a share of the measured read
         assert r["decode_GBps"] == pytest.approx(lim["decode_step"]["bytes_read"] / r["per_token_ms"] / 1e6)
         assert r["bandwidth_share"] == pytest.approx(r["decode_GBps"] / lim["bandwidth"]["read_GBps"])

@@ -76,6 +76,26 @@ def test_build_writes_a_generation_engine(gpt2, bart):
                 assert sub.dims["total"].sum == ("past", "new")  # derived, checked by the runtime
                 positions = next(s for s in sub.inputs if s.name == "position_ids")
                 assert (positions.values.min, positions.values.max) == (0, 127)
+            # the CPU formats' decoder holds its vocabulary head (in, out), tied embeddings read it
+            # (kiln.exporters.layout); AOTI says which linear kernels it was compiled for, and why
+            for a in sub.artifacts:
+                layout = a.extra.get("weight_layout", {}).get("in_out", [])
+                if a.format in ("torchscript", "aoti") and sub.graph == "decoder":
+                    assert any(n.endswith("lm_head") for n in layout), a
+                    assert any(n.endswith(("wte", "shared")) for n in layout), a
+                else:
+                    assert not layout, a
+                if a.format == "aoti" and a.precision == "fp32" and sub.graph == "decoder":
+                    from kiln.exporters.layout import prepack_linears
+                    from kiln.roofline import artifact_kernels
+
+                    prepacked = a.extra["linear_kernels"]["prepacked"]
+                    assert prepacked == prepack_linears(sub.dims)[0]
+                    # what the package calls, though this session compiled prepacked graphs before
+                    # (Inductor registers its packing patterns once per process)
+                    kernels = artifact_kernels(sub.artifact_path(a))
+                    assert ("_linear_pointwise" in kernels) == prepacked, kernels
+                    assert ("addmm_out" in kernels) == (not prepacked), kernels
     assert read_manifest(bart[0]).generation["forced_bos_token_id"] == 0
 
 

@@ -205,3 +205,60 @@ def test_tensorrt_profiles_of_a_decoder_pair_past_and_new_consistently(recipe):
                         dims={n: d for n, d in r.dims.items() if n in used}, source=Source("", ""), graph="decoder")
     feeds = parity_feeds(manifest)
     assert [choose_profile(profiles, f) for f in feeds] == [0, 1, 1, 2]  # prefill, decode x2, extend
+
+
+@torch.no_grad()
+def test_vocab_head_stored_in_out_gives_the_same_logits_from_one_table():
+    """The CPU formats' decoder layout (kiln.exporters.layout): the tied head stored (in, out) and
+    the embeddings gathering from that same table compute what the model computes, hold the
+    table once, and leave the model as it was."""
+    from kiln.exporters.layout import ColumnEmbedding, InOutLinear, vocab_in_out
+    from kiln.manifest import DimRange
+    from kiln.models.bart import BartConfig
+    from kiln.models.gpt2 import GPT2Config
+
+    decoder_dims = {"batch": DimRange(1, 1, 4), "past": DimRange(0, 8, 32), "new": DimRange(1, 1, 8)}
+    big = dict(vocab_size=9000)  # a vocabulary head: >= 8192 wide and >= 8x its input
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(**{**TINY_GPT2, **big})).eval()
+    bart = BartForConditionalGeneration(BartConfig(**{**TINY_BART, **big})).eval()
+    for m in (gpt2, bart):
+        for p in m.parameters():
+            p.normal_(0, 0.2)
+    ids, mask, positions = _left_padded([5, 3], 9000)
+    cases = [
+        (gpt2, lambda m: m(ids, mask, positions, m.empty_cache(2))[0], ["lm_head", "transformer.wte"]),
+        (bart, lambda m: m(ids, mask, ids[:, :4]), ["lm_head", "model.shared", "model.encoder.embed_tokens"]),
+    ]
+    for model, run, swapped in cases:
+        ref = run(model)
+        table = model.lm_head.weight
+        with vocab_in_out(model, {"batch": DimRange(1, 1, 4)}) as (same, layout):  # no cache: as it is
+            assert same is model and layout == {} and model.lm_head.weight is table
+        with vocab_in_out(model, decoder_dims) as (cpu, layout):
+            assert isinstance(cpu.lm_head, InOutLinear) and cpu.lm_head.weight_t.shape == (table.shape[1], 9000)
+            assert cpu.lm_head.weight_t.is_contiguous()
+            assert set(swapped) <= set(layout["weight_layout"]["in_out"])
+            embeddings = [m for m in cpu.modules() if isinstance(m, ColumnEmbedding)]
+            assert embeddings and all(e.head is cpu.lm_head for e in embeddings)
+            n_table = sum(p.numel() for p in cpu.parameters() if p.shape == (table.shape[1], 9000))
+            assert n_table == table.numel()  # held once: the head and the embeddings share it
+            out = run(cpu)
+        torch.testing.assert_close(out, ref, rtol=0, atol=2e-5)
+        assert model.lm_head.weight is table and type(model.lm_head) is torch.nn.Linear  # restored
+    assert type(gpt2.transformer.wte) is torch.nn.Embedding and bart.model.encoder.embed_tokens is bart.model.shared
+
+
+def test_linear_kernels_follow_the_decode_rows_and_the_cpu_vendor():
+    """MKL's GEMM (no oneDNN prepacking) only for a one-row decode step on an Intel CPU."""
+    from kiln.exporters.layout import prepack_linears
+    from kiln.manifest import DimRange
+
+    def dims(batch_opt: int, cache: bool = True) -> dict:
+        d = {"batch": DimRange(1, batch_opt, 16), "new": DimRange(1, 1, 64)}
+        return {**d, "past": DimRange(0, 64, 512)} if cache else d
+
+    assert prepack_linears(dims(1), "GenuineIntel")[0] is False
+    assert prepack_linears(dims(4), "GenuineIntel")[0] is True  # a 4-beam step: oneDNN wins
+    assert prepack_linears(dims(1), "AuthenticAMD")[0] is True  # MKL's slow path there
+    assert prepack_linears(dims(1, cache=False), "GenuineIntel")[0] is True  # an encoder

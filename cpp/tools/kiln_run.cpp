@@ -388,9 +388,16 @@ int main(int argc, char** argv) {
   // OpenMP's threads spin 300,000 times before they sleep unless told otherwise, which beside
   // another busy process burns the CPU it needs (python/kiln/__init__.py has the numbers). libgomp
   // reads GOMP_SPINCOUNT once, when it loads, before main: so set kiln's default and start again.
-  if (std::getenv("GOMP_SPINCOUNT") == nullptr && setenv("GOMP_SPINCOUNT", "3000", 0) == 0) {
-    execv("/proc/self/exe", argv);  // returns only on failure: then go on with libgomp's default
+  // glibc's malloc reads GLIBC_TUNABLES at start too: glibc.malloc.hugetlb=1 asks for transparent
+  // huge pages on its large allocations (THP is "madvise" on most distributions), where the
+  // weights live. A decode step streams every weight once; with 4 KiB pages that is ~120,000
+  // TLB misses per GPT-2 step (README, "Every figure beside the machine's own limits").
+  bool again = false;
+  if (std::getenv("GOMP_SPINCOUNT") == nullptr && setenv("GOMP_SPINCOUNT", "3000", 0) == 0) again = true;
+  if (std::getenv("GLIBC_TUNABLES") == nullptr && setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1", 0) == 0) {
+    again = true;
   }
+  if (again) execv("/proc/self/exe", argv);  // returns only on failure: then go on as we are
   Args a = parse(argc, argv);
   try {
     return run(a);

@@ -316,7 +316,12 @@ def _best_limits(a: dict, b: dict) -> dict:
     so a burst of noise during one probe does not lower it."""
     rates = {k: max(a["gemm_GFLOPs"][k], b["gemm_GFLOPs"][k]) for k in a["gemm_GFLOPs"]}
     bw = {k: max(a["bandwidth"][k], b["bandwidth"][k]) for k in a["bandwidth"]}
-    return {"gemm_GFLOPs": rates, "gemm_seconds": min(a["gemm_seconds"], b["gemm_seconds"]), "bandwidth": bw}
+    out = {"gemm_GFLOPs": rates, "gemm_seconds": min(a["gemm_seconds"], b["gemm_seconds"]), "bandwidth": bw}
+    if "vocab_projection" in a:
+        va, vb = a["vocab_projection"], b["vocab_projection"]
+        best = {k: max(va["GBps"][k], vb["GBps"][k]) for k in va["GBps"]}
+        out["vocab_projection"] = {"shape": va["shape"], "GBps": best}
+    return out
 
 
 def _work_json(work: Work) -> dict:
@@ -414,6 +419,13 @@ def machine_lines(result: dict) -> list[str]:
                 else ""
             )
         )
+        if "vocab_projection" in lim:
+            v = lim["vocab_projection"]
+            kernels = ", ".join(f"{k} {g:.1f}" for k, g in v["GBps"].items())
+            lines.append(
+                f"the decode step's vocabulary projection ({'x'.join(map(str, v['shape']))}) through each linear "
+                f"kernel, GB/s of weight read: {kernels}"
+            )
     for name, by in result.get("footprint", {}).items():
         parts = []
         for who, m in by.items():
@@ -685,11 +697,15 @@ def _generation_work(
 
 def _generation_limits(prefill: Work, step: Work, threads: int) -> dict:
     rates = roofline.gemm_rate(prefill.top_shapes(), threads)
-    return {
+    out = {
         "gemm_GFLOPs": rates,
         "gemm_seconds": roofline.gemm_seconds(prefill, rates),
         "bandwidth": roofline.bandwidth(step.bytes_read, threads),
     }
+    if step.matmul_flops:  # the step's widest projection (the vocabulary's) through each kernel
+        m, k, n = max(step.matmul_flops, key=lambda s: s[1] * s[2])
+        out["vocab_projection"] = {"shape": [m, k, n], "GBps": roofline.linear_kernels(m, k, n, threads)}
+    return out
 
 
 def generation_summary(result: dict) -> list[str]:

@@ -214,6 +214,26 @@ def bandwidth(nbytes: float, threads: int, budget_s: float = 1.0) -> dict[str, f
     return {"bytes": float(size), "sum_GBps": sum_gbs, "gemv_GBps": gemv_gbs, "read_GBps": max(sum_gbs, gemv_gbs)}
 
 
+def linear_kernels(m: int, k: int, n: int, threads: int, budget_s: float = 0.6) -> dict[str, float]:
+    """GB/s of weight read by the fp32 linear kernels a compiled graph can call for one (M, K, N)
+    projection (kiln.exporters.layout chooses among them at build): MKL's GEMM over a weight
+    stored (in, out) and over one stored (out, in), and oneDNN's prepacked linear."""
+    import torch
+
+    torch.set_num_threads(threads)
+    w = torch.randn(n, k)
+    x = torch.randn(m, k)
+    w_in_out = w.t().contiguous()
+    packed = torch.ops.mkldnn._reorder_linear_weight(w, m)
+    kernels = {
+        "mkl_in_out": lambda: torch.mm(x, w_in_out),
+        "mkl_out_in": lambda: torch.nn.functional.linear(x, w),
+        "onednn_prepacked": lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""),
+    }
+    with torch.no_grad():
+        return {name: w.nbytes / _best_seconds(f, budget_s / len(kernels)) / 1e9 for name, f in kernels.items()}
+
+
 def gemm_seconds(work: Work, rates: Mapping[str, float]) -> float:
     """The least time this call's FLOPs take at this machine's GEMM speed: each measured matmul
     shape at its own rate, every other FLOP at the slowest rate measured on the model's shapes."""

@@ -35,6 +35,7 @@ from ..manifest import (
 )
 from ..paths import resolve_checkpoint
 from ..recipe import FORMATS, Recipe
+from .layout import prepack_linears, vocab_in_out
 
 ENGINES_DIR = Path("engines")
 PROCESSING_FILES = (
@@ -180,6 +181,7 @@ def _export_graph(
     input_names = [s.name for s in input_specs]
     output_names = [s.name for s in graph.output_specs(config)]
     shapes = dynamic_shapes(graph, config, dims)
+    graph_dims = {n: r for n, r in dims.items() if n in set(graph.used_dims(config))}  # a decoder's has "past"
     label = f"{graph.name} " if graph.name != "model" else ""
     artifacts: list[Artifact] = []
     skipped: dict[str, str] = {}
@@ -193,8 +195,9 @@ def _export_graph(
         if fmt == "torchscript":
             from .torchscript import export_torchscript
 
-            export_torchscript(module, args, out / file)
-            artifacts.append(Artifact.of(out, fmt, file, device="cpu", versions=versions))
+            with vocab_in_out(module, graph_dims) as (cpu_module, layout):
+                export_torchscript(cpu_module, args, out / file)
+            artifacts.append(Artifact.of(out, fmt, file, device="cpu", versions=versions, **layout))
         elif fmt == "onnx":
             import onnx
 
@@ -211,8 +214,11 @@ def _export_graph(
         elif fmt == "aoti":
             from .aoti import export_aoti
 
-            export_aoti(module, args, out / file, shapes)
-            artifacts.append(Artifact.of(out, fmt, file, device="cpu", versions=versions))
+            prepack, reason = prepack_linears(graph_dims)
+            with vocab_in_out(module, graph_dims) as (cpu_module, layout):
+                export_aoti(cpu_module, args, out / file, shapes, prepack=prepack)
+            kernels = {"linear_kernels": {"prepacked": prepack, "why": reason}}
+            artifacts.append(Artifact.of(out, fmt, file, device="cpu", versions=versions, **layout, **kernels))
         elif fmt == "tensorrt":
             from .tensorrt import build_tensorrt
 

@@ -1,0 +1,132 @@
+"""CPU weight layouts and linear kernels for the compiled formats (TorchScript, AOTInductor).
+
+A decode step at batch 1 is a chain of GEMVs: its speed is the rate at which it streams the
+weights. Measured on the Intel Xeon of issue 15 (2 threads, fp32, GB/s of weight read, repeated
+calls on one weight; `kiln bench` on a generation engine measures the vocabulary projection's
+row of this table on its machine, `roofline.linear_kernels`):
+
+    shape (in x out)     rows  F.linear, W (out,in)  x @ W, W (in,out)  oneDNN prepacked
+    768 x 50257 (head)   1     25.8-29.1             36.9-42.2          29.5-32.5
+    768 x 3072           1     48.0-53.1             49.9-62.1          38.2-44.3
+    3072 x 768           1     51.8-52.6             53.6-56.4          29.1-30.0
+    768 x 50265          4     14.5                  19.3               26.7
+    768 x 3072           4     26.3                  29.1               42.3
+
+So at one row MKL's GEMM over a weight stored (in, out) is the fastest, most of all on the
+vocabulary projection (a third of GPT-2's bytes), and at 4 rows (a 4-beam step) oneDNN's
+prepacked kernel is. Two choices follow, both made at build time:
+
+- `vocab_in_out`: in a decoder's CPU formats the vocabulary projection is stored (in, out), and
+  a tied input embedding gathers its rows from that same table, so the weights are held once.
+  (A tied `nn.Linear` head otherwise compiles to `x @ W.T`: Inductor's freezing even
+  materialises the transposed view as a second 154 MB constant beside GPT-2's embedding.) Where
+  Inductor prepacks, it packs this (in, out) weight for oneDNN like any other.
+- `prepack_linears`: Inductor's oneDNN weight prepacking (`cpp.weight_prepack`), kept except
+  for a decoder whose decode step at the engine's opt dims is one row, on an Intel CPU.
+  MKL takes a slow path on AMD EPYC, where the prepacked kernels won by a lot (MiniLM
+  26 -> 16 ms), so AMD keeps them everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+VOCAB_MIN = 8192  # a projection this wide, and 8x wider than its input, is a vocabulary head
+
+
+class InOutLinear(nn.Module):
+    """A linear layer whose weight is stored (in, out): y = x @ W (+ b)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight_t = nn.Parameter(linear.weight.detach().t().contiguous(), requires_grad=False)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.matmul(x, self.weight_t)
+        return y if self.bias is None else y + self.bias
+
+
+class ColumnEmbedding(nn.Module):
+    """An embedding whose table is a tied head's (dim, vocab) weight: a token's vector is a
+    column (a strided gather of `dim` values; the head's GEMV streams the table contiguously)."""
+
+    def __init__(self, head: InOutLinear):
+        super().__init__()
+        self.head = head
+
+    @property
+    def weight(self) -> torch.Tensor:  # (vocab, dim), as nn.Embedding's, for code that reads it
+        return self.head.weight_t.t()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        cols = torch.index_select(self.head.weight_t, 1, ids.reshape(-1))  # (dim, N)
+        return cols.t().reshape(*ids.shape, cols.shape[0])
+
+
+def _is_vocab_head(m: nn.Module) -> bool:
+    return isinstance(m, nn.Linear) and m.out_features >= VOCAB_MIN and m.out_features >= 8 * m.in_features
+
+
+@contextlib.contextmanager
+def vocab_in_out(module: nn.Module, dims: dict[str, Any]) -> Iterator[tuple[nn.Module, dict[str, Any]]]:
+    """For a decoder (a graph with a cache): (the module with its vocabulary projections stored
+    (in, out) and the embeddings tied to them reading the same table, what changed for the
+    manifest's artifact entry); the original modules are back on exit. Other graphs as they are."""
+    swaps: list[tuple[nn.Module, str, nn.Module]] = []
+    if decode_rows(dims) is None:
+        yield module, {}
+        return
+    heads: dict[int, InOutLinear] = {}
+    prefix = {id(m): f"{n}." if n else "" for n, m in module.named_modules()}
+    children = [(p, n, c) for p in module.modules() for n, c in p.named_children()]
+    for parent, name, child in children:
+        if _is_vocab_head(child):
+            new = InOutLinear(child)  # type: ignore[arg-type]
+            heads[id(child.weight)] = new
+            swaps.append((parent, name, child))
+            setattr(parent, name, new)
+    for parent, name, child in children:
+        if isinstance(child, nn.Embedding) and id(child.weight) in heads and child.max_norm is None:
+            swaps.append((parent, name, child))
+            setattr(parent, name, ColumnEmbedding(heads[id(child.weight)]))
+    layout: dict[str, Any] = {}
+    if heads:
+        swapped = [prefix[id(parent)] + name for parent, name, _ in swaps]
+        why = "decode: MKL's x @ W streams a weight stored (in, out) fastest; a tied embedding reads the same table"
+        layout = {"weight_layout": {"in_out": swapped, "why": why}}
+    try:
+        yield module, layout
+    finally:
+        for parent, name, child in reversed(swaps):
+            setattr(parent, name, child)
+
+
+def decode_rows(dims: dict[str, Any]) -> int | None:
+    """Rows a decoder's step computes at the engine's opt dims (batch x new tokens); None for a
+    graph without a cache."""
+    if "past" not in dims or "batch" not in dims:
+        return None
+    new = dims["new"].opt if "new" in dims else 1
+    return int(dims["batch"].opt) * int(new)
+
+
+def prepack_linears(dims: dict[str, Any], vendor: str | None = None) -> tuple[bool, str]:
+    """Whether AOTInductor packs the linear weights for oneDNN, and why (see the module doc)."""
+    if vendor is None:
+        from ..roofline import cpu_info
+
+        vendor = str(cpu_info().get("vendor", ""))
+    rows = decode_rows(dims)
+    if rows == 1 and vendor == "GenuineIntel":
+        return False, "MKL GEMM: a one-row decode step on an Intel CPU (faster than oneDNN's prepacked GEMV there)"
+    if rows is not None and rows > 1:
+        return True, f"oneDNN prepacked: a {rows}-row decode step (faster than MKL at several rows)"
+    if rows == 1:
+        return True, f"oneDNN prepacked: MKL takes a slow path on this CPU vendor ({vendor or 'unknown'})"
+    return True, "oneDNN prepacked: an encoder or prefill (GEMM-bound)"
