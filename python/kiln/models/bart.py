@@ -25,7 +25,15 @@ from torch import nn
 from ..deploy import hf_cache_tensor, seq2seq
 from ..manifest import Cache
 from .base import HFConfig, KilnModel
-from .layers import activation, additive_padding_mask, causal_cache_mask, check_activation, merge_heads, split_heads
+from .layers import (
+    activation,
+    additive_padding_mask,
+    cached_attention,
+    causal_cache_mask,
+    check_activation,
+    merge_heads,
+    split_heads,
+)
 
 POSITION_OFFSET = 2  # fairseq reserved the first two position rows
 
@@ -89,6 +97,12 @@ class BartAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         return self.out_proj(merge_heads(y))  # (B, T, C)
 
+    def attend_cached(self, x, k, v, past_k, past_v, mask) -> torch.Tensor:
+        """attend() over the cache and the new tokens' keys / values, without concatenating them
+        (layers.cached_attention)."""
+        q = split_heads(self.q_proj(x), self.heads)  # (B, nh, T, hs)
+        return self.out_proj(merge_heads(cached_attention(q, k, v, past_k, past_v, mask, self.scale)))
+
 
 class BartEncoderLayer(nn.Module):
     def __init__(self, config: BartConfig):
@@ -127,17 +141,16 @@ class BartDecoderLayer(nn.Module):
         self.pre_norm = config.pre_norm
 
     def forward(self, x, self_mask, past_k, past_v, cross_k, cross_v, cross_mask):
+        """-> (output (B, T, C), the new tokens' self-attention keys and values (2, B, nh, T, hs))."""
         h = self.self_attn_layer_norm(x) if self.pre_norm else x
-        k, v = self.self_attn.project_kv(h)
-        k = torch.cat([past_k, k], dim=2)  # (B, nh, P+T, hs)
-        v = torch.cat([past_v, v], dim=2)
+        k, v = self.self_attn.project_kv(h)  # (B, nh, T, hs)
         if self.pre_norm:  # mBART
-            x = x + self.self_attn.attend(h, k, v, self_mask)
+            x = x + self.self_attn.attend_cached(h, k, v, past_k, past_v, self_mask)
             x = x + self.encoder_attn.attend(self.encoder_attn_layer_norm(x), cross_k, cross_v, cross_mask)
-            return x + self.fc2(self.act(self.fc1(self.final_layer_norm(x)))), k, v
-        x = self.self_attn_layer_norm(x + self.self_attn.attend(x, k, v, self_mask))
+            return x + self.fc2(self.act(self.fc1(self.final_layer_norm(x)))), torch.stack([k, v])
+        x = self.self_attn_layer_norm(x + self.self_attn.attend_cached(x, k, v, past_k, past_v, self_mask))
         x = self.encoder_attn_layer_norm(x + self.encoder_attn.attend(x, cross_k, cross_v, cross_mask))
-        return self.final_layer_norm(x + self.fc2(self.act(self.fc1(x)))), k, v
+        return self.final_layer_norm(x + self.fc2(self.act(self.fc1(x)))), torch.stack([k, v])
 
 
 class _Embeddings(nn.Module):
@@ -182,9 +195,9 @@ class BartDecoder(_Embeddings):
         x = self.embed(input_ids, position_ids)
         self_mask = causal_cache_mask(attention_mask, input_ids.shape[1], x.dtype)  # (B, 1, T, P+T)
         cross_mask = additive_padding_mask(encoder_attention_mask, x.dtype)  # (B, 1, 1, S)
-        present = []
+        new = []
         for i, layer in enumerate(self.layers):
-            x, k, v = layer(
+            x, kv = layer(
                 x,
                 self_mask,
                 past_key_values[i, 0],
@@ -193,8 +206,9 @@ class BartDecoder(_Embeddings):
                 cross_key_values[i, 1],
                 cross_mask,
             )
-            present.append(torch.stack([k, v]))  # (2, B, nh, P+T, hs)
-        return self.layer_norm(x), torch.stack(present)  # (B, T, C), (L, 2, B, nh, P+T, hs)
+            new.append(kv)  # (2, B, nh, T, hs)
+        # the present cache written once: (B, T, C), (L, 2, B, nh, P+T, hs)
+        return self.layer_norm(x), torch.cat([past_key_values, torch.stack(new)], dim=4)
 
 
 class BartModel(nn.Module):

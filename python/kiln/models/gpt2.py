@@ -23,7 +23,7 @@ from torch import nn
 from ..deploy import causal_lm, hf_cache_tensor
 from ..manifest import Cache, Tolerance
 from .base import HFConfig, KilnModel
-from .layers import activation, causal_cache_mask, check_activation, merge_heads, split_heads
+from .layers import activation, cached_attention, causal_cache_mask, check_activation, merge_heads, split_heads
 
 
 @dataclass
@@ -94,13 +94,11 @@ class GPT2Attention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
-        q = split_heads(q, self.n_head)  # (B, nh, T, hs)
-        k = torch.cat([past_k, split_heads(k, self.n_head)], dim=2)  # (B, nh, P+T, hs)
-        v = torch.cat([past_v, split_heads(v, self.n_head)], dim=2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)  # (B, nh, T, hs)
-        return self.c_proj(merge_heads(y)), k, v
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (output (B, T, C), the new tokens' keys and values (2, B, nh, T, hs))."""
+        q, k, v = (split_heads(t, self.n_head) for t in self.c_attn(x).split(self.n_embd, dim=2))  # (B, nh, T, hs)
+        y = cached_attention(q, k, v, past_k, past_v, mask, self.scale)  # (B, nh, T, hs)
+        return self.c_proj(merge_heads(y)), torch.stack([k, v])
 
 
 class GPT2MLP(nn.Module):
@@ -126,9 +124,9 @@ class GPT2Block(nn.Module):
         self.mlp = GPT2MLP(config)
 
     def forward(self, x, mask, past_k, past_v):
-        a, k, v = self.attn(self.ln_1(x), mask, past_k, past_v)
+        a, kv = self.attn(self.ln_1(x), mask, past_k, past_v)
         x = x + a
-        return x + self.mlp(self.ln_2(x)), k, v
+        return x + self.mlp(self.ln_2(x)), kv
 
 
 class GPT2Model(nn.Module):
@@ -142,11 +140,12 @@ class GPT2Model(nn.Module):
     def forward(self, input_ids, attention_mask, position_ids, past_key_values):
         x = self.wte(input_ids) + self.wpe(position_ids)  # (B, T, C)
         mask = causal_cache_mask(attention_mask, input_ids.shape[1], x.dtype)  # (B, 1, T, P+T)
-        present = []
+        new = []
         for i, block in enumerate(self.h):
-            x, k, v = block(x, mask, past_key_values[i, 0], past_key_values[i, 1])
-            present.append(torch.stack([k, v]))  # (2, B, nh, P+T, hs)
-        return self.ln_f(x), torch.stack(present)  # (B, T, C), (L, 2, B, nh, P+T, hs)
+            x, kv = block(x, mask, past_key_values[i, 0], past_key_values[i, 1])
+            new.append(kv)  # (2, B, nh, T, hs)
+        # the present cache written once: (B, T, C), (L, 2, B, nh, P+T, hs)
+        return self.ln_f(x), torch.cat([past_key_values, torch.stack(new)], dim=4)
 
 
 class GPT2LMHeadModel(KilnModel):

@@ -84,6 +84,28 @@ def causal_cache_mask(attention_mask: torch.Tensor, new: int, dtype: torch.dtype
     return torch.where(allowed, zero, torch.full((), torch.finfo(dtype).min, dtype=dtype))
 
 
+def cached_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    past_k: torch.Tensor,
+    past_v: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """The new tokens' attention (B, nh, T, hs) over the cache (past_k / past_v: (B, nh, P, hs))
+    and themselves, with the additive `mask` (B, 1, T, P + T), without concatenating the cache
+    with the new keys first: a decode step then reads each layer's cache once here and once more
+    where the graph writes its present cache, instead of copying it per layer and again into the
+    stacked output. GPT-2 small, AOTI, one row (Intel Xeon, 2 threads): past 48 20.4 -> 17.5 ms,
+    past 480 39.2 -> 27.8 ms. Softmax over finite scores as SDPA with an additive mask computes it."""
+    scores = torch.cat([q @ past_k.transpose(-1, -2), q @ k.transpose(-1, -2)], dim=-1) * scale + mask
+    # split by both sizes (ONNX Split): slicing at the past length made ONNX shape inference
+    # (polygraphy's constant folding) equate the cache length with the total, and new with 0
+    w_past, w_new = torch.softmax(scores, dim=-1).split([past_k.shape[2], k.shape[2]], dim=-1)
+    return w_past @ past_v + w_new @ v
+
+
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """(B, T, C) -> (B, nh, T, hs)."""
     b, t, c = x.shape
