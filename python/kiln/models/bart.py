@@ -97,7 +97,15 @@ class BartAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         return self.out_proj(merge_heads(y))  # (B, T, C)
 
-    def attend_cached(self, x, k, v, past_k, past_v, mask) -> torch.Tensor:
+    def attend_cached(
+        self,
+        x: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
         """attend() over the cache and the new tokens' keys / values, without concatenating them
         (layers.cached_attention)."""
         q = split_heads(self.q_proj(x), self.heads)  # (B, nh, T, hs)
