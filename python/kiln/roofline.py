@@ -224,12 +224,13 @@ def linear_kernels(m: int, k: int, n: int, threads: int, budget_s: float = 0.6) 
     w = torch.randn(n, k)
     x = torch.randn(m, k)
     w_in_out = w.t().contiguous()
-    packed = torch.ops.mkldnn._reorder_linear_weight(w, m)
-    kernels = {
+    kernels: dict[str, Callable[[], Any]] = {
         "mkl_in_out": lambda: torch.mm(x, w_in_out),
         "mkl_out_in": lambda: torch.nn.functional.linear(x, w),
-        "onednn_prepacked": lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""),
     }
+    if torch.backends.mkldnn.is_available():  # x86 builds of torch
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, m)
+        kernels["onednn_prepacked"] = lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
     with torch.no_grad():
         return {name: w.nbytes / _best_seconds(f, budget_s / len(kernels)) / 1e9 for name, f in kernels.items()}
 

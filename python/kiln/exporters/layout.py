@@ -60,10 +60,6 @@ class ColumnEmbedding(nn.Module):
         super().__init__()
         self.head = head
 
-    @property
-    def weight(self) -> torch.Tensor:  # (vocab, dim), as nn.Embedding's, for code that reads it
-        return self.head.weight_t.t()
-
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         cols = torch.index_select(self.head.weight_t, 1, ids.reshape(-1))  # (dim, N)
         return cols.t().reshape(*ids.shape, cols.shape[0])
