@@ -391,7 +391,7 @@ int main(int argc, char** argv) {
   // glibc's malloc reads GLIBC_TUNABLES at start too: glibc.malloc.hugetlb=1 asks for transparent
   // huge pages on its large allocations (THP is "madvise" on most distributions), where the
   // weights live. A decode step streams every weight once; with 4 KiB pages that is ~120,000
-  // TLB misses per GPT-2 step (README, "Every figure beside the machine's own limits").
+  // TLB misses per GPT-2 step (README, "Decoders: weight layout and linear kernels").
   bool again = false;
   if (std::getenv("GOMP_SPINCOUNT") == nullptr && setenv("GOMP_SPINCOUNT", "3000", 0) == 0) again = true;
   if (std::getenv("GLIBC_TUNABLES") == nullptr && setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1", 0) == 0) {

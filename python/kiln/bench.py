@@ -314,13 +314,18 @@ def _machine_limits(work: Work, threads: int) -> dict:
 def _best_limits(a: dict, b: dict) -> dict:
     """The machine's limit is the best it did in this run: measured before and after the model,
     so a burst of noise during one probe does not lower it."""
-    rates = {k: max(a["gemm_GFLOPs"][k], b["gemm_GFLOPs"][k]) for k in a["gemm_GFLOPs"]}
-    bw = {k: max(a["bandwidth"][k], b["bandwidth"][k]) for k in a["bandwidth"]}
-    out = {"gemm_GFLOPs": rates, "gemm_seconds": min(a["gemm_seconds"], b["gemm_seconds"]), "bandwidth": bw}
+
+    def best(x: dict, y: dict) -> dict:
+        return {k: max(x[k], y[k]) for k in x}
+
+    out = {
+        "gemm_GFLOPs": best(a["gemm_GFLOPs"], b["gemm_GFLOPs"]),
+        "gemm_seconds": min(a["gemm_seconds"], b["gemm_seconds"]),
+        "bandwidth": best(a["bandwidth"], b["bandwidth"]),
+    }
     if "vocab_projection" in a:
         va, vb = a["vocab_projection"], b["vocab_projection"]
-        best = {k: max(va["GBps"][k], vb["GBps"][k]) for k in va["GBps"]}
-        out["vocab_projection"] = {"shape": va["shape"], "GBps": best}
+        out["vocab_projection"] = {"shape": va["shape"], "GBps": best(va["GBps"], vb["GBps"])}
     return out
 
 

@@ -97,8 +97,9 @@ def cached_attention(
     and themselves, with the additive `mask` (B, 1, T, P + T), without concatenating the cache
     with the new keys first: a decode step then reads each layer's cache once here and once more
     where the graph writes its present cache, instead of copying it per layer and again into the
-    stacked output. GPT-2 small, AOTI, one row (Intel Xeon, 2 threads): past 48 20.4 -> 17.5 ms,
-    past 480 39.2 -> 27.8 ms. Softmax over finite scores as SDPA with an additive mask computes it."""
+    stacked output. GPT-2 small, AOTI, one row (Intel Xeon, 2 threads): past 48 19.5 -> 17.5 ms,
+    past 480 35.1 -> 28.6 ms (README, "Decoders: weight layout and linear kernels"). Softmax over
+    finite scores, as SDPA with an additive mask computes it."""
     scores = torch.cat([q @ past_k.transpose(-1, -2), q @ k.transpose(-1, -2)], dim=-1) * scale + mask
     # split by both sizes (ONNX Split): slicing at the past length made ONNX shape inference
     # (polygraphy's constant folding) equate the cache length with the total, and new with 0
