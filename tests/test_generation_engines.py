@@ -76,13 +76,16 @@ def test_build_writes_a_generation_engine(gpt2, bart):
                 assert sub.dims["total"].sum == ("past", "new")  # derived, checked by the runtime
                 positions = next(s for s in sub.inputs if s.name == "position_ids")
                 assert (positions.values.min, positions.values.max) == (0, 127)
-            # the CPU formats' decoder holds its vocabulary head (in, out), tied embeddings read it
-            # (kiln.exporters.layout); AOTI says which linear kernels it was compiled for, and why
+            # the CPU formats' decoder holds every linear (in, out), tied embeddings read the head's
+            # table (kiln.exporters.layout); AOTI says which linear kernels it was compiled for, and why
             for a in sub.artifacts:
                 layout = a.extra.get("weight_layout", {}).get("in_out", [])
                 if a.format in ("torchscript", "aoti") and sub.graph == "decoder":
                     assert any(n.endswith("lm_head") for n in layout), a
                     assert any(n.endswith(("wte", "shared")) for n in layout), a
+                    if m.encoder_decoder:  # BART's layers are nn.Linear (GPT-2's are Conv1D, already (in, out))
+                        for linear in ("decoder.layers.0.fc1", "decoder.layers.0.encoder_attn.q_proj"):
+                            assert any(n.endswith(linear) for n in layout), (linear, a)
                 else:
                     assert not layout, a
                 if a.format == "aoti" and a.precision == "fp32" and sub.graph == "decoder":

@@ -208,17 +208,17 @@ def test_tensorrt_profiles_of_a_decoder_pair_past_and_new_consistently(recipe):
 
 
 @torch.no_grad()
-def test_vocab_head_stored_in_out_gives_the_same_logits_from_one_table():
-    """The CPU formats' decoder layout (kiln.exporters.layout): the tied head stored (in, out) and
-    the embeddings gathering from that same table compute what the model computes, hold the
-    table once, and leave the model as it was."""
-    from kiln.exporters.layout import ColumnEmbedding, InOutLinear, vocab_in_out
+def test_decoder_linears_stored_in_out_give_the_same_logits_from_one_table():
+    """The CPU formats' decoder layout (kiln.exporters.layout): every linear stored (in, out), the
+    embeddings tied to the head gathering from that same table; the model computes what it
+    computed, holds the table once, and is as it was afterwards."""
+    from kiln.exporters.layout import ColumnEmbedding, InOutLinear, decoder_in_out
     from kiln.manifest import DimRange
     from kiln.models.bart import BartConfig
     from kiln.models.gpt2 import GPT2Config
 
     decoder_dims = {"batch": DimRange(1, 1, 4), "past": DimRange(0, 8, 32), "new": DimRange(1, 1, 8)}
-    big = dict(vocab_size=9000)  # a vocabulary head: >= 8192 wide and >= 8x its input
+    big = dict(vocab_size=9000)
     torch.manual_seed(0)
     gpt2 = GPT2LMHeadModel(GPT2Config(**{**TINY_GPT2, **big})).eval()
     bart = BartForConditionalGeneration(BartConfig(**{**TINY_BART, **big})).eval()
@@ -228,17 +228,20 @@ def test_vocab_head_stored_in_out_gives_the_same_logits_from_one_table():
     ids, mask, positions = _left_padded([5, 3], 9000)
     cases = [
         (gpt2, lambda m: m(ids, mask, positions, m.empty_cache(2))[0], ["lm_head", "transformer.wte"]),
-        (bart, lambda m: m(ids, mask, ids[:, :4]), ["lm_head", "model.shared", "model.encoder.embed_tokens"]),
+        (bart, lambda m: m(ids, mask, ids[:, :4]), ["lm_head", "model.shared", "model.encoder.embed_tokens",
+                                                    "model.decoder.layers.0.fc1", "model.decoder.layers.0.self_attn.q_proj"]),
     ]
     for model, run, swapped in cases:
         ref = run(model)
         table = model.lm_head.weight
-        with vocab_in_out(model, {"batch": DimRange(1, 1, 4)}) as (same, layout):  # no cache: as it is
+        linears = {n for n, m in model.named_modules() if type(m) is torch.nn.Linear}
+        with decoder_in_out(model, {"batch": DimRange(1, 1, 4)}) as (same, layout):  # no cache: as it is
             assert same is model and layout == {} and model.lm_head.weight is table
-        with vocab_in_out(model, decoder_dims) as (cpu, layout):
+        with decoder_in_out(model, decoder_dims) as (cpu, layout):
             assert isinstance(cpu.lm_head, InOutLinear) and cpu.lm_head.weight_t.shape == (table.shape[1], 9000)
-            assert cpu.lm_head.weight_t.is_contiguous()
-            assert set(swapped) <= set(layout["weight_layout"]["in_out"])
+            assert not any(type(m) is torch.nn.Linear for m in cpu.modules())  # every linear: (in, out)
+            assert all(m.weight_t.is_contiguous() for m in cpu.modules() if isinstance(m, InOutLinear))
+            assert set(swapped) <= set(layout["weight_layout"]["in_out"]) and linears <= set(layout["weight_layout"]["in_out"])
             embeddings = [m for m in cpu.modules() if isinstance(m, ColumnEmbedding)]
             assert embeddings and all(e.head is cpu.lm_head for e in embeddings)
             n_table = sum(p.numel() for p in cpu.parameters() if p.shape == (table.shape[1], 9000))
@@ -246,7 +249,17 @@ def test_vocab_head_stored_in_out_gives_the_same_logits_from_one_table():
             out = run(cpu)
         torch.testing.assert_close(out, ref, rtol=0, atol=2e-5)
         assert model.lm_head.weight is table and type(model.lm_head) is torch.nn.Linear  # restored
+        assert {n for n, m in model.named_modules() if type(m) is torch.nn.Linear} == linears
     assert type(gpt2.transformer.wte) is torch.nn.Embedding and bart.model.encoder.embed_tokens is bart.model.shared
+
+    # linears sharing one weight share its (in, out) copy
+    shared = torch.nn.Linear(6, 5)
+    pair = torch.nn.ModuleDict({"a": shared, "b": torch.nn.Linear(6, 5)})
+    pair["b"].weight = shared.weight
+    with decoder_in_out(pair, decoder_dims) as (cpu, _):
+        assert cpu["a"].weight_t is cpu["b"].weight_t
+        x = torch.randn(2, 3, 6)
+        torch.testing.assert_close(cpu["b"](x), torch.nn.functional.linear(x, shared.weight, pair["b"].bias))
 
 
 def test_linear_kernels_follow_the_decode_rows_and_the_cpu_vendor():

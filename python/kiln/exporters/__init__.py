@@ -35,7 +35,7 @@ from ..manifest import (
 )
 from ..paths import resolve_checkpoint
 from ..recipe import FORMATS, Recipe
-from .layout import prepack_linears, vocab_in_out
+from .layout import decoder_in_out, prepack_linears
 
 ENGINES_DIR = Path("engines")
 PROCESSING_FILES = (
@@ -195,7 +195,7 @@ def _export_graph(
         if fmt == "torchscript":
             from .torchscript import export_torchscript
 
-            with vocab_in_out(module, graph_dims) as (cpu_module, layout):
+            with decoder_in_out(module, graph_dims) as (cpu_module, layout):
                 export_torchscript(cpu_module, args, out / file)
             artifacts.append(Artifact.of(out, fmt, file, device="cpu", versions=versions, **layout))
         elif fmt == "onnx":
@@ -215,7 +215,7 @@ def _export_graph(
             from .aoti import export_aoti
 
             prepack, reason = prepack_linears(graph_dims)
-            with vocab_in_out(module, graph_dims) as (cpu_module, layout):
+            with decoder_in_out(module, graph_dims) as (cpu_module, layout):
                 export_aoti(cpu_module, args, out / file, shapes, prepack=prepack)
             kernels = {"linear_kernels": {"prepacked": prepack, "why": reason}}
             artifacts.append(Artifact.of(out, fmt, file, device="cpu", versions=versions, **layout, **kernels))

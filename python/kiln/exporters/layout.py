@@ -16,11 +16,13 @@ So at one row MKL's GEMM over a weight stored (in, out) is the fastest, most of 
 vocabulary projection (a third of GPT-2's bytes), and at 4 rows (a 4-beam step) oneDNN's
 prepacked kernel is. Two choices follow, both made at build time:
 
-- `vocab_in_out`: in a decoder's CPU formats the vocabulary projection is stored (in, out), and
-  a tied input embedding gathers its rows from that same table, so the weights are held once.
-  (A tied `nn.Linear` head otherwise compiles to `x @ W.T`: Inductor's freezing even
-  materialises the transposed view as a second 154 MB constant beside GPT-2's embedding.) Where
-  Inductor prepacks, it packs this (in, out) weight for oneDNN like any other.
+- `decoder_in_out`: in a decoder's CPU formats every nn.Linear is stored (in, out), and an
+  embedding tied to one (the vocabulary head) gathers its rows from that same table, so the
+  weights are held once. (A tied `nn.Linear` head otherwise compiles to `x @ W.T`: Inductor's
+  freezing even materialises the transposed view as a second 154 MB constant beside GPT-2's
+  embedding.) GPT-2's layers are Conv1D, (in, out) already; BART's decoder layers gained
+  0.3 ms per one-row step from it (13.6 -> 13.3 ms, AOTI). Where Inductor prepacks, it packs
+  these weights for oneDNN like any other.
 - `prepack_linears`: Inductor's oneDNN weight prepacking (`cpp.weight_prepack`), kept except
   for a decoder whose decode step at the engine's opt dims is one row, on an Intel CPU.
   MKL takes a slow path on AMD EPYC, where the prepacked kernels won by a lot (MiniLM
@@ -36,20 +38,22 @@ from typing import Any
 import torch
 from torch import nn
 
-VOCAB_MIN = 8192  # a projection this wide, and 8x wider than its input, is a vocabulary head
-
 
 class InOutLinear(nn.Module):
     """A linear layer whose weight is stored (in, out): y = x @ W (+ b)."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, weight_t: nn.Parameter | None = None):
+        """weight_t: the (in, out) copy made for another linear that shares this one's weight."""
         super().__init__()
-        self.weight_t = nn.Parameter(linear.weight.detach().t().contiguous(), requires_grad=False)
+        if weight_t is None:
+            weight_t = nn.Parameter(linear.weight.detach().t().contiguous(), requires_grad=False)
+        self.weight_t = weight_t
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.matmul(x, self.weight_t)
-        return y if self.bias is None else y + self.bias
+        rows = x.reshape(-1, x.shape[-1])  # one mm / addmm (bias fused), as F.linear compiles to
+        y = torch.mm(rows, self.weight_t) if self.bias is None else torch.addmm(self.bias, rows, self.weight_t)
+        return y.view(*x.shape[:-1], y.shape[-1])
 
 
 class ColumnEmbedding(nn.Module):
@@ -65,34 +69,32 @@ class ColumnEmbedding(nn.Module):
         return cols.t().reshape(*ids.shape, cols.shape[0])
 
 
-def _is_vocab_head(m: nn.Module) -> bool:
-    return isinstance(m, nn.Linear) and m.out_features >= VOCAB_MIN and m.out_features >= 8 * m.in_features
-
-
 @contextlib.contextmanager
-def vocab_in_out(module: nn.Module, dims: dict[str, Any]) -> Iterator[tuple[nn.Module, dict[str, Any]]]:
-    """For a decoder (a graph with a cache): (the module with its vocabulary projections stored
-    (in, out) and the embeddings tied to them reading the same table, what changed for the
-    manifest's artifact entry); the original modules are back on exit. Other graphs as they are."""
+def decoder_in_out(module: nn.Module, dims: dict[str, Any]) -> Iterator[tuple[nn.Module, dict[str, Any]]]:
+    """For a decoder (a graph with a cache): (the module with every nn.Linear stored (in, out) and
+    the embeddings tied to one of them reading the same table, what changed for the manifest's
+    artifact entry); the original modules are back on exit. Other graphs as they are. Linears
+    that share a weight share its (in, out) copy."""
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
     if decode_rows(dims) is None:
         yield module, {}
         return
-    heads: dict[int, InOutLinear] = {}
+    by_weight: dict[int, InOutLinear] = {}
     prefix = {id(m): f"{n}." if n else "" for n, m in module.named_modules()}
     children = [(p, n, c) for p in module.modules() for n, c in p.named_children()]
     for parent, name, child in children:
-        if _is_vocab_head(child):
-            new = InOutLinear(child)  # type: ignore[arg-type]
-            heads[id(child.weight)] = new
+        if isinstance(child, nn.Linear):
+            shared = by_weight.get(id(child.weight))
+            new = InOutLinear(child, shared.weight_t if shared else None)
+            by_weight.setdefault(id(child.weight), new)
             swaps.append((parent, name, child))
             setattr(parent, name, new)
     for parent, name, child in children:
-        if isinstance(child, nn.Embedding) and id(child.weight) in heads and child.max_norm is None:
+        if isinstance(child, nn.Embedding) and id(child.weight) in by_weight and child.max_norm is None:
             swaps.append((parent, name, child))
-            setattr(parent, name, ColumnEmbedding(heads[id(child.weight)]))
+            setattr(parent, name, ColumnEmbedding(by_weight[id(child.weight)]))
     layout: dict[str, Any] = {}
-    if heads:
+    if swaps:
         swapped = [prefix[id(parent)] + name for parent, name, _ in swaps]
         why = "decode: MKL's x @ W streams a weight stored (in, out) fastest; a tied embedding reads the same table"
         layout = {"weight_layout": {"in_out": swapped, "why": why}}
