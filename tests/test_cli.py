@@ -217,10 +217,13 @@ def test_build_inspect_and_bench_a_generation_engine(capsys, tmp_path, deployabl
     for needle in ("graphs encoder, decoder", "cross_key_values", "present_key_values", "forced_bos_token_id=0",
                    "total 1..128 (opt 65) = past + new"):
         assert needle in text, needle
-    code, text, _ = run(capsys, "bench", out, "--seq", "40", "--new-tokens", "6", "--beams", "2",
+    code, _, err = run(capsys, "bench", out, "--seq", "40", "--new-tokens", "6", "--beams", "2", "--runs", "0")
+    assert code != 0 and "--runs" in err and "expected an integer >= 1" in err
+    code, text, _ = run(capsys, "bench", out, "--seq", "40", "--new-tokens", "6", "--beams", "2", "--runs", "2",
                         "--json", tmp_path / "bench.json")
     assert code == 0, text
     data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["runs"] == 2
     assert {r["backend"] for r in data["rows"]} == {"transformers-generate", "kiln-torchscript"}
     assert "no aoti artifact" in data["skipped"]["kiln-aoti"]
     assert all(r["new_tokens"] == 6 and r["prompt"] == 40 and r["tokens_per_s"] > 0 for r in data["rows"])

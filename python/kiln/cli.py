@@ -228,6 +228,7 @@ def cmd_bench(args) -> int:
                 threads=args.threads,
                 only=only,
                 progress=lambda m: status.update(f"bench: {m}"),
+                runs=args.runs,
             )
         else:
             result = run_bench(
@@ -518,6 +519,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--new-tokens", type=int, default=64, help="generation: tokens generated per row (default 64)")
     s.add_argument("--beams", type=int, help="generation: beams (default 1 for GPT-2, 4 for BART)")
+    s.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="generation: measured runs per backend and batch, taking turns; each row is the run with the "
+        "least median decode step (default 3)",
+    )
     s.add_argument("--threads", type=int, default=2, help="threads for every backend (default 2)")
     s.add_argument("--iters", type=int, default=50, help="timed iterations per row (default 50)")
     s.add_argument(
