@@ -34,7 +34,14 @@ from ..deploy import hf_cache_tensor, seq2seq
 from ..errors import InvalidArgumentError
 from ..manifest import Cache
 from .base import HFConfig, KilnModel
-from .layers import activation, additive_padding_mask, causal_cache_mask, check_activation, merge_heads
+from .layers import (
+    activation,
+    additive_padding_mask,
+    cached_attention,
+    causal_cache_mask,
+    check_activation,
+    merge_heads,
+)
 
 
 @dataclass
@@ -171,6 +178,20 @@ class T5Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
         return self.o(merge_heads(y))
 
+    def attend_cached(
+        self,
+        x: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """attend() over the cache and the new tokens' keys / values without concatenating them
+        (layers.cached_attention); `mask` carries the relative position bias, (B, nh, T, P+T)."""
+        q = self.split(self.q(x))  # (B, nh, T, d_kv)
+        return self.o(merge_heads(cached_attention(q, k, v, past_k, past_v, mask, 1.0)))
+
 
 class T5FeedForward(nn.Module):
     """HF's DenseReluDense: wi -> act -> wo, or act(wi_0) * wi_1 -> wo (gated)."""
@@ -238,12 +259,10 @@ class T5DecoderBlock(nn.Module):
     def forward(self, x, self_mask, past_k, past_v, cross_k, cross_v, cross_mask):
         sa, ca = cast(T5LayerSelfAttention, self.layer[0]), cast(T5LayerCrossAttention, self.layer[1])
         h = sa.layer_norm(x)
-        k, v = sa.SelfAttention.project_kv(h)
-        k = torch.cat([past_k, k], dim=2)  # (B, nh, P+T, d_kv)
-        v = torch.cat([past_v, v], dim=2)
-        x = x + sa.SelfAttention.attend(h, k, v, self_mask)
+        k, v = sa.SelfAttention.project_kv(h)  # the new tokens' (B, nh, T, d_kv)
+        x = x + sa.SelfAttention.attend_cached(h, k, v, past_k, past_v, self_mask)
         x = x + ca.EncDecAttention.attend(ca.layer_norm(x), cross_k, cross_v, cross_mask)
-        return self.layer[2](x), k, v
+        return self.layer[2](x), torch.stack([k, v])
 
 
 class T5Stack(nn.Module):
@@ -326,9 +345,9 @@ class T5ForConditionalGeneration(KilnModel):
         bias = self.decoder.relative.bias(position_ids, keys)  # (B, nh, T, P+T)
         self_mask = bias + causal_cache_mask(attention_mask, input_ids.shape[1], x.dtype)
         cross_mask = additive_padding_mask(encoder_attention_mask, x.dtype)  # (B, 1, 1, S)
-        present = []
+        new = []
         for i, block in enumerate(self.decoder.block):
-            x, k, v = block(
+            x, kv = block(
                 x,
                 self_mask,
                 past_key_values[i, 0],
@@ -337,9 +356,10 @@ class T5ForConditionalGeneration(KilnModel):
                 cross_key_values[i, 1],
                 cross_mask,
             )
-            present.append(torch.stack([k, v]))  # (2, B, nh, P+T, d_kv)
+            new.append(kv)  # (2, B, nh, T, d_kv)
         hidden = self.decoder.final_layer_norm(x) * self.output_scale
-        return self.lm_head(hidden), torch.stack(present)
+        # the present cache written once: (L, 2, B, nh, P+T, d_kv)
+        return self.lm_head(hidden), torch.cat([past_key_values, torch.stack(new)], dim=4)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor
