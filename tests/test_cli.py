@@ -229,6 +229,7 @@ def test_build_inspect_and_bench_a_generation_engine(capsys, tmp_path, deployabl
     assert all(r["new_tokens"] == 6 and r["prompt"] == 40 and r["tokens_per_s"] > 0 for r in data["rows"])
     (lim,) = data["limits"]
     assert lim["decode_step"]["bytes_read"] > 0 and lim["flops"] > 0
+    assert lim["bandwidth"]["huge_pages"] is True and "on huge pages" in text  # as the runtime keeps the weights
     # the step's widest projection (the vocabulary's: 2 beams x d_model x vocab) through each kernel
     from kiln.manifest import read_manifest
     vocab = data["limits"][0]["vocab_projection"]

@@ -54,6 +54,32 @@ def test_probes_measure_this_machine():
     assert bw["read_GBps"] == max(bw["sum_GBps"], bw["gemv_GBps"]) and 0.1 < bw["read_GBps"] < 1e4
 
 
+def test_probe_buffers_sit_on_huge_pages_as_the_runtime_keeps_the_weights(monkeypatch):
+    """The bandwidth probe reads memory laid out as the C++ runtime lays out a decoder's weights
+    (transparent huge pages), else the share would credit the engine with the pages' speed-up."""
+    import statistics
+    from pathlib import Path
+
+    x = roofline.huge_page_randn(1024, 2048)  # 8 MiB
+    assert x.shape == (1024, 2048) and x.dtype == torch.float32 and x.is_contiguous()
+    assert abs(statistics.fmean(x.flatten()[:100000].tolist())) < 0.05 and 0.9 < float(x.std()) < 1.1  # randn
+    assert roofline.huge_pages_advised() and x.data_ptr() % roofline.HUGE_PAGE == 0
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp.is_file() and "[never]" not in thp.read_text():  # then the faults mapped 2 MiB pages
+        start, inside, huge_kb = x.data_ptr(), False, None
+        for line in Path("/proc/self/smaps").read_text().splitlines():
+            head = line.split(" ", 1)[0]
+            if "-" in head and ":" not in head:  # a mapping's first line: lo-hi perms ...
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= start < hi
+            elif inside and line.startswith("AnonHugePages:"):
+                huge_kb = int(line.split()[1])
+        assert huge_kb is not None and huge_kb >= 4096  # kB: at least two of the buffer's four pages
+    monkeypatch.setenv("KILN_HUGE_PAGES", "0")  # as the runtime: off
+    assert not roofline.huge_pages_advised()
+    assert roofline.bandwidth(1 << 20, threads=1, budget_s=0.05)["huge_pages"] is False
+
+
 def test_cpu_info_names_the_machine():
     info = roofline.cpu_info()
     assert info["cpu"] and info["cores"] >= 1

@@ -413,10 +413,11 @@ def machine_lines(result: dict) -> list[str]:
         if "step" in lim:
             where = f"{lim['step']} at batch {lim['batch']}"
         bw = lim["bandwidth"]
+        pages = " on huge pages" if bw.get("huge_pages") else ""
         lines.append(
             f"limits measured in this run, {where}: GEMM GFLOP/s on the model's shapes (MxKxN) {rates}; "
             f"streaming read {bw['read_GBps']:.1f} GB/s (sum {bw['sum_GBps']:.1f}, GEMV {bw['gemv_GBps']:.1f}) "
-            f"over {bw['bytes'] / 1e6:.0f} MB; the call: {lim['flops'] / 1e9:.2f} GFLOP, reads >= "
+            f"over {bw['bytes'] / 1e6:.0f} MB{pages}; the call: {lim['flops'] / 1e9:.2f} GFLOP, reads >= "
             f"{lim['bytes_read'] / 1e6:.0f} MB"
             + (
                 f"; a decode step reads >= {lim['decode_step']['bytes_read'] / 1e6:.0f} MB"

@@ -202,6 +202,14 @@ def gemm_rate(shapes: list[tuple[int, int, int]], threads: int, budget_s: float 
 HUGE_PAGE = 2 << 20
 
 
+def huge_pages_advised() -> bool:
+    """Whether kiln asks for huge pages here (the runtime for a decoder's weights, the probes for
+    their buffers): not with KILN_HUGE_PAGES=0, nor where the OS has no MADV_HUGEPAGE."""
+    import mmap
+
+    return os.environ.get("KILN_HUGE_PAGES") != "0" and hasattr(mmap, "MADV_HUGEPAGE")
+
+
 def huge_page_randn(*shape: int) -> Any:
     """A float32 torch.randn(*shape) in anonymous memory on transparent huge pages where the kernel
     offers them: where kiln's C++ runtime moves an engine's weights when it opens it
@@ -215,7 +223,7 @@ def huge_page_randn(*shape: int) -> Any:
     import torch
 
     count = math.prod(shape)
-    if os.environ.get("KILN_HUGE_PAGES") == "0" or not hasattr(mmap, "MADV_HUGEPAGE"):
+    if not huge_pages_advised():
         return torch.randn(*shape)
     # private anonymous memory (shared would be shmem, with its own THP setting), page-aligned:
     # the start is aligned to a huge page here
@@ -239,7 +247,13 @@ def bandwidth(nbytes: float, threads: int, budget_s: float = 1.0) -> dict[str, f
     size = x.numel() * 4
     sum_gbs = size / _best_seconds(lambda: x.sum(), budget_s / 2) / 1e9
     gemv_gbs = size / _best_seconds(lambda: torch.mv(x, v), budget_s / 2) / 1e9
-    return {"bytes": float(size), "sum_GBps": sum_gbs, "gemv_GBps": gemv_gbs, "read_GBps": max(sum_gbs, gemv_gbs)}
+    return {
+        "bytes": float(size),
+        "sum_GBps": sum_gbs,
+        "gemv_GBps": gemv_gbs,
+        "read_GBps": max(sum_gbs, gemv_gbs),
+        "huge_pages": huge_pages_advised(),
+    }
 
 
 def linear_kernels(m: int, k: int, n: int, threads: int, budget_s: float = 0.6) -> dict[str, float]:
