@@ -229,7 +229,9 @@ def test_build_inspect_and_bench_a_generation_engine(capsys, tmp_path, deployabl
     assert all(r["new_tokens"] == 6 and r["prompt"] == 40 and r["tokens_per_s"] > 0 for r in data["rows"])
     (lim,) = data["limits"]
     assert lim["decode_step"]["bytes_read"] > 0 and lim["flops"] > 0
-    assert lim["bandwidth"]["huge_pages"] is True and "on huge pages" in text  # as the runtime keeps the weights
+    from kiln.roofline import huge_pages_advised
+    # the probe's pages are this process's (pytest's: as started); `kiln` itself starts on huge pages
+    assert lim["bandwidth"]["huge_pages"] is huge_pages_advised() and ("on huge pages" in text) is huge_pages_advised()
     # the step's widest projection (the vocabulary's: 2 beams x d_model x vocab) through each kernel
     from kiln.manifest import read_manifest
     vocab = data["limits"][0]["vocab_projection"]
@@ -240,3 +242,35 @@ def test_build_inspect_and_bench_a_generation_engine(capsys, tmp_path, deployabl
     for r in data["rows"]:  # a decode step's least bytes over its time, as a share of the measured read
         assert r["decode_GBps"] == pytest.approx(lim["decode_step"]["bytes_read"] / r["per_token_ms"] / 1e6)
         assert r["bandwidth_share"] == pytest.approx(r["decode_GBps"] / lim["bandwidth"]["read_GBps"])
+
+
+def test_the_kiln_command_starts_itself_again_on_huge_pages(monkeypatch):
+    """`kiln` (cli.entry) sets glibc's hugetlb tunable and starts again, once, before torch: glibc
+    reads it only at start. Your own GLIBC_TUNABLES or KILN_HUGE_PAGES=0 is left alone."""
+    import os
+    import sys
+
+    from kiln import cli
+
+    calls = []
+    monkeypatch.setattr(os, "execv", lambda exe, args: calls.append((exe, args, os.environ.get("GLIBC_TUNABLES"))))
+    monkeypatch.setattr(cli, "main", lambda: 7)
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/kiln", "bench", "engines/x"])
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("KILN_HUGE_PAGES", raising=False)
+    cli.entry()  # execv returns here only because it is a stand-in
+    assert calls == [(sys.executable, [sys.executable, "-m", "kiln.cli", "bench", "engines/x"], cli.HUGE_PAGES_TUNABLE)]
+    for env in ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}, {"KILN_HUGE_PAGES": "0"}):
+        calls.clear()
+        monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        assert cli.entry() == 7 and calls == []
+        monkeypatch.delenv("KILN_HUGE_PAGES", raising=False)
+
+    def refused(exe, args):
+        raise OSError("no exec here")
+
+    monkeypatch.setattr(os, "execv", refused)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert cli.entry() == 7 and "GLIBC_TUNABLES" not in os.environ  # could not start again: as it was

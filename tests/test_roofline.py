@@ -54,16 +54,19 @@ def test_probes_measure_this_machine():
     assert bw["read_GBps"] == max(bw["sum_GBps"], bw["gemv_GBps"]) and 0.1 < bw["read_GBps"] < 1e4
 
 
-def test_probe_buffers_sit_on_huge_pages_as_the_runtime_keeps_the_weights(monkeypatch):
-    """The bandwidth probe reads memory laid out as the C++ runtime lays out a decoder's weights
-    (transparent huge pages), else the share would credit the engine with the pages' speed-up."""
+def test_probe_buffers_sit_on_huge_pages_where_the_process_keeps_the_weights(monkeypatch):
+    """The bandwidth probe reads memory laid out as this process lays out an engine's weights:
+    on transparent huge pages where glibc's malloc was started with hugetlb (the `kiln` command,
+    kiln-run), else on plain pages; a share then compares like with like."""
     import statistics
     from pathlib import Path
 
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
+    assert roofline.huge_pages_advised()
     x = roofline.huge_page_randn(1024, 2048)  # 8 MiB
     assert x.shape == (1024, 2048) and x.dtype == torch.float32 and x.is_contiguous()
     assert abs(statistics.fmean(x.flatten()[:100000].tolist())) < 0.05 and 0.9 < float(x.std()) < 1.1  # randn
-    assert roofline.huge_pages_advised() and x.data_ptr() % roofline.HUGE_PAGE == 0
+    assert x.data_ptr() % roofline.HUGE_PAGE == 0
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if thp.is_file() and "[never]" not in thp.read_text():  # then the faults mapped 2 MiB pages
         start, inside, huge_kb = x.data_ptr(), False, None
@@ -75,8 +78,9 @@ def test_probe_buffers_sit_on_huge_pages_as_the_runtime_keeps_the_weights(monkey
             elif inside and line.startswith("AnonHugePages:"):
                 huge_kb = int(line.split()[1])
         assert huge_kb is not None and huge_kb >= 4096  # kB: at least two of the buffer's four pages
-    monkeypatch.setenv("KILN_HUGE_PAGES", "0")  # as the runtime: off
-    assert not roofline.huge_pages_advised()
+    for plain in ("", "glibc.malloc.hugetlb=0", "glibc.malloc.arena_max=2"):
+        monkeypatch.setenv("GLIBC_TUNABLES", plain)
+        assert not roofline.huge_pages_advised()
     assert roofline.bandwidth(1 << 20, threads=1, budget_s=0.05)["huge_pages"] is False
 
 

@@ -4,14 +4,11 @@
 #include <array>
 #include <cerrno>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 
-#include <sys/mman.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include "kiln/error.h"
@@ -235,59 +232,6 @@ const std::string& cpu_model_name() {
     return std::string();
   }();
   return name;
-}
-
-size_t weights_on_huge_pages(std::vector<std::pair<uintptr_t, size_t>> ranges, const std::atomic<bool>* stop) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  const char* env = std::getenv("KILN_HUGE_PAGES");
-  if (env != nullptr && std::string(env) == "0") return 0;
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  constexpr int kCollapse = 25;  // MADV_COLLAPSE, in linux/mman.h since 6.1 (older headers lack it)
-  std::sort(ranges.begin(), ranges.end());
-  std::vector<std::pair<uintptr_t, uintptr_t>> merged;  // [begin, end)
-  for (const auto& [addr, bytes] : ranges) {
-    if (bytes == 0 || addr > UINTPTR_MAX - bytes) continue;
-    uintptr_t end = addr + bytes;
-    if (!merged.empty() && addr <= merged.back().second + kHuge) {
-      merged.back().second = std::max(merged.back().second, end);
-    } else {
-      merged.emplace_back(addr, end);
-    }
-  }
-  size_t done = 0;
-  for (const auto& [begin, end] : merged) {
-    uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = end & ~(kHuge - 1);
-    for (uintptr_t page = first; page < last; page += kHuge) {
-      if (stop != nullptr && stop->load(std::memory_order_relaxed)) return done;
-      // Page by page: a page that spans two allocations with a hole between is refused alone.
-      void* p = reinterpret_cast<void*>(page);
-      if (madvise(p, kHuge, MADV_HUGEPAGE) == 0 && madvise(p, kHuge, kCollapse) == 0) done += kHuge;
-    }
-  }
-  return done;
-#else
-  (void)ranges;
-  (void)stop;
-  return 0;
-#endif
-}
-
-HugePagesInBackground::HugePagesInBackground(std::vector<std::pair<uintptr_t, size_t>> ranges)
-    : thread_([this, r = std::move(ranges)]() mutable {
-#if defined(__linux__)
-        setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 10);  // this thread only: behind the model's
-#endif
-        done_ = weights_on_huge_pages(std::move(r), &stop_);
-      }) {}
-
-HugePagesInBackground::~HugePagesInBackground() {
-  stop_.store(true);
-  if (thread_.joinable()) thread_.join();
-}
-
-size_t HugePagesInBackground::wait() {
-  if (thread_.joinable()) thread_.join();
-  return done_;
 }
 
 }  // namespace kiln::detail

@@ -394,7 +394,9 @@ int main(int argc, char** argv) {
   // TLB misses per GPT-2 step (README, "Decoders: weight layout and linear kernels").
   bool again = false;
   if (std::getenv("GOMP_SPINCOUNT") == nullptr && setenv("GOMP_SPINCOUNT", "3000", 0) == 0) again = true;
-  if (std::getenv("GLIBC_TUNABLES") == nullptr && setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1", 0) == 0) {
+  const char* huge = std::getenv("KILN_HUGE_PAGES");  // "0": not asked for (the `kiln` command's switch too)
+  if (std::getenv("GLIBC_TUNABLES") == nullptr && !(huge != nullptr && std::string(huge) == "0") &&
+      setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1", 0) == 0) {
     again = true;
   }
   if (again) execv("/proc/self/exe", argv);  // returns only on failure: then go on as we are

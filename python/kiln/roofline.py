@@ -10,8 +10,8 @@ holds on every machine. So every benchmark measures, beside the model:
                                  least (each tensor it reads once; an embedding only its rows)
     gemm_rate(shapes)            GFLOP/s of torch.mm on the model's own matmul shapes
     bandwidth(nbytes)            a streaming read as large as the weights: GB/s (the best of a
-                                 sum and a GEMV, both bound by memory), over memory on
-                                 transparent huge pages, where kiln's runtime keeps the weights
+                                 sum and a GEMV, both bound by memory), on transparent huge
+                                 pages where this process keeps an engine's weights on them
 
 and reports per backend: for encoders and prefill, the time the model's FLOPs take at the
 GEMM speed measured on its own shapes, over the measured time (the GEMM share); for decode
@@ -203,19 +203,22 @@ HUGE_PAGE = 2 << 20
 
 
 def huge_pages_advised() -> bool:
-    """Whether kiln asks for huge pages here (the runtime for a decoder's weights, the probes for
-    their buffers): not with KILN_HUGE_PAGES=0, nor where the OS has no MADV_HUGEPAGE."""
+    """Whether this process's large allocations (an engine's weights among them) go on transparent
+    huge pages: glibc's malloc was started with hugetlb set in GLIBC_TUNABLES, as the `kiln`
+    command and kiln-run start themselves (cli.entry). The probes' buffers then do too, so that a
+    share compares like with like."""
     import mmap
 
-    return os.environ.get("KILN_HUGE_PAGES") != "0" and hasattr(mmap, "MADV_HUGEPAGE")
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    hugetlb = any(t.strip() in ("glibc.malloc.hugetlb=1", "glibc.malloc.hugetlb=2") for t in tunables.split(":"))
+    return hugetlb and hasattr(mmap, "MADV_HUGEPAGE")
 
 
 def huge_page_randn(*shape: int) -> Any:
-    """A float32 torch.randn(*shape) in anonymous memory on transparent huge pages where the kernel
-    offers them: where kiln's C++ runtime moves an engine's weights when it opens it
-    (cpp/src/util.h, weights_on_huge_pages), so a limit measured over it is the limit the engine
-    meets (a 371 MB read measured 34 GB/s on 4 KiB pages, 37 GB/s on huge pages). Plain memory
-    with KILN_HUGE_PAGES=0, as the runtime then does."""
+    """A float32 torch.randn(*shape) in anonymous memory on transparent huge pages, where this
+    process puts an engine's weights there (huge_pages_advised), else torch.randn: a limit measured
+    over it is then the limit the engine meets (a 371 MB read measured 34 GB/s on 4 KiB pages,
+    37 GB/s on huge pages)."""
     import ctypes
     import math
     import mmap

@@ -3,7 +3,6 @@
 // checks (tensors, .npy), thread bounds, UTF-8 messages. They run in every build, including
 // the sanitizer build (make sanitize).
 //   kiln_core_tests CASE      CASE: see kCases below
-#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <climits>
@@ -519,71 +518,12 @@ void test_dim_multiple() {
   std::printf("ok     dims of multiples (manifest field, checked before the backend runs)\n");
 }
 
-// weights_on_huge_pages: only whole 2 MiB pages inside the given ranges, contents kept, off with
-// KILN_HUGE_PAGES=0, nothing for empty or wrapping ranges. Where the kernel offers transparent huge
-// pages and MADV_COLLAPSE (Linux 6.1+), the pages are huge pages afterwards (smaps says so).
-void test_huge_pages() {
-  constexpr size_t kMiB = size_t{1} << 20;
-  auto* f = static_cast<float*>(std::aligned_alloc(2 * kMiB, 10 * kMiB));
-  CHECK(f != nullptr);
-  if (f == nullptr) return;
-  const size_t n = 10 * kMiB / sizeof(float);
-  for (size_t i = 0; i < n; ++i) f[i] = static_cast<float>(i % 1000003);
-  const auto base = reinterpret_cast<uintptr_t>(f);
-  // pages 2..10 MiB; on a background thread (as the backends do) while this one reads the memory
-  kiln::detail::HugePagesInBackground mover({{base + kMiB, 9 * kMiB}});
-  bool same = true;
-  for (int pass = 0; pass < 3; ++pass) {
-    for (size_t i = 0; i < n; ++i) same = same && f[i] == static_cast<float>(i % 1000003);
-  }
-  const size_t done = mover.wait();
-  CHECK(done % (2 * kMiB) == 0 && done <= 8 * kMiB);
-  for (size_t i = 0; i < n; ++i) same = same && f[i] == static_cast<float>(i % 1000003);
-  CHECK(same);
-  CHECK(kiln::detail::weights_on_huge_pages({{base + kMiB, 9 * kMiB}}) == done);  // again: the same pages
-
-  std::ifstream thp("/sys/kernel/mm/transparent_hugepage/enabled");
-  std::string mode((std::istreambuf_iterator<char>(thp)), std::istreambuf_iterator<char>());
-  struct utsname u {};
-  int major = 0, minor = 0;
-  if (uname(&u) == 0) std::sscanf(u.release, "%d.%d", &major, &minor);
-  const bool offered = !mode.empty() && mode.find("[never]") == std::string::npos && (major > 6 || (major == 6 && minor >= 1));
-  if (offered) {
-    CHECK(done > 0);
-    // smaps: the mapping holding the range counts at least `done` bytes of AnonHugePages
-    std::ifstream smaps("/proc/self/smaps");
-    std::string line;
-    bool inside = false;
-    uint64_t huge_kb = 0;
-    while (std::getline(smaps, line)) {
-      unsigned long long lo = 0, hi = 0;
-      if (std::sscanf(line.c_str(), "%llx-%llx ", &lo, &hi) == 2) {  // a mapping's first line
-        inside = lo <= base + 2 * kMiB && base + 2 * kMiB < hi;
-      } else if (inside && line.rfind("AnonHugePages:", 0) == 0) {
-        huge_kb += std::strtoull(line.c_str() + 14, nullptr, 10);
-      }
-    }
-    CHECK(huge_kb * 1024 >= done);
-    std::printf("ok     huge pages: %zu MiB of the 8 collapsed, smaps counts %llu KiB\n", done / kMiB,
-                static_cast<unsigned long long>(huge_kb));
-  } else {
-    std::printf("skip   huge pages on this kernel (THP '%s', Linux %d.%d): only the bounds checked\n", mode.c_str(), major,
-                minor);
-  }
-  setenv("KILN_HUGE_PAGES", "0", 1);
-  CHECK(kiln::detail::weights_on_huge_pages({{base, 10 * kMiB}}) == 0);
-  unsetenv("KILN_HUGE_PAGES");
-  CHECK(kiln::detail::weights_on_huge_pages({{UINTPTR_MAX - 10, 100}, {base, 0}, {base + 3, 1 * kMiB}}) == 0);
-  std::free(f);
-}
-
 const std::map<std::string, std::function<void()>> kCases = {
     {"dim_multiple", test_dim_multiple},
     {"manifest_v2", test_manifest_v2},     {"utf8", test_utf8},
     {"generation_manifest", test_generation_manifest},
     {"validation", test_validation},       {"threads_bound", test_threads_bound},
     {"tensor_overflow", test_tensor_overflow}, {"npy", test_npy},
-    {"huge_pages", test_huge_pages},
 };
 
 }  // namespace

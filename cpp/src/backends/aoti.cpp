@@ -275,17 +275,6 @@ class AotiBackend final : public Backend {
                                              load.artifact_path + ": " + message_of(e) +
                                              "; rebuild the engine with this torch version");
       }
-      if (load.manifest.dims.count("past")) {
-        try {
-          std::vector<at::Tensor> weights;
-          for (const auto& [name, t] : loader_->get_runner()->extract_constants_map(/*use_inactive=*/false)) {
-            weights.push_back(t);
-          }
-          huge_pages_ = weights_on_huge_pages(load.manifest, weights);
-        } catch (const std::exception&) {
-          // only speed is at stake: the engine runs as it is
-        }
-      }
       apply_num_threads(load.options);
     } catch (...) {
       remove_dir();
@@ -294,8 +283,7 @@ class AotiBackend final : public Backend {
   }
 
   ~AotiBackend() override {
-    huge_pages_.reset();  // stops moving the weights before they go
-    loader_.reset();      // unloads the model's .so before its directory goes
+    loader_.reset();  // unloads the model's .so before its directory goes
     remove_dir();
   }
 
@@ -327,7 +315,6 @@ class AotiBackend final : public Backend {
   std::vector<TensorSpec> outputs_;
   fs::path dir_;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader_;
-  std::unique_ptr<HugePagesInBackground> huge_pages_;  // after loader_: destroyed first
 };
 
 const BackendRegistrar registrar(BackendInfo{

@@ -11,7 +11,6 @@
 #include <vector>
 
 #include "../backend.h"
-#include "../util.h"
 
 namespace kiln::detail::torch_backend {
 
@@ -68,23 +67,6 @@ inline Tensor adopt_output(at::Tensor out, const std::vector<at::Tensor>& inputs
   std::vector<int64_t> shape(out.sizes().begin(), out.sizes().end());
   auto owner = std::make_shared<at::Tensor>(std::move(out));
   return Tensor::borrow(data, *dtype, std::move(shape), std::move(owner));
-}
-
-// A decoder graph's weights (one with a "past" cache dim: each step streams every weight once)
-// onto transparent huge pages, in the background (util.h, HugePagesInBackground). Measured on
-// the Intel Xeon of issue 15: BART's one-row step 13.7 -> 12.8 ms (AOTI). MiniLM's encoder
-// (GEMM-bound) gained nothing, so other graphs keep their pages. Opaque tensors (oneDNN-packed
-// weights) have no storage here and keep theirs. The backend resets the result before it frees
-// the weights.
-inline std::unique_ptr<HugePagesInBackground> weights_on_huge_pages(const Manifest& graph,
-                                                                    const std::vector<at::Tensor>& weights) {
-  if (graph.dims.count("past") == 0) return nullptr;
-  std::vector<std::pair<uintptr_t, size_t>> ranges;
-  for (const auto& t : weights) {
-    if (!t.defined() || !t.device().is_cpu() || !t.has_storage()) continue;
-    ranges.emplace_back(reinterpret_cast<uintptr_t>(t.storage().data()), t.storage().nbytes());
-  }
-  return std::make_unique<HugePagesInBackground>(std::move(ranges));
 }
 
 inline void apply_num_threads(const EngineOptions& options) {

@@ -1,8 +1,6 @@
 // TorchScript backend: model.ts (torch.jit.trace) run with torch::jit.
 #include <c10/core/InferenceMode.h>
 #include <torch/csrc/jit/api/module.h>
-#include <torch/csrc/jit/ir/constants.h>
-#include <torch/csrc/jit/ir/ir.h>
 #include <torch/csrc/jit/serialization/import.h>
 
 #include "torch_common.h"
@@ -21,11 +19,6 @@ class TorchScriptBackend final : public Backend {
     } catch (const std::exception& e) {
       throw Error(ErrorCode::Artifact, "engine '" + engine_ + "': TorchScript could not load " + load.artifact_path +
                                            ": " + message_of(e) + "; rebuild the engine (kiln build)");
-    }
-    try {
-      huge_pages_ = weights_on_huge_pages(load.manifest, weights());
-    } catch (const std::exception&) {
-      // only speed is at stake: the engine runs as it is
     }
     apply_num_threads(load.options);
   }
@@ -58,27 +51,6 @@ class TorchScriptBackend final : public Backend {
   }
 
  private:
-  // The weights: attributes of the module, and tensor constants of its graph (kiln freezes
-  // the traced module, which inlines them there).
-  std::vector<at::Tensor> weights() const {
-    std::vector<at::Tensor> out;
-    for (const auto& attr : module_.named_attributes(/*recurse=*/true)) {
-      if (attr.value.isTensor()) out.push_back(attr.value.toTensor());
-    }
-    if (!module_.find_method("forward")) return out;
-    std::vector<torch::jit::Block*> blocks{module_.get_method("forward").graph()->block()};
-    while (!blocks.empty()) {
-      torch::jit::Block* b = blocks.back();
-      blocks.pop_back();
-      for (torch::jit::Node* n : b->nodes()) {
-        for (torch::jit::Block* inner : n->blocks()) blocks.push_back(inner);
-        if (n->kind() != c10::prim::Constant || n->outputs().size() != 1) continue;
-        if (auto v = torch::jit::toIValue(n->output()); v && v->isTensor()) out.push_back(v->toTensor());
-      }
-    }
-    return out;
-  }
-
   // Traced models return a tensor, a tuple (NamedTuple) or a list of tensors; a dict is
   // matched to the manifest's output names.
   std::vector<at::Tensor> flatten(const c10::IValue& v) const {
@@ -116,7 +88,6 @@ class TorchScriptBackend final : public Backend {
   std::vector<TensorSpec> outputs_;
   // forward() is not const in libtorch; it does not change the module (see run()).
   mutable torch::jit::Module module_;
-  std::unique_ptr<HugePagesInBackground> huge_pages_;  // after module_: destroyed first
 };
 
 const BackendRegistrar registrar(BackendInfo{
