@@ -245,27 +245,29 @@ def test_build_inspect_and_bench_a_generation_engine(capsys, tmp_path, deployabl
 
 
 def test_the_kiln_command_starts_itself_again_on_huge_pages(monkeypatch):
-    """`kiln` (cli.entry) sets glibc's hugetlb tunable and starts again, once, before torch: glibc
+    """`kiln` (kiln.command.entry) sets glibc's hugetlb tunable and starts again, once, before torch: glibc
     reads it only at start. Your own GLIBC_TUNABLES or KILN_HUGE_PAGES=0 is left alone."""
     import os
     import sys
 
-    from kiln import cli
+    from kiln import cli, command
 
     calls = []
     monkeypatch.setattr(os, "execv", lambda exe, args: calls.append((exe, args, os.environ.get("GLIBC_TUNABLES"))))
     monkeypatch.setattr(cli, "main", lambda: 7)
     monkeypatch.setattr(sys, "argv", ["/venv/bin/kiln", "bench", "engines/x"])
+    monkeypatch.setattr(sys, "orig_argv", ["python3", "-X", "utf8", "/venv/bin/kiln", "bench", "engines/x"])
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.delenv("KILN_HUGE_PAGES", raising=False)
-    cli.entry()  # execv returns here only because it is a stand-in
-    assert calls == [(sys.executable, [sys.executable, "-m", "kiln.cli", "bench", "engines/x"], cli.HUGE_PAGES_TUNABLE)]
+    command.entry()  # execv returns here only because it is a stand-in
+    again = [sys.executable, "-X", "utf8", "/venv/bin/kiln", "bench", "engines/x"]  # the same command line
+    assert calls == [(sys.executable, again, command.HUGE_PAGES_TUNABLE)]
     for env in ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}, {"KILN_HUGE_PAGES": "0"}):
         calls.clear()
         monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
         for k, v in env.items():
             monkeypatch.setenv(k, v)
-        assert cli.entry() == 7 and calls == []
+        assert command.entry() == 7 and calls == []
         monkeypatch.delenv("KILN_HUGE_PAGES", raising=False)
 
     def refused(exe, args):
@@ -273,4 +275,4 @@ def test_the_kiln_command_starts_itself_again_on_huge_pages(monkeypatch):
 
     monkeypatch.setattr(os, "execv", refused)
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    assert cli.entry() == 7 and "GLIBC_TUNABLES" not in os.environ  # could not start again: as it was
+    assert command.entry() == 7 and "GLIBC_TUNABLES" not in os.environ  # could not start again: as it was

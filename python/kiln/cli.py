@@ -609,26 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(e, InvalidArgumentError) else 1
 
 
-HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
-
-
-def entry() -> int:
-    """The `kiln` command (and `python -m kiln.cli`): main() in a process whose large allocations
-    sit on transparent huge pages. glibc reads GLIBC_TUNABLES once, at start, so the first start
-    sets it and starts again, before torch is imported (as kiln-run does): a decode step streams
-    every weight once, and with 4 KiB pages it walks ~120,000 of them (BART's one-row step
-    13.8 -> 12.8 ms; README, "Decoders: weight layout and linear kernels"). Your own
-    GLIBC_TUNABLES, or KILN_HUGE_PAGES=0, is left as it is."""
-    import os
-
-    if "GLIBC_TUNABLES" not in os.environ and os.environ.get("KILN_HUGE_PAGES") != "0":
-        os.environ["GLIBC_TUNABLES"] = HUGE_PAGES_TUNABLE
-        try:
-            os.execv(sys.executable, [sys.executable, "-m", "kiln.cli", *sys.argv[1:]])
-        except OSError:  # go on as we are
-            del os.environ["GLIBC_TUNABLES"]
-    return main()
-
-
 if __name__ == "__main__":
+    from .command import entry
+
     sys.exit(entry())

@@ -205,7 +205,7 @@ HUGE_PAGE = 2 << 20
 def huge_pages_advised() -> bool:
     """Whether this process's large allocations (an engine's weights among them) go on transparent
     huge pages: glibc's malloc was started with hugetlb set in GLIBC_TUNABLES, as the `kiln`
-    command and kiln-run start themselves (cli.entry). The probes' buffers then do too, so that a
+    command and kiln-run start themselves (kiln.command.entry). The probes' buffers then do too, so that a
     share compares like with like."""
     import mmap
 
