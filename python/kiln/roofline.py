@@ -10,8 +10,8 @@ holds on every machine. So every benchmark measures, beside the model:
                                  least (each tensor it reads once; an embedding only its rows)
     gemm_rate(shapes)            GFLOP/s of torch.mm on the model's own matmul shapes
     bandwidth(nbytes)            a streaming read as large as the weights: GB/s (the best of a
-                                 sum and a GEMV, both bound by memory), on transparent huge
-                                 pages where this process keeps an engine's weights on them
+                                 sum and a GEMV, both bound by memory), on the pages this
+                                 process gives an engine's weights (huge where it was started so)
 
 and reports per backend: for encoders and prefill, the time the model's FLOPs take at the
 GEMM speed measured on its own shapes, over the measured time (the GEMM share); for decode
@@ -199,42 +199,14 @@ def gemm_rate(shapes: list[tuple[int, int, int]], threads: int, budget_s: float 
     return out
 
 
-HUGE_PAGE = 2 << 20
-
-
 def huge_pages_advised() -> bool:
-    """Whether this process's large allocations (an engine's weights among them) go on transparent
-    huge pages: glibc's malloc was started with hugetlb set in GLIBC_TUNABLES, as the `kiln`
-    command and kiln-run start themselves (kiln.command.entry). The probes' buffers then do too, so that a
-    share compares like with like."""
-    import mmap
-
+    """Whether this process's large allocations (an engine's weights, and the probes' buffers, made
+    by the same allocator) go on transparent huge pages: glibc's malloc was started with hugetlb
+    set in GLIBC_TUNABLES, as the `kiln` command and kiln-run start themselves
+    (kiln.command.entry). A 371 MB read measured 34 GB/s on 4 KiB pages, 37 GB/s on huge pages:
+    the probes share the weights' pages, so a share compares like with like."""
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    hugetlb = any(t.strip() in ("glibc.malloc.hugetlb=1", "glibc.malloc.hugetlb=2") for t in tunables.split(":"))
-    return hugetlb and hasattr(mmap, "MADV_HUGEPAGE")
-
-
-def huge_page_randn(*shape: int) -> Any:
-    """A float32 torch.randn(*shape) in anonymous memory on transparent huge pages, where this
-    process puts an engine's weights there (huge_pages_advised), else torch.randn: a limit measured
-    over it is then the limit the engine meets (a 371 MB read measured 34 GB/s on 4 KiB pages,
-    37 GB/s on huge pages)."""
-    import ctypes
-    import math
-    import mmap
-
-    import torch
-
-    count = math.prod(shape)
-    if not huge_pages_advised():
-        return torch.randn(*shape)
-    # private anonymous memory (shared would be shmem, with its own THP setting), page-aligned:
-    # the start is aligned to a huge page here
-    buf = mmap.mmap(-1, count * 4 + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    address = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-    buf.madvise(mmap.MADV_HUGEPAGE)  # before the first touch: the faults then map 2 MiB pages
-    t = torch.frombuffer(buf, dtype=torch.float32, count=count, offset=-address % HUGE_PAGE)  # holds buf
-    return t.view(*shape).normal_()
+    return any(t.strip() in ("glibc.malloc.hugetlb=1", "glibc.malloc.hugetlb=2") for t in tunables.split(":"))
 
 
 def bandwidth(nbytes: float, threads: int, budget_s: float = 1.0) -> dict[str, float]:
@@ -245,7 +217,7 @@ def bandwidth(nbytes: float, threads: int, budget_s: float = 1.0) -> dict[str, f
     torch.set_num_threads(threads)
     cols = 4096
     rows = max(int(max(nbytes, 64 << 20) // (4 * cols)), 1)
-    x = huge_page_randn(rows, cols)
+    x = torch.randn(rows, cols)
     v = torch.randn(cols)
     size = x.numel() * 4
     sum_gbs = size / _best_seconds(lambda: x.sum(), budget_s / 2) / 1e9
@@ -266,9 +238,9 @@ def linear_kernels(m: int, k: int, n: int, threads: int, budget_s: float = 0.6) 
     import torch
 
     torch.set_num_threads(threads)
-    w = huge_page_randn(n, k)
+    w = torch.randn(n, k)
     x = torch.randn(m, k)
-    w_in_out = huge_page_randn(k, n).copy_(w.t())
+    w_in_out = w.t().contiguous()
     kernels: dict[str, Callable[[], Any]] = {
         "mkl_in_out": lambda: torch.mm(x, w_in_out),
         "mkl_out_in": lambda: torch.nn.functional.linear(x, w),
