@@ -178,20 +178,6 @@ class T5Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
         return self.o(merge_heads(y))
 
-    def attend_cached(
-        self,
-        x: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        past_k: torch.Tensor,
-        past_v: torch.Tensor,
-        mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """attend() over the cache and the new tokens' keys / values without concatenating them
-        (layers.cached_attention); `mask` carries the relative position bias, (B, nh, T, P+T)."""
-        q = self.split(self.q(x))  # (B, nh, T, d_kv)
-        return self.o(merge_heads(cached_attention(q, k, v, past_k, past_v, mask, 1.0)))
-
 
 class T5FeedForward(nn.Module):
     """HF's DenseReluDense: wi -> act -> wo, or act(wi_0) * wi_1 -> wo (gated)."""
@@ -259,8 +245,11 @@ class T5DecoderBlock(nn.Module):
     def forward(self, x, self_mask, past_k, past_v, cross_k, cross_v, cross_mask):
         sa, ca = cast(T5LayerSelfAttention, self.layer[0]), cast(T5LayerCrossAttention, self.layer[1])
         h = sa.layer_norm(x)
-        k, v = sa.SelfAttention.project_kv(h)  # the new tokens' (B, nh, T, d_kv)
-        x = x + sa.SelfAttention.attend_cached(h, k, v, past_k, past_v, self_mask)
+        att = sa.SelfAttention
+        q, (k, v) = att.split(att.q(h)), att.project_kv(h)  # the new tokens' (B, nh, T, d_kv)
+        # over the cache and themselves without concatenating them (layers.cached_attention); the
+        # mask carries the relative position bias, (B, nh, T, P+T); T5 does not scale by 1/sqrt(d)
+        x = x + att.o(merge_heads(cached_attention(q, k, v, past_k, past_v, self_mask, 1.0)))
         x = x + ca.EncDecAttention.attend(ca.layer_norm(x), cross_k, cross_v, cross_mask)
         return self.layer[2](x), torch.stack([k, v])
 
