@@ -31,6 +31,8 @@ os.environ.setdefault(
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from kiln.exporters.aoti import WEIGHTS_BESIDE_SO  # noqa: E402  # packaged as kiln packages them
+
 VOCAB, HIDDEN, FEATURES, CLASSES = 50, 8, 4, 3
 DIMS = {"batch": {"min": 1, "opt": 2, "max": 8}, "sequence": {"min": 1, "opt": 16, "max": 64}}
 INPUTS = [
@@ -176,7 +178,10 @@ def _file_entry(path: pathlib.Path, fmt: str, **extra) -> dict:
 
 
 def _stamp() -> str:
-    return hashlib.sha256(pathlib.Path(__file__).read_bytes() + torch.__version__.encode()).hexdigest()
+    import kiln.exporters.aoti
+
+    sources = pathlib.Path(__file__).read_bytes() + pathlib.Path(kiln.exporters.aoti.__file__).read_bytes()
+    return hashlib.sha256(sources + torch.__version__.encode()).hexdigest()
 
 
 def build(out: pathlib.Path) -> None:
@@ -199,7 +204,8 @@ def build(out: pathlib.Path) -> None:
                 model, trace_inputs,
                 dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq},
                                 "features": {0: batch}})
-            torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp / "model.pt2"))
+            torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp / "model.pt2"),
+                                                     inductor_configs=WEIGHTS_BESIDE_SO)
 
         ref = tmp / "reference"
         for case, make in CASES.items():
@@ -228,7 +234,7 @@ def build(out: pathlib.Path) -> None:
             "weights": "random",
             "source": {"checkpoint": "tests/cpp/make_fixture_engine.py", "sha256": None},
             "kiln_version": "0.1.0",
-            "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         build_generation(tmp / "generation")

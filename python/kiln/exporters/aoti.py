@@ -19,6 +19,17 @@ def inductor_cache_dir() -> str:
     return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
 
 
+# The weights go into the package beside the model's .so, as one blob (<wrapper>_weights.blob),
+# not inside it: kiln's C++ runtime reads that blob into one buffer and hands the model its
+# constants in place, so a process holds the weights once. Loaded from inside the .so (or left
+# to torch's loader), they are resident twice while loading (cpp/src/backends/aoti.cpp, "the
+# weights"). torch's own aoti_load_package reads such packages too.
+WEIGHTS_BESIDE_SO = {
+    "aot_inductor.package_constants_in_so": False,
+    "aot_inductor.package_constants_on_disk_format": "binary_blob",
+}
+
+
 def export_program(
     model: torch.nn.Module, example: tuple[torch.Tensor, ...], dynamic_shapes: tuple
 ) -> torch.export.ExportedProgram:
@@ -47,7 +58,7 @@ def export_aoti(
     becomes oneDNN's linear_pointwise instead of MKL's addmm (slow on AMD EPYC)."""
     inductor_cache_dir()
     program = export_program(model, example, dynamic_shapes)
-    configs = {"freezing": True, "cpp.weight_prepack": prepack}
+    configs = {"freezing": True, "cpp.weight_prepack": prepack, **WEIGHTS_BESIDE_SO}
     if prepack:
         _compile(program, path, configs)
         return
