@@ -140,8 +140,9 @@ def test_the_weights_are_held_once(engines, kind):
     native = footprint.kiln_run(str(binary), d, "aoti", 1, 2, None)
     for who, m in {"Python Engine": python, "kiln-run": native}.items():
         over = (m["peak_MB"] - m["base_MB"]) / _weights_mb()
-        # torch's loaders hold the mapped weights and their copy together: over 2x here
-        assert over < 1.3, f"{who}: peak {m['peak_MB']:.0f} MB = base {m['base_MB']:.0f} + {over:.2f}x the weights"
+        # torch's loaders hold the mapped weights and their copy together: 2.1-2.2x here. In place:
+        # 1.13-1.4x (the peak also counts library pages first touched at open: 10-25 MB)
+        assert over < 1.6, f"{who}: peak {m['peak_MB']:.0f} MB = base {m['base_MB']:.0f} + {over:.2f}x the weights"
 
 
 def _tamper(engine: Path, dest: Path, edit) -> Path:
