@@ -333,6 +333,9 @@ def _export_int8(
             )
         )
         progress(f"  aoti int8: {time.perf_counter() - t:.1f} s, {(out / file).stat().st_size / 1e6:.1f} MB")
+        slow = Q.slow_int8_cpu()
+        if slow:
+            progress(f"  note: {slow}")
     if "onnx" in formats and (out / ARTIFACT_FILES["onnx"]).is_file() and not (out / "model.onnx.data").exists():
         import onnx
         import onnxruntime

@@ -28,7 +28,11 @@ only _int_mm keeps them int8 in the package. Measured on GPT-2 small's decoder (
     per-token int8 activations + int8 weights (_int_mm) 2.2x fp32 (14.1 vs 31.2 ms)  <- decoders too
 
 ONNX gets ONNX Runtime's quantize_dynamic (per-channel int8 weights, dynamic per-tensor uint8
-activations: what ORT's MatMulInteger supports), which the report shows is less accurate.
+activations: what ORT's MatMulInteger supports), which the report shows is less accurate. Its
+weights use 7 of the 8 bits (`reduce_range`): on a CPU without VNNI (AVX2 only, e.g. AMD EPYC
+Zen 3) ORT multiplies uint8 by int8 with VPMADDUBSW, whose 16-bit pair sums saturate, and a
+tiny BERT's embeddings measured max abs 0.038 with full-range weights against 0.0046 with
+reduce_range (MiniLM: 0.044 -> 0.029); VNNI CPUs accumulate in 32 bits and lose only the bit.
 
 Which layers stay fp32 is measured, not guessed: each linear layer is quantised alone and its
 effect on the graph's outputs measured on the parity feeds (the harness's own inputs: real
@@ -79,10 +83,33 @@ SCHEMES = {
         "int8 symmetric per token, quantised at run time; aten._int_mm with int32 accumulation"
     ),
     "onnxruntime-dynamic": (
-        "onnxruntime.quantization.quantize_dynamic: MatMul weights int8 per output channel, activations uint8 "
-        "per tensor quantised at run time (DynamicQuantizeLinear + MatMulInteger)"
+        "onnxruntime.quantization.quantize_dynamic: MatMul weights int8 per output channel in 7 bits "
+        "(reduce_range: no VPMADDUBSW saturation on CPUs without VNNI), activations uint8 per tensor "
+        "quantised at run time (DynamicQuantizeLinear + MatMulInteger)"
     ),
 }
+
+
+# CPU flags of an int8 dot product that ATen's _int_mm (through oneDNN) runs fast on.
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def slow_int8_cpu(flags: set[str] | None = None, name: str | None = None) -> str | None:
+    """None on a CPU with an int8 dot product; otherwise why this machine should not run the AOTI
+    int8 artifact. Without VNNI or AMX, aten._int_mm takes a reference loop: measured on an AMD EPYC
+    (Zen 3, AVX2) 35-50x slower than fp32 mm, MiniLM's int8 package 25x slower than fp32 (README,
+    "int8 engines"). The artifact stays built: the engine may be deployed on another CPU."""
+    from ..roofline import cpu_info
+
+    info = cpu_info()
+    flags = set(info["isa"]) if flags is None else flags
+    if flags & set(INT8_DOT_FLAGS):
+        return None
+    return (
+        f"this CPU ({name or info['cpu'] or 'unknown'}) has no int8 dot product ({', '.join(INT8_DOT_FLAGS)}): "
+        "here the AOTI int8 artifact runs many times slower than fp32 (aten._int_mm's reference loop); "
+        "deploy it on a CPU with VNNI or AMX, and measure with `kiln int8 ENGINE`"
+    )
 
 
 def as_linears(module: torch.nn.Module) -> torch.nn.Module:
@@ -200,7 +227,7 @@ def quantize_onnx(fp32: Path, out: Path, exclude_layers: Sequence[str] = ()) -> 
             str(fp32),
             str(out),
             per_channel=True,
-            reduce_range=False,
+            reduce_range=True,  # 7-bit weights: exact on AVX2 without VNNI (the module docstring)
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul", "Gemm"],
             nodes_to_exclude=excluded,
