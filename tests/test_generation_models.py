@@ -60,10 +60,15 @@ def test_gpt2_logits_equal_transformers_with_and_without_cache(gpt2):
     _, hf, model = gpt2
     ids, mask, pos = _left_padded([12, 7], 300)
     ref = hf(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-    full, present = model(ids, mask, pos, model.empty_cache(2))
-    real = mask.bool()
-    assert (full - ref)[real].abs().max() < 1e-4
+    last, present = model(ids, mask, pos, model.empty_cache(2))
+    assert last.shape == (2, 1, 300)  # the last position's logits only: all that generation reads
+    assert (last - ref[:, -1:]).abs().max() < 1e-4
     assert present.shape == (2, 2, 2, 4, 12, 16)
+    # every other position's: a prefill of each prefix
+    for t in range(1, 12):
+        prefix, _ = model(ids[:, :t], mask[:, :t], pos[:, :t], model.empty_cache(2))
+        row_real = mask[:, t - 1].bool()
+        assert (prefix[:, 0] - ref[:, t - 1])[row_real].abs().max() < 1e-4
     # prefill 8 tokens, then decode the rest one at a time feeding the present cache back
     logits, cache = model(ids[:, :8], mask[:, :8], pos[:, :8], model.empty_cache(2))
     steps = [logits]
@@ -71,8 +76,9 @@ def test_gpt2_logits_equal_transformers_with_and_without_cache(gpt2):
         logits, cache = model(ids[:, t:t + 1], mask[:, :t + 1], pos[:, t:t + 1], cache)
         steps.append(logits)
     cached = torch.cat(steps, 1)
-    assert (cached - ref)[real].abs().max() < 1e-4
-    assert (cached - full)[real].abs().max() < 1e-5  # the cached path is the uncached one
+    assert (cached - ref[:, 7:12]).abs().max() < 1e-4  # positions 7..11 are real in both rows
+    assert (cached[:, -1:] - last).abs().max() < 1e-5  # the cached path is the uncached one
+    real = mask.bool()
     for b in range(2):  # keys/values of real tokens (padding rows attend to nothing real)
         assert torch.allclose(cache[:, :, b, :, real[b]], present[:, :, b, :, real[b]], atol=1e-5)
 
@@ -92,7 +98,7 @@ def test_distilgpt2_is_a_config_of_gpt2(tmp_path):
     model = load_model(GPT2LMHeadModel, path)
     ids, mask, pos = _left_padded([9], 300)
     logits, _ = model(ids, mask, pos, model.empty_cache(1))
-    assert (logits - hf(input_ids=ids).logits).abs().max() < 1e-4
+    assert (logits - hf(input_ids=ids).logits[:, -1:]).abs().max() < 1e-4
 
 
 @torch.no_grad()
@@ -174,7 +180,7 @@ def test_random_checkpoints_load_in_transformers(tmp_path, gpt2, bart):
         mask = torch.ones_like(ids)
         if cls is GPT2LMHeadModel:
             ours, _ = model(ids, mask, torch.arange(9)[None], model.empty_cache(1))
-            ref = hf(input_ids=ids).logits
+            ref = hf(input_ids=ids).logits[:, -1:]
             std = model.transformer.h[0].attn.c_proj.weight.std().item()
             assert std == pytest.approx(0.02 / (2 * 2) ** 0.5, rel=0.1)  # GPT-2's scaled residual init
         else:

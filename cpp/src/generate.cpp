@@ -581,28 +581,36 @@ std::vector<float> Generator::Impl::run_decoder(DecoderState& st, const std::vec
   std::map<std::string, Tensor> out = decoder(in);
 
   const int64_t V = cfg.vocab_size;
-  auto check = [&](const char* name, const std::vector<int64_t>& want) -> const Tensor& {
+  // `alternative`: a second shape the output may have instead (logits: the last position's only).
+  auto check = [&](const char* name, const std::vector<int64_t>& want,
+                   const std::vector<int64_t>& alternative = {}) -> const Tensor& {
     auto it = out.find(name);
     if (it == out.end()) {
       fail(ErrorCode::Runtime, std::string("the decoder returned no '") + name + "' output; a generation decoder "
                                "returns logits and present_key_values (see kiln/generate.h)");
     }
     const Tensor& t = it->second;
-    if (!t.defined() || t.dtype() != DType::Float32 || t.shape() != want) {
+    const bool shaped = t.defined() && (t.shape() == want || (!alternative.empty() && t.shape() == alternative));
+    if (!shaped || t.dtype() != DType::Float32) {
+      const bool two = !alternative.empty() && alternative != want;
       fail(ErrorCode::Runtime, std::string("the decoder returned '") + name + "' as " +
                                    (t.defined() ? std::string(dtype_name(t.dtype())) + " " + shape_to_string(t.shape())
                                                 : std::string("an undefined tensor")) +
                                    ", expected float32 " + shape_to_string(want) +
+                                   (two ? " or " + shape_to_string(alternative) : std::string()) +
                                    "; the graph does not follow kiln's generation contract, rebuild the engine");
     }
     return t;
   };
-  const Tensor& logits = check("logits", {rows, new_len, V});
+  // Every new position's logits, or (a causal LM's decoder) the last position's only: both end in
+  // the row the next token is chosen from.
+  const Tensor& logits = check("logits", {rows, new_len, V}, {rows, 1, V});
+  const int64_t positions_out = logits.shape()[1];
   st.past = check("present_key_values", {cfg.layers, 2, rows, cfg.heads, total, cfg.head_dim});
   std::vector<float> last(static_cast<size_t>(rows * V));
   const float* src = logits.data<float>();
   for (int64_t r = 0; r < rows; ++r) {
-    const float* row = src + (r * new_len + new_len - 1) * V;
+    const float* row = src + (r * positions_out + positions_out - 1) * V;
     // A NaN would make argmax pick token 0 (every comparison with NaN is false) and
     // sampling draw garbage, silently; say so instead.
     bool nan = false;

@@ -698,9 +698,15 @@ def left_padded_mask(batch: int, total: int) -> np.ndarray:
     return mask
 
 
-def decoder_outputs(cache: Callable[[Any], Cache]) -> Callable[[Any], tuple[TensorSpec, ...]]:
+def decoder_outputs(
+    cache: Callable[[Any], Cache], positions: str | int = "new"
+) -> Callable[[Any], tuple[TensorSpec, ...]]:
+    """A decoder graph's outputs. `positions`: how many new positions have logits; a causal LM's
+    prefill is the whole prompt, so it returns the last position's only (1), which is all that
+    generation reads; an encoder-decoder's decoder starts from one start token and returns every
+    new position's ("new")."""
     return lambda c: (
-        TensorSpec("logits", "float32", ("batch", "new", c.vocab_size)),
+        TensorSpec("logits", "float32", ("batch", positions, c.vocab_size)),
         cache_spec("present_key_values", cache(c), "total"),
     )
 
@@ -732,8 +738,9 @@ def causal_lm(
     int8: Mapping[str, Tolerance] | None = None,
 ) -> Deployable:
     """A decoder-only language model: one decoder graph (input_ids, attention_mask (batch,
-    past + new), position_ids, past_key_values) -> (logits, present_key_values). int8: the
-    measured int8 table ({"logits", "cache"}) where int8 decoders are built."""
+    past + new), position_ids, past_key_values) -> (logits (batch, 1, vocab): the last new
+    position's, present_key_values). int8: the measured int8 table ({"logits", "cache"}) where
+    int8 decoders are built."""
 
     def inputs(c: Any) -> tuple[TensorSpec, ...]:
         n = positions(c)
@@ -757,7 +764,7 @@ def causal_lm(
 
     decoder = Graph(
         inputs,
-        decoder_outputs(cache),
+        decoder_outputs(cache, positions=1),
         example,
         generation_tolerances("present_key_values", int8=int8),
         TaskCheck(

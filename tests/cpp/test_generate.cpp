@@ -51,6 +51,7 @@ struct Fake {
   std::vector<Ids> fed;                   // per call: the input_ids fed (decode steps: one per row)
   std::string problem;                    // the first inconsistency the decoder noticed
   int64_t calls = 0;
+  bool last_only = false;                 // logits of the last new position only (a causal LM's)
 
   kiln::RunFn decoder() {
     return [this](const Inputs& in) { return run(in); };
@@ -134,6 +135,13 @@ struct Fake {
     }
     seen.push_back(histories);
     fed.push_back(fed_now);
+    if (last_only) {
+      Tensor last = Tensor::zeros(DType::Float32, {rows, 1, V});
+      for (int64_t r = 0; r < rows; ++r) {
+        std::copy_n(logits.data<float>() + (r * n + n - 1) * V, V, last.data<float>() + r * V);
+      }
+      logits = last;
+    }
     return {{"logits", logits}, {"present_key_values", present}};
   }
 };
@@ -207,7 +215,20 @@ void test_greedy() {
   CHECK(rb.sequences[2] == reference_greedy({1, 2, 3, 4, 5, 6}, o));
   CHECK(fake2.problem.empty());
   if (!fake2.problem.empty()) std::printf("decoder: %s\n", fake2.problem.c_str());
-  std::printf("ok     greedy (single and left-padded batch of 3)\n");
+
+  // A decoder that returns the last position's logits only (GPT-2's since 2026-12-01) generates
+  // the same: greedy over a left-padded batch, and 4 beams.
+  Fake fake3;
+  fake3.last_only = true;
+  auto gen3 = Generator::from_functions(fake3.decoder(), nullptr, config());
+  CHECK(gen3->generate({{3, 5, 7}, {9}, {1, 2, 3, 4, 5, 6}}, o).sequences == rb.sequences);
+  GenerationOptions beams = options(12);
+  beams.num_beams = 4;
+  Fake fake4;
+  auto full = Generator::from_functions(fake4.decoder(), nullptr, config())->generate({{3, 5, 7}, {9, 1}}, beams);
+  CHECK(gen3->generate({{3, 5, 7}, {9, 1}}, beams).sequences == full.sequences);
+  CHECK(fake3.problem.empty());
+  std::printf("ok     greedy (single and left-padded batch of 3; last-position logits too)\n");
 }
 
 void test_eos_and_pad() {
@@ -460,7 +481,7 @@ void test_errors() {
                       {"present_key_values", Tensor::zeros(DType::Float32, {1, 2, rows, 1, 1, 2})}};
       },
       nullptr, config());
-  expect_error("wrong logits shape", ErrorCode::Runtime, {"logits", "[1, 1, 33]", "expected float32 [1, 2, 32]"},
+  expect_error("wrong logits shape", ErrorCode::Runtime, {"logits", "[1, 1, 33]", "expected float32 [1, 2, 32] or [1, 1, 32]"},
                [&] { wrong->generate({{1, 2}}, o); });
   // Defaults from generation_config.json.
   auto d = GenerationOptions::from_json(

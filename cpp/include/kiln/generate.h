@@ -10,7 +10,8 @@
 //   decoder: input_ids, attention_mask (batch, past + new), position_ids,
 //            [encoder_attention_mask], past_key_values (L, 2, batch, H, past, D),
 //            [cross_key_values (L, 2, batch, H, source, D)]
-//            -> logits (batch, new, vocab), present_key_values (L, 2, batch, H, past + new, D)
+//            -> logits (batch, new, vocab) or the last position's only (batch, 1, vocab),
+//               present_key_values (L, 2, batch, H, past + new, D)
 //   encoder: input_ids, attention_mask (batch, source) -> cross_key_values
 #include <cstdint>
 #include <functional>
