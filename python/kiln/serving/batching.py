@@ -4,12 +4,14 @@ Triton's dynamic batcher gives `execute` several requests at once; with `allow_r
 the sequence inputs their lengths may differ. Two ways to run them (`batching` in the model's
 config parameters):
 
-    exact  each request's outputs are bit for bit what Engine.run gives it alone. On a
-           batch-invariant backend (BATCH_INVARIANT: AOTInductor, whose oneDNN kernels give a
-           row the same bits at any batch size of that shape, measured on tiny BERT and ViT and
-           the real MiniLM) requests whose inputs have the same shape (batch aside) are
-           concatenated along the batch, one Engine.run per distinct shape. On the others each
-           request is its own Engine.run: TorchScript's MKL GEMMs change a row's last bits with
+    exact  each request's outputs are bit for bit what Engine.run gives it alone. Where the
+           engine is batch-invariant on this machine, requests whose inputs have the same shape
+           (batch aside) are concatenated along the batch, one Engine.run per distinct shape; on
+           the others each request is its own Engine.run. Invariance is measured when the model
+           loads (`batch_invariant`), on the backends that can have it (BATCH_INVARIANT):
+           AOTInductor's oneDNN kernels give a row the same bits at any batch size on an Intel
+           Xeon (tiny BERT and ViT, the real MiniLM), but not on an AMD EPYC (Zen 3, AVX2 only),
+           where they block by the batch. TorchScript's MKL GEMMs change a row's last bits with
            the batch (measured on an Intel Xeon: tiny ViT up to 4.8e-7, MiniLM 3.3e-7).
     pad    every request padded to the longest (attention mask 0 on the padding) and run as one
            Engine.run; outputs with a padded dim are sliced back to each request's own size.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +36,45 @@ from ..errors import ErrorCode, InputShapeError, InvalidArgumentError, KilnError
 from ..manifest import Manifest
 
 BATCHING = ("exact", "pad")
-BATCH_INVARIANT = ("aoti",)  # backends whose rows do not depend on the batch they run in
+BATCH_INVARIANT = ("aoti",)  # backends whose rows may not depend on the batch (measured at load)
+INVARIANCE_BATCHES = (2, 3, 8)  # batch sizes the load-time check runs a row in
 Feed = dict[str, np.ndarray]
+
+
+def batch_invariant(engine: Any, manifest: Manifest) -> tuple[bool, str]:
+    """Measured on this machine: does the engine give a row the bits it gets alone when it runs
+    in a batch? Each of the parity harness's feeds (real samples through the pre-processing, of
+    their own lengths, and random ones) has its first row run alone and repeated to each of
+    INVARIANCE_BATCHES (within the engine's batch range); every row must come back the same.
+    (answer, what differed). A kernel may block a matmul by its row count (batch x length), so
+    one shape proves little: on an AMD EPYC a tiny BERT kept its bits at lengths 2, 5, 33 and 40
+    and lost them at 9 and 17."""
+    from ..parity import parity_feeds
+
+    if engine.backend not in BATCH_INVARIANT:
+        return False, f"{engine.backend}: its kernels change a row's bits with the batch"
+    top = manifest.dims["batch"].max if "batch" in manifest.dims else 1
+    sizes = [b for b in INVARIANCE_BATCHES if b <= top]
+    if not sizes:
+        return False, "the engine runs one row at a time"
+    feeds = parity_feeds(manifest)
+    for feed in feeds:
+        row = {n: a[:1] for n, a in feed.items()}
+        alone = engine.run(row)
+        for size in sizes:
+            together = engine.run({n: np.repeat(a, size, axis=0) for n, a in row.items()})
+            for name, got in together.items():
+                want = np.repeat(alone[name], size, axis=0)
+                if not np.array_equal(got, want):
+                    worst = (
+                        float(np.abs(got.astype(np.float64) - want).max()) if got.shape == want.shape else float("nan")
+                    )
+                    shape = {n: a.shape[1:] for n, a in row.items()}
+                    return (
+                        False,
+                        f"{name} at batch {size} (a row {shape}): differs from its run alone by up to {worst:.2g}",
+                    )
+    return True, f"{len(feeds)} feeds, each row the same bits at batch {', '.join(map(str, sizes))}"
 
 
 def batched(manifest: Manifest) -> bool:
@@ -114,14 +154,18 @@ class Run:
 class Batcher:
     """Plans the Engine.run calls for a list of (validated) request feeds and splits the outputs."""
 
-    def __init__(self, manifest: Manifest, batching: str = "exact", backend: str | None = None):
+    def __init__(
+        self, manifest: Manifest, batching: str = "exact", backend: str | None = None, invariant: bool | None = None
+    ):
         """backend: the one the engine runs; in 'exact' mode it decides whether requests of one
-        shape may share an Engine.run (BATCH_INVARIANT) or each runs alone (also when unknown)."""
+        shape may share an Engine.run (BATCH_INVARIANT) or each runs alone (also when unknown).
+        invariant: what `batch_invariant` measured for the engine on this machine (None: not
+        measured, the backend decides)."""
         if batching not in BATCHING:
             raise InvalidArgumentError(f"batching {batching!r}: expected {' or '.join(BATCHING)}")
         self.manifest = manifest
         self.batching = batching
-        self.concatenate = backend in BATCH_INVARIANT
+        self.concatenate = backend in BATCH_INVARIANT and invariant is not False
         self.input_names = manifest.input_names
 
     def plan(self, feeds: Mapping[int, Feed]) -> Iterator[Run]:

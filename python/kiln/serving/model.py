@@ -81,7 +81,9 @@ class TritonPythonModel:
 
             self.manifest = read_graph_manifest(self.dir)
             self.engine = Engine(self.dir, backend=backend, num_threads=threads, precision=precision)
-            self.batcher = batching.Batcher(self.manifest, self.params.get("batching", "exact"), self.engine.backend)
+            mode = self.params.get("batching", "exact")
+            invariant = batching.batch_invariant(self.engine, self.manifest)[0] if mode == "exact" else None
+            self.batcher = batching.Batcher(self.manifest, mode, self.engine.backend, invariant)
             self.outputs = self.manifest.output_names
         elif self.kind == "pipeline":
             from kiln.pipelines import pipeline
