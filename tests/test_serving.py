@@ -745,3 +745,26 @@ def test_bench_serve_reports_latency_batching_and_the_ratio(engines, tmp_path, c
         assert level["mean_batch"] >= 1 and level["ratio"] > 0
         assert level["in_process"]["rows_per_s"] > 0
     assert "| clients |" in out and "server / in-process" in out
+
+
+def test_batch_invariance_is_not_assumed_where_it_cannot_be_checked():
+    """The load-time check answers no, with the reason, for a backend that cannot be invariant,
+    an engine of one row, and an engine kiln cannot make inputs for; the batcher then runs each
+    request alone."""
+
+    class Stub:
+        def __init__(self, backend):
+            self.backend = backend
+
+        def run(self, feed):
+            raise AssertionError("nothing should run")
+
+    spec = [TensorSpec("x", "float32", ("batch", 4))]
+    many = small_manifest(spec, spec, {"batch": DimRange(1, 2, 8)})
+    one = small_manifest(spec, spec, {"batch": DimRange(1, 1, 1)})
+    cases = [(Stub("torchscript"), many, "torchscript"), (Stub("aoti"), one, "one row"), (Stub("aoti"), many, "f/t")]
+    for engine, manifest, why in cases:
+        invariant, detail = batching.batch_invariant(engine, manifest)
+        assert not invariant and why in detail, detail
+        assert not batching.Batcher(manifest, "exact", engine.backend, invariant).concatenate
+    assert batching.Batcher(many, "exact", "aoti", True).concatenate
