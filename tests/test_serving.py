@@ -46,6 +46,31 @@ TIMEOUT = 300  # s for the server to load every model (2 shared cores)
 
 
 @pytest.fixture(scope="module")
+def default_threads() -> int:
+    """torch's intra-op thread count in a fresh process: what the served model's process runs."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout.strip())
+
+
+@pytest.fixture(autouse=True)
+def threads_as_served(default_threads):
+    """Bit-for-bit comparisons with the served model need this process's Engines on the model's
+    thread count: on an AMD EPYC (Zen 3) oneDNN's kernels split a matmul by thread, and earlier
+    tests in the same pytest process (kiln.roofline's probes) leave torch on other counts."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(default_threads)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
 def engines(deployable_engine) -> dict[str, Path]:
     from conftest import engine_of
 
