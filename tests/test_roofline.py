@@ -111,3 +111,17 @@ def test_kiln_sets_a_short_openmp_spin_unless_told_or_too_late():
     assert spin("import kiln; " + probe) == "3000"  # before torch loads libgomp
     assert spin("import kiln; " + probe, GOMP_SPINCOUNT="77") == "77"  # the user's choice stands
     assert spin("import torch, kiln; " + probe) == "None"  # libgomp has read it already: left alone
+
+
+def test_the_probes_give_the_process_back_its_thread_count():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        roofline.gemm_rate([(8, 8, 8)], threads=1, budget_s=0.01)
+        roofline.bandwidth(1 << 20, threads=1, budget_s=0.01)
+        roofline.linear_kernels(1, 16, 16, threads=1, budget_s=0.01)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -182,6 +182,24 @@ def _best_seconds(fn: Callable[[], Any], budget_s: float, least: int = 3) -> flo
     return best
 
 
+def _restoring_threads(probe: Callable[..., Any]) -> Callable[..., Any]:
+    """A probe runs on its `threads`, then gives the process back the intra-op thread count it
+    had: a caller in the same process (a test, a server comparing bits) keeps its own."""
+
+    @functools.wraps(probe)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        before = torch.get_num_threads()
+        try:
+            return probe(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
+@_restoring_threads
 def gemm_rate(shapes: list[tuple[int, int, int]], threads: int, budget_s: float = 0.5) -> dict[str, float]:
     """GFLOP/s of a fp32 torch.mm per (M, K, N) shape, plus the 1024^3 reference; key "MxKxN"."""
     import torch
@@ -209,6 +227,7 @@ def huge_pages_advised() -> bool:
     return any(t.strip() in ("glibc.malloc.hugetlb=1", "glibc.malloc.hugetlb=2") for t in tunables.split(":"))
 
 
+@_restoring_threads
 def bandwidth(nbytes: float, threads: int, budget_s: float = 1.0) -> dict[str, float]:
     """A streaming read of `nbytes` (at least 64 MiB, beyond the caches): GB/s of a sum and of a
     GEMV (what a decode step is) over the same buffer, and the best of both ("read")."""
@@ -231,6 +250,7 @@ def bandwidth(nbytes: float, threads: int, budget_s: float = 1.0) -> dict[str, f
     }
 
 
+@_restoring_threads
 def linear_kernels(m: int, k: int, n: int, threads: int, budget_s: float = 0.6) -> dict[str, float]:
     """GB/s of weight read by the fp32 linear kernels a compiled graph can call for one (M, K, N)
     projection (kiln.exporters.layout chooses among them at build): MKL's GEMM over a weight
