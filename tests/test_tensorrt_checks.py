@@ -50,6 +50,26 @@ def test_catches_an_unsupported_operator(tmp_path, table):
     assert not f.ok and "AffineGrid (x1)" in f.detail
 
 
+def test_constant_folding_leaves_nothing_in_the_temporary_directory(tmp_path, monkeypatch):
+    # polygraphy's tools leave files there: a session file (.ses) on every run and, from its shape
+    # inference on a model read from a path, tmp_polygraphy_*.onnx (as large as the model)
+    import tempfile
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    one = helper.make_tensor("one", TensorProto.FLOAT, [2, 3], [1.0] * 6)
+    nodes = [helper.make_node("Add", ["one", "one"], ["two"]),  # folds to a constant
+             helper.make_node("Mul", ["x", "two"], ["y"])]
+    onnx.save(_model(nodes, [x], [y], initializers=[one]), tmp_path / "m.onnx")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    f = trt.fold_constants(tmp_path / "m.onnx", tmp_path / "folded.onnx")
+    assert f.ok and "2 -> 1 nodes" in f.detail, f.detail
+    assert list(tmp.iterdir()) == []
+
+
 def test_catches_float64_and_unsupported_types(tmp_path, table):
     a = helper.make_tensor_value_info("a", TensorProto.INT64, [2, 2])
     b = helper.make_tensor_value_info("b", TensorProto.INT64, [2, 2])

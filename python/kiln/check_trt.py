@@ -214,7 +214,11 @@ def fold_constants(onnx_path: str | Path, out_path: str | Path, external_data: b
         str(out_path),
         *(["--save-external-data"] if external_data else []),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # polygraphy leaves files in the temporary directory: a session file (.ses), and its shape
+    # inference's tmp_polygraphy_*.onnx (as large as the model; 142 MB from one `make test`): it
+    # runs in one of kiln's own, removed afterwards
+    with tempfile.TemporaryDirectory(prefix="kiln-polygraphy-") as tmp:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TMPDIR": tmp})
     if proc.returncode != 0 or not Path(out_path).is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return Finding(
