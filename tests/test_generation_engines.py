@@ -89,11 +89,13 @@ def test_build_writes_a_generation_engine(gpt2, bart):
                 else:
                     assert not layout, a
                 if a.format == "aoti" and a.precision == "fp32" and sub.graph == "decoder":
-                    from kiln.exporters.layout import prepack_linears
+                    from kiln.exporters.layout import pack_rows, prepack_linears
                     from kiln.roofline import artifact_kernels
 
                     prepacked = a.extra["linear_kernels"]["prepacked"]
                     assert prepacked == prepack_linears(sub.dims)[0]
+                    rows = a.extra["linear_kernels"].get("packed_for_rows")
+                    assert rows == (pack_rows(sub.dims) if prepacked else None), a.extra
                     # what the package calls, though this session compiled prepacked graphs before
                     # (Inductor registers its packing patterns once per process)
                     kernels = artifact_kernels(sub.artifact_path(a))

@@ -270,7 +270,7 @@ def test_decoder_linears_stored_in_out_give_the_same_logits_from_one_table():
 
 def test_linear_kernels_follow_the_decode_rows_and_the_cpu_vendor():
     """MKL's GEMM (no oneDNN prepacking) only for a one-row decode step on an Intel CPU."""
-    from kiln.exporters.layout import prepack_linears
+    from kiln.exporters.layout import pack_rows, prepack_linears
     from kiln.manifest import DimRange
 
     def dims(batch_opt: int, cache: bool = True) -> dict:
@@ -281,3 +281,39 @@ def test_linear_kernels_follow_the_decode_rows_and_the_cpu_vendor():
     assert prepack_linears(dims(4), "GenuineIntel")[0] is True  # a 4-beam step: oneDNN wins
     assert prepack_linears(dims(1), "AuthenticAMD")[0] is True  # MKL's slow path there
     assert prepack_linears(dims(1, cache=False), "GenuineIntel")[0] is True  # an encoder
+    assert pack_rows(dims(1)) == 1 and pack_rows(dims(4)) == 4 and pack_rows(dims(1, cache=False)) is None
+
+
+def _packed_layouts(package) -> list[tuple[int, ...]]:
+    """The oneDNN descriptors of an AOTInductor package's prepacked constants (its wrapper source)."""
+    import re
+    import zipfile
+
+    with zipfile.ZipFile(package) as z:
+        (wrapper,) = [n for n in z.namelist() if n.endswith(".wrapper.cpp")]
+        source = z.read(wrapper).decode()
+    found = re.findall(r"constants_info_\[\d+\]\.opaque_metadata = \{([^}]*)\}", source)
+    return [tuple(int(b.strip().rstrip("L")) for b in f.split(",")) for f in found]
+
+
+def test_prepacked_weights_are_laid_out_for_the_rows_asked(tmp_path):
+    """export_aoti(pack_rows=R) packs each linear's weight as oneDNN lays it out for R rows (the
+    package holds that descriptor); without it, for the export example's rows."""
+    from kiln.exporters.aoti import export_aoti
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 256).eval()
+
+    def layout(rows: int) -> tuple[int, ...]:
+        packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows)
+        return tuple(torch.ops.mkldnn._get_mkldnn_serialized_md(packed).tolist())
+
+    example = (torch.randn(2, 16, 64),)  # 32 rows
+    shapes = ({0: torch.export.Dim("batch", min=1, max=8), 1: torch.export.Dim("seq", min=1, max=64)},)
+    asked = next((r for r in (1, 2, 4, 8, 64, 256) if layout(r) != layout(32)), None)
+    if asked is None:
+        pytest.skip("oneDNN lays this weight out the same for every row count on this CPU")
+    for rows, expected in ((asked, layout(asked)), (None, layout(32))):
+        package = tmp_path / f"rows-{rows}.pt2"
+        export_aoti(linear, example, package, shapes, pack_rows=rows)
+        assert _packed_layouts(package) == [expected], rows

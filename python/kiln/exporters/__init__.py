@@ -35,7 +35,7 @@ from ..manifest import (
 )
 from ..paths import resolve_checkpoint
 from ..recipe import FORMATS, Recipe
-from .layout import decoder_in_out, prepack_linears
+from .layout import decoder_in_out, pack_rows, prepack_linears
 
 ENGINES_DIR = Path("engines")
 PROCESSING_FILES = (
@@ -215,9 +215,12 @@ def _export_graph(
             from .aoti import export_aoti
 
             prepack, reason = prepack_linears(graph_dims)
+            rows = pack_rows(graph_dims) if prepack else None
             with decoder_in_out(module, graph_dims) as (cpu_module, layout):
-                export_aoti(cpu_module, args, out / file, shapes, prepack=prepack)
+                export_aoti(cpu_module, args, out / file, shapes, prepack=prepack, pack_rows=rows)
             kernels = {"linear_kernels": {"prepacked": prepack, "why": reason}}
+            if rows is not None:
+                kernels["linear_kernels"]["packed_for_rows"] = rows
             artifacts.append(Artifact.of(out, fmt, file, device="cpu", versions=versions, **layout, **kernels))
         elif fmt == "tensorrt":
             from .tensorrt import build_tensorrt

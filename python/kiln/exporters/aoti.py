@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -39,10 +41,29 @@ def export_program(
         return torch.export.export(model, example, dynamic_shapes=dynamic_shapes, strict=False)
 
 
-def _compile(program: torch.export.ExportedProgram, path: Path, configs: dict) -> None:
+@contextlib.contextmanager
+def packed_for_rows(rows: int | None) -> Iterator[None]:
+    """Inductor packs each linear's weight for oneDNN with a row count as a hint
+    (mkldnn._reorder_linear_weight(W, rows)): oneDNN picks the blocked layout for that many
+    rows. Where the rows are dynamic, Inductor takes the export example's (a decoder's: 2 x 16).
+    Inside this context it takes `rows` (None: Inductor's own choice). See layout.pack_rows."""
+    if rows is None:
+        yield
+        return
+    from torch._inductor.fx_passes import mkldnn_fusion
+
+    own = mkldnn_fusion.optimization_hint
+    mkldnn_fusion.optimization_hint = lambda expr, *args, **kwargs: rows
+    try:
+        yield
+    finally:
+        mkldnn_fusion.optimization_hint = own
+
+
+def _compile(program: torch.export.ExportedProgram, path: Path, configs: dict, pack_rows: int | None = None) -> None:
     # Inductor applies freezing only with grad disabled: without no_grad the flag is silently
     # ignored (MiniLM b1 x 128: 26 ms -> 16 ms on the AMD EPYC machine).
-    with torch.no_grad():
+    with torch.no_grad(), packed_for_rows(pack_rows):
         torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
 
 
@@ -52,15 +73,17 @@ def export_aoti(
     path: Path,
     dynamic_shapes: tuple,
     prepack: bool = True,
+    pack_rows: int | None = None,
 ) -> None:
     """`prepack`: Inductor packs the linear weights for oneDNN (layout.prepack_linears says when
     MKL's GEMM is faster). Freezing folds the weights into the graph; with prepacking, linear
-    becomes oneDNN's linear_pointwise instead of MKL's addmm (slow on AMD EPYC)."""
+    becomes oneDNN's linear_pointwise instead of MKL's addmm (slow on AMD EPYC). `pack_rows`: the
+    row count oneDNN lays the packed weights out for (layout.pack_rows; None: Inductor's)."""
     inductor_cache_dir()
     program = export_program(model, example, dynamic_shapes)
     configs = {"freezing": True, "cpp.weight_prepack": prepack, **WEIGHTS_BESIDE_SO}
     if prepack:
-        _compile(program, path, configs)
+        _compile(program, path, configs, pack_rows)
         return
     # Inductor registers its oneDNN weight-packing patterns once per process, by the setting of
     # the first compile (freezing_patterns.lazy_init): an engine whose encoder is prepacked and
