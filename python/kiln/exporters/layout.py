@@ -118,9 +118,9 @@ def pack_rows(dims: dict[str, Any]) -> int | None:
     """The row count oneDNN's packed weights are laid out for: a decoder's step rows at the
     engine's opt dims (None elsewhere: Inductor's choice, the export example's rows). On the AMD
     EPYC (Zen 3) of issue 15, GPT-2's one-row decode step took 22.0-23.3 ms packed for 1 row
-    against 26.7-27.4 ms packed for the example's 32 (fastest of 60, interleaved in one process;
-    medians 28.4-28.6 vs 31.3-32.6); its prefill was no slower (1 x 32 and 8 x 128), and a
-    4-row step paid (44.8 vs 30.0 ms): the engine is built for its opt dims."""
+    against 24.9-27.4 ms packed for the example's 32 (fastest of 60, interleaved in one process,
+    three runs; medians 26.3-28.6 vs 30.0-32.6); its prefill was no slower (1 x 32 and 8 x 128),
+    and a 4-row step paid (44.8 vs 30.0 ms): the engine is built for its opt dims."""
     return decode_rows(dims)
 
 
