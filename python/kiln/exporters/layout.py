@@ -14,7 +14,7 @@ row of this table on its machine, `roofline.linear_kernels`):
 
 So at one row MKL's GEMM over a weight stored (in, out) is the fastest, most of all on the
 vocabulary projection (a third of GPT-2's bytes), and at 4 rows (a 4-beam step) oneDNN's
-prepacked kernel is. Two choices follow, both made at build time:
+prepacked kernel is. Three choices follow, all made at build time:
 
 - `decoder_in_out`: in a decoder's CPU formats every nn.Linear is stored (in, out), and an
   embedding tied to one (the vocabulary head) gathers its rows from that same table, so the
@@ -27,6 +27,8 @@ prepacked kernel is. Two choices follow, both made at build time:
   for a decoder whose decode step at the engine's opt dims is one row, on an Intel CPU.
   MKL takes a slow path on AMD EPYC, where the prepacked kernels won by a lot (MiniLM
   26 -> 16 ms), so AMD keeps them everywhere.
+- `pack_rows`: where Inductor prepacks a decoder's weights, oneDNN lays them out for the rows of a
+  step at the engine's opt dims, not for the export example's (aoti.packed_for_rows).
 """
 
 from __future__ import annotations
