@@ -287,12 +287,10 @@ def test_linear_kernels_follow_the_decode_rows_and_the_cpu_vendor():
 def _packed_layouts(package) -> list[tuple[int, ...]]:
     """The oneDNN descriptors of an AOTInductor package's prepacked constants (its wrapper source)."""
     import re
-    import zipfile
 
-    with zipfile.ZipFile(package) as z:
-        (wrapper,) = [n for n in z.namelist() if n.endswith(".wrapper.cpp")]
-        source = z.read(wrapper).decode()
-    found = re.findall(r"constants_info_\[\d+\]\.opaque_metadata = \{([^}]*)\}", source)
+    from kiln.roofline import wrapper_source
+
+    found = re.findall(r"constants_info_\[\d+\]\.opaque_metadata = \{([^}]*)\}", wrapper_source(package))
     return [tuple(int(b.strip().rstrip("L")) for b in f.split(",")) for f in found]
 
 

@@ -286,6 +286,16 @@ def gemm_seconds(work: Work, rates: Mapping[str, float]) -> float:
     return secs + max(work.flops - counted, 0.0) / (floor * 1e9)
 
 
+def wrapper_source(pt2: Path) -> str:
+    """The C++ source Inductor generated for an AOTInductor package's model (its wrapper.cpp
+    entries): it names the extern kernels and each constant's shape, stride and oneDNN layout.
+    Raises OSError or zipfile.BadZipFile for a file that is not a readable package."""
+    import zipfile
+
+    with zipfile.ZipFile(pt2) as z:
+        return "".join(z.read(i).decode(errors="replace") for i in z.infolist() if i.filename.endswith("wrapper.cpp"))
+
+
 def artifact_kernels(pt2: Path) -> dict[str, int]:
     """The extern kernels an AOTInductor package calls, by name and count (its generated wrapper
     names them): oneDNN's prepacked linear (`_linear_pointwise`), MKL's packed GEMM
@@ -294,14 +304,10 @@ def artifact_kernels(pt2: Path) -> dict[str, int]:
     import zipfile
     from collections import Counter
 
-    counts: Counter[str] = Counter()
     try:
-        with zipfile.ZipFile(pt2) as z:
-            for info in z.infolist():
-                if info.filename.endswith("wrapper.cpp"):
-                    text = z.read(info).decode(errors="replace")
-                    counts.update(re.findall(r"aoti_torch_cpu_(\w+?)\(", text))
-                    counts.update(m for m in re.findall(r"\bmkl_linear\b", text))
+        text = wrapper_source(pt2)
     except (OSError, zipfile.BadZipFile):
         return {}
+    counts: Counter[str] = Counter(re.findall(r"aoti_torch_cpu_(\w+?)\(", text))
+    counts.update(re.findall(r"\bmkl_linear\b", text))
     return dict(counts.most_common())
