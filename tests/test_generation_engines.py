@@ -80,7 +80,14 @@ def test_build_writes_a_generation_engine(gpt2, bart):
             # table (kiln.exporters.layout); AOTI says which linear kernels it was compiled for, and why
             for a in sub.artifacts:
                 layout = a.extra.get("weight_layout", {}).get("in_out", [])
-                if a.format in ("torchscript", "aoti") and sub.graph == "decoder":
+                reduced = a.extra.get("linear_kernels", {}).get("one_row_reduction", False)
+                if reduced:  # AOTI's one-row decoder off Intel: every linear as OneRowLinear, weights (out, in)
+                    from kiln.exporters.layout import one_row_reduction
+
+                    assert a.format == "aoti" and sub.graph == "decoder" and one_row_reduction(sub.dims), a
+                    names = a.extra["weight_layout"]["one_row_reduction"]
+                    assert any(n.endswith("lm_head") for n in names) and not layout, a
+                elif a.format in ("torchscript", "aoti") and sub.graph == "decoder":
                     assert any(n.endswith("lm_head") for n in layout), a
                     assert any(n.endswith(("wte", "shared")) for n in layout), a
                     if m.encoder_decoder:  # BART's layers are nn.Linear (GPT-2's are Conv1D, already (in, out))
@@ -100,7 +107,10 @@ def test_build_writes_a_generation_engine(gpt2, bart):
                     # (Inductor registers its packing patterns once per process)
                     kernels = artifact_kernels(sub.artifact_path(a))
                     assert ("_linear_pointwise" in kernels) == prepacked, kernels
-                    assert ("addmm_out" in kernels) == (not prepacked), kernels
+                    if reduced:  # mm(W, x^T) for several rows; the one-row branch is Inductor's own
+                        assert "mm_out" in kernels and "addmm_out" not in kernels, kernels
+                    else:
+                        assert ("addmm_out" in kernels) == (not prepacked), kernels
     assert read_manifest(bart[0]).generation["forced_bos_token_id"] == 0
 
 

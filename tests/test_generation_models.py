@@ -269,19 +269,73 @@ def test_decoder_linears_stored_in_out_give_the_same_logits_from_one_table():
 
 
 def test_linear_kernels_follow_the_decode_rows_and_the_cpu_vendor():
-    """MKL's GEMM (no oneDNN prepacking) only for a one-row decode step on an Intel CPU."""
-    from kiln.exporters.layout import pack_rows, prepack_linears
+    """A one-row decode step: MKL's GEMM on an Intel CPU, Inductor's one-row reduction elsewhere
+    (neither prepacked); several rows and encoders: oneDNN's prepacked kernels."""
+    from kiln.exporters.layout import one_row_reduction, pack_rows, prepack_linears
     from kiln.manifest import DimRange
 
     def dims(batch_opt: int, cache: bool = True) -> dict:
         d = {"batch": DimRange(1, batch_opt, 16), "new": DimRange(1, 1, 64)}
         return {**d, "past": DimRange(0, 64, 512)} if cache else d
 
-    assert prepack_linears(dims(1), "GenuineIntel")[0] is False
+    assert prepack_linears(dims(1), "GenuineIntel")[0] is False and not one_row_reduction(dims(1), "GenuineIntel")
     assert prepack_linears(dims(4), "GenuineIntel")[0] is True  # a 4-beam step: oneDNN wins
-    assert prepack_linears(dims(1), "AuthenticAMD")[0] is True  # MKL's slow path there
-    assert prepack_linears(dims(1, cache=False), "GenuineIntel")[0] is True  # an encoder
+    assert prepack_linears(dims(1), "AuthenticAMD")[0] is False and one_row_reduction(dims(1), "AuthenticAMD")
+    assert prepack_linears(dims(4), "AuthenticAMD")[0] is True and not one_row_reduction(dims(4), "AuthenticAMD")
+    for vendor in ("GenuineIntel", "AuthenticAMD"):  # an encoder
+        assert prepack_linears(dims(1, cache=False), vendor)[0] is True
+        assert not one_row_reduction(dims(1, cache=False), vendor)
     assert pack_rows(dims(1)) == 1 and pack_rows(dims(4)) == 4 and pack_rows(dims(1, cache=False)) is None
+
+
+def test_one_row_linears_compute_the_linears_at_every_row_count(tmp_path):
+    """OneRowLinear (an nn.Linear, a tied embedding, GPT-2's Conv1D) gives F.linear's numbers in
+    eager and compiled by AOTInductor, for one row (its reduction branch) and for several (MKL's
+    GEMM); the package holds each weight once and calls no oneDNN linear."""
+    import zipfile
+
+    from kiln.exporters.aoti import export_aoti
+    from kiln.exporters.layout import OneRowLinear, one_row_linears
+    from kiln.models.gpt2 import Conv1D
+    from kiln.roofline import artifact_kernels
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(300, 48)
+            self.conv = Conv1D(48, 96)
+            self.fc = torch.nn.Linear(96, 48)
+            self.head = torch.nn.Linear(48, 300, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, ids):
+            return self.head(self.fc(torch.tanh(self.conv(self.embed(ids)))))
+
+    torch.manual_seed(0)
+    model = Tied().eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    cases = [torch.randint(0, 300, shape) for shape in ((1, 1), (3, 1), (2, 5))]
+    with torch.no_grad():
+        expected = [model(ids) for ids in cases]
+        with one_row_linears(model) as (swapped, layout):
+            assert isinstance(swapped.conv, OneRowLinear) and swapped.head.weight is swapped.embed.weight
+            assert set(layout["weight_layout"]["one_row_reduction"]) == {"conv", "fc", "head"}
+            for ids, ref in zip(cases, expected):
+                torch.testing.assert_close(swapped(ids), ref, rtol=1e-5, atol=1e-5)
+            package = tmp_path / "one-row.pt2"
+            shapes = ({0: torch.export.Dim("batch", min=1, max=8), 1: torch.export.Dim("new", min=1, max=16)},)
+            export_aoti(swapped, (cases[2],), package, shapes, prepack=False)
+        assert isinstance(model.conv, Conv1D)  # back as it was
+        compiled = torch._inductor.aoti_load_package(str(package))
+        for ids, ref in zip(cases, expected):
+            torch.testing.assert_close(compiled(ids), ref, rtol=1e-5, atol=1e-5)
+    with zipfile.ZipFile(package) as z:
+        blob = sum(i.file_size for i in z.infolist() if i.filename.endswith(".blob"))
+    assert weights <= blob < 1.2 * weights, (blob, weights)  # the tied table once, no transposed copies
+    kernels = artifact_kernels(package)
+    assert "mm_out" in kernels and "_linear_pointwise" not in kernels, kernels
 
 
 def _packed_layouts(package) -> list[tuple[int, ...]]:

@@ -35,7 +35,7 @@ from ..manifest import (
 )
 from ..paths import resolve_checkpoint
 from ..recipe import FORMATS, Recipe
-from .layout import decoder_in_out, pack_rows, prepack_linears
+from .layout import decoder_in_out, one_row_linears, one_row_reduction, pack_rows, prepack_linears
 
 ENGINES_DIR = Path("engines")
 PROCESSING_FILES = (
@@ -216,11 +216,15 @@ def _export_graph(
 
             prepack, reason = prepack_linears(graph_dims)
             rows = pack_rows(graph_dims) if prepack else None
-            with decoder_in_out(module, graph_dims) as (cpu_module, layout):
+            reduce = one_row_reduction(graph_dims)
+            linears = one_row_linears(module) if reduce else decoder_in_out(module, graph_dims)
+            with linears as (cpu_module, layout):
                 export_aoti(cpu_module, args, out / file, shapes, prepack=prepack, pack_rows=rows)
-            kernels = {"linear_kernels": {"prepacked": prepack, "why": reason}}
+            kernels: dict[str, Any] = {"linear_kernels": {"prepacked": prepack, "why": reason}}
             if rows is not None:
                 kernels["linear_kernels"]["packed_for_rows"] = rows
+            if reduce:
+                kernels["linear_kernels"]["one_row_reduction"] = True
             artifacts.append(Artifact.of(out, fmt, file, device="cpu", versions=versions, **layout, **kernels))
         elif fmt == "tensorrt":
             from .tensorrt import build_tensorrt
