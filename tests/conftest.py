@@ -7,7 +7,8 @@ save_hf_model      factory: a transformers BERT with seeded random weights from 
 make_checkpoint    any registered deployable as a tiny transformers checkpoint of its reference
                    class (its `tiny` config), with the processing files its modality needs
 deployable_engine  factory: that checkpoint built into every CPU format (`kiln build
-                   --checkpoint DIR`'s path), once per session per deployable
+                   --checkpoint DIR`'s path), once per session per deployable, by the session or
+                   the helper process that builds them beside it (kiln.testing.TinyEngines)
 """
 
 from __future__ import annotations
@@ -85,22 +86,33 @@ def deployable_id(d) -> str:
     return f"{d.family}-{d.task}"
 
 
+def _parametrized_deployables(items) -> set:
+    """Keys of the deployables that the session's tests parametrized over them (`d`) build."""
+    keys = set()
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        key = getattr(callspec.params.get("d"), "key", None) if callspec is not None else None
+        if key is not None and "deployable_engine" in item.fixturenames:
+            keys.add(key)
+    return keys
+
+
 @pytest.fixture(scope="session")
-def deployable_engine(tmp_path_factory):
+def deployable_engine(tmp_path_factory, request):
     """deployable_engine(deployable) -> (engine dir, checkpoint dir, HF model): its tiny checkpoint
     built into every CPU format as `kiln build --checkpoint DIR --task TASK` builds it (dims at
-    the deployable's defaults, clamped to the checkpoint's limits), once per session."""
-    from kiln.testing import tiny_engine
+    the deployable's defaults, clamped to the checkpoint's limits), once per session. Where the
+    session runs tests parametrized over several deployables, a helper process builds theirs
+    beside it, last first (KILN_TEST_HELPER=0: no helper)."""
+    from kiln.testing import TinyEngines
 
-    root = tmp_path_factory.mktemp("deployables")
-    built: dict = {}
-
-    def get(d):
-        if d.key not in built:
-            built[d.key] = tiny_engine(d, root, deployable_id(d))
-        return built[d.key]
-
-    return get
+    engines = TinyEngines(tmp_path_factory.mktemp("deployables"))
+    keys = _parametrized_deployables(request.session.items)
+    wanted = [d for d in all_deployables() if d.key in keys]
+    if len(wanted) > 1 and os.environ.get("KILN_TEST_HELPER", "1") != "0":
+        engines.start_helper(wanted)
+    yield engines.get
+    engines.stop_helper()
 
 
 def engine_of(deployable_engine, family: str, task: str):

@@ -155,10 +155,10 @@ def _write_processing(d: Deployable, out: Path) -> None:
             shutil.copy2(src / f, out / f)
 
 
-def make_checkpoint(d: Deployable, out: Path, seed: int = 0, relative: bool = False, **config: Any) -> tuple[Path, Any]:
+def tiny_model(d: Deployable, seed: int = 0, relative: bool = False, **config: Any) -> Any:
     """A tiny transformers model of the deployable's reference class (its `tiny` config, the
-    modality's vocabulary, labels for a labelled task), perturbed (`relative`: see `perturb`), saved
-    with save_pretrained with the processing files. Returns (dir, eval-mode transformers model)."""
+    modality's vocabulary, labels for a labelled task), perturbed (`relative`: see `perturb`), in
+    eval mode: what `make_checkpoint` saves."""
     import torch
     import transformers
 
@@ -174,6 +174,13 @@ def make_checkpoint(d: Deployable, out: Path, seed: int = 0, relative: bool = Fa
         # (transformers 5 keeps generation settings out of config.json: read them from what was asked)
         for key, value in d.generation.defaults(d.config_class.from_dict({**cfg.to_dict(), **kwargs})).items():
             setattr(model.generation_config, key, value)
+    return model
+
+
+def make_checkpoint(d: Deployable, out: Path, seed: int = 0, relative: bool = False, **config: Any) -> tuple[Path, Any]:
+    """`tiny_model` saved with save_pretrained, with the processing files its modality needs.
+    Returns (dir, eval-mode transformers model)."""
+    model = tiny_model(d, seed, relative, **config)
     model.save_pretrained(out)
     _write_processing(d, out)
     return out, model
@@ -191,6 +198,92 @@ def tiny_engine(
     ckpt, hf = make_checkpoint(d, Path(root) / f"ckpt-{name}", seed)
     result = build(Recipe.for_checkpoint(ckpt, d.task), output=Path(root) / "engines" / name, formats=formats)
     return result.path, ckpt, hf
+
+
+class TinyEngines:
+    """Tiny engines (`tiny_engine`) built once under `root`, shared by the processes that ask for
+    them: a test session, and the helper process it starts (`prebuild`) to build the same list in
+    the other order on the core that a build's single-threaded export leaves idle. An engine is
+    built by whichever process asks first, under a file lock the other waits on; a helper that
+    dies leaves its locks free, and one that holds a lock past `patience` seconds is stopped."""
+
+    def __init__(self, root: Path, patience: float = 1200.0):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.patience = patience
+        self.helper: Any = None  # subprocess.Popen of the helper, where one was started
+        self._built: dict[str, tuple[Path, Path, Any]] = {}
+
+    def start_helper(self, deployables: list[Deployable]) -> None:
+        """Build `deployables` in a helper process, last first (a session asks for them first to last)."""
+        import subprocess
+        import sys
+
+        keys = [f"{d.family}/{d.task}" for d in reversed(deployables)]
+        log = open(self.root / "helper.log", "w")  # noqa: SIM115 (the process writes it until it ends)
+        # at a lower priority: the session's own work comes first
+        code = "import os, sys; os.nice(10); from kiln.testing import prebuild; prebuild(sys.argv[1], sys.argv[2:])"
+        self.helper = subprocess.Popen([sys.executable, "-c", code, str(self.root), *keys], stdout=log, stderr=log)
+        log.close()
+
+    def stop_helper(self) -> None:
+        if self.helper is not None and self.helper.poll() is None:
+            self.helper.terminate()
+            try:
+                self.helper.wait(timeout=30)
+            except Exception:
+                self.helper.kill()
+                self.helper.wait()
+
+    def get(self, d: Deployable, *, model: bool = True) -> tuple[Path, Path, Any]:
+        """(engine dir, checkpoint dir, the transformers model: None where `model` is False)."""
+        import fcntl
+        import time
+
+        name = f"{d.family}-{d.task}"
+        if name in self._built:
+            return self._built[name]
+        done = self.root / f"{name}.built"
+        with open(self.root / f"{name}.lock", "a") as lock:
+            waited = time.monotonic()
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() - waited > self.patience:
+                        self.stop_helper()  # a build past its patience: this process builds it
+                    time.sleep(0.2)
+            try:
+                if done.is_file():
+                    engine, ckpt = self.root / "engines" / name, self.root / f"ckpt-{name}"
+                    hf = tiny_model(d) if model else None  # the model make_checkpoint saved there (seed 0)
+                else:
+                    shutil.rmtree(self.root / f"ckpt-{name}", ignore_errors=True)  # an interrupted build's
+                    engine, ckpt, hf = tiny_engine(d, self.root, name)
+                    done.touch()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        self._built[name] = (engine, ckpt, hf)
+        return self._built[name]
+
+
+def prebuild(root: str, keys: list[str]) -> None:
+    """The helper process of `TinyEngines.start_helper`: each "family/task" in turn, skipping
+    those already built; a build that fails is left to the session (which reports it)."""
+    import traceback
+
+    from . import registry
+
+    engines = TinyEngines(Path(root))
+    for key in keys:
+        family, task = key.split("/")
+        try:
+            engines.get(registry.get(family, task), model=False)
+            print(f"built {key}", flush=True)
+        except Exception:
+            traceback.print_exc()
+            print(f"failed {key}: left to the session", flush=True)
 
 
 def _check(ok: bool, what: object) -> None:
