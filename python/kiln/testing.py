@@ -213,6 +213,7 @@ class TinyEngines:
         self.patience = patience
         self.helper: Any = None  # subprocess.Popen of the helper, where one was started
         self._built: dict[str, tuple[Path, Path, Any]] = {}
+        self.made: list[str] = []  # the engines this process built (the others it found built)
 
     def start_helper(self, deployables: list[Deployable]) -> None:
         """Build `deployables` in a helper process, last first (a session asks for them first to last)."""
@@ -252,7 +253,12 @@ class TinyEngines:
                     break
                 except BlockingIOError:
                     if time.monotonic() - waited > self.patience:
+                        if self.helper is None or self.helper.poll() is not None:
+                            raise TimeoutError(
+                                f"{lock.name}: held by another process for over {self.patience:g} s"
+                            ) from None
                         self.stop_helper()  # a build past its patience: this process builds it
+                        waited = time.monotonic()
                     time.sleep(0.2)
             try:
                 if done.is_file():
@@ -262,6 +268,7 @@ class TinyEngines:
                     shutil.rmtree(self.root / f"ckpt-{name}", ignore_errors=True)  # an interrupted build's
                     engine, ckpt, hf = tiny_engine(d, self.root, name)
                     done.touch()
+                    self.made.append(name)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
         self._built[name] = (engine, ckpt, hf)
@@ -279,8 +286,9 @@ def prebuild(root: str, keys: list[str]) -> None:
     for key in keys:
         family, task = key.split("/")
         try:
+            made = len(engines.made)
             engines.get(registry.get(family, task), model=False)
-            print(f"built {key}", flush=True)
+            print(f"{'built' if len(engines.made) > made else 'found built'} {key}", flush=True)
         except Exception:
             traceback.print_exc()
             print(f"failed {key}: left to the session", flush=True)
