@@ -14,19 +14,19 @@ row of this table on its machine, `roofline.linear_kernels`):
 
 So at one row MKL's GEMM over a weight stored (in, out) is the fastest, most of all on the
 vocabulary projection (a third of GPT-2's bytes), and at 4 rows (a 4-beam step) oneDNN's
-prepacked kernel is. Three choices follow, all made at build time:
+prepacked kernel is. Four choices follow, all made at build time:
 
-- `decoder_in_out`: in a decoder's CPU formats every nn.Linear is stored (in, out), and an
-  embedding tied to one (the vocabulary head) gathers its rows from that same table, so the
-  weights are held once. (A tied `nn.Linear` head otherwise compiles to `x @ W.T`: Inductor's
+- `decoder_in_out`: in a decoder's CPU formats (but for `one_row_reduction`'s) every nn.Linear
+  is stored (in, out), and an embedding tied to one (the vocabulary head) gathers its rows from
+  that same table, so the weights are held once. (A tied `nn.Linear` head otherwise compiles to `x @ W.T`: Inductor's
   freezing even materialises the transposed view as a second 154 MB constant beside GPT-2's
   embedding.) GPT-2's layers are Conv1D, (in, out) already; BART's decoder layers gained
   0.3 ms per one-row step from it (13.6 -> 13.3 ms, AOTI). Where Inductor prepacks, it packs
   these weights for oneDNN like any other.
 - `prepack_linears`: Inductor's oneDNN weight prepacking (`cpp.weight_prepack`), kept except
-  for a decoder whose decode step at the engine's opt dims is one row, on an Intel CPU.
-  MKL takes a slow path on AMD EPYC, where the prepacked kernels won by a lot (MiniLM
-  26 -> 16 ms), so AMD keeps them everywhere.
+  for a decoder whose decode step at the engine's opt dims is one row (MKL on an Intel CPU,
+  `one_row_reduction` elsewhere). MKL takes a slow path on AMD EPYC, where the prepacked
+  kernels won by a lot (MiniLM 26 -> 16 ms), so AMD keeps them for encoders and beam decoders.
 - `pack_rows`: where Inductor prepacks a decoder's weights, oneDNN lays them out for the rows of a
   step at the engine's opt dims, not for the export example's (aoti.packed_for_rows).
 - `one_row_reduction`: on a CPU other than Intel's, an AOTInductor decoder whose step at the
