@@ -80,11 +80,12 @@ def test_build_writes_a_generation_engine(gpt2, bart):
             # table (kiln.exporters.layout); AOTI says which linear kernels it was compiled for, and why
             for a in sub.artifacts:
                 layout = a.extra.get("weight_layout", {}).get("in_out", [])
-                reduced = a.extra.get("linear_kernels", {}).get("one_row_reduction", False)
-                if reduced:  # AOTI's one-row decoder off Intel: every linear as OneRowLinear, weights (out, in)
-                    from kiln.exporters.layout import one_row_reduction
+                from kiln.exporters.layout import one_row_reduction
 
-                    assert a.format == "aoti" and sub.graph == "decoder" and one_row_reduction(sub.dims), a
+                reduced = a.extra.get("linear_kernels", {}).get("one_row_reduction", False)
+                fp32_aoti_decoder = a.format == "aoti" and a.precision == "fp32" and sub.graph == "decoder"
+                assert reduced == (fp32_aoti_decoder and one_row_reduction(sub.dims)), a  # where the rule says
+                if reduced:  # AOTI's one-row decoder off Intel: every linear as OneRowLinear, weights (out, in)
                     names = a.extra["weight_layout"]["one_row_reduction"]
                     assert any(n.endswith("lm_head") for n in names) and not layout, a
                 elif a.format in ("torchscript", "aoti") and sub.graph == "decoder":

@@ -18,9 +18,9 @@ prepacked kernel is. Four choices follow, all made at build time:
 
 - `decoder_in_out`: in a decoder's CPU formats (but for `one_row_reduction`'s) every nn.Linear
   is stored (in, out), and an embedding tied to one (the vocabulary head) gathers its rows from
-  that same table, so the weights are held once. (A tied `nn.Linear` head otherwise compiles to `x @ W.T`: Inductor's
-  freezing even materialises the transposed view as a second 154 MB constant beside GPT-2's
-  embedding.) GPT-2's layers are Conv1D, (in, out) already; BART's decoder layers gained
+  that same table, so the weights are held once. (A tied `nn.Linear` head otherwise compiles to
+  `x @ W.T`: Inductor's freezing even materialises the transposed view as a second 154 MB
+  constant beside GPT-2's embedding.) GPT-2's layers are Conv1D, (in, out) already; BART's decoder layers gained
   0.3 ms per one-row step from it (13.6 -> 13.3 ms, AOTI). Where Inductor prepacks, it packs
   these weights for oneDNN like any other.
 - `prepack_linears`: Inductor's oneDNN weight prepacking (`cpp.weight_prepack`), kept except
