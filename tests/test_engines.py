@@ -14,7 +14,7 @@ import pytest
 from conftest import make_checkpoint
 
 from kiln import registry, samples
-from kiln.errors import ArtifactError, CheckpointError, InputValueError, ManifestError
+from kiln.errors import ArtifactError, CheckpointError, InputValueError, InvalidArgumentError, ManifestError
 from kiln.exporters import build
 from kiln.manifest import read_manifest
 from kiln.parity import run_parity
@@ -87,6 +87,48 @@ def test_checkpoint_that_does_not_fit_is_refused(tmp_path, minilm_dir):
                                               r".*\[384, 380\].*\[384, 384\]"):
         build(load_recipe("minilm-feature-extraction"), checkpoint=bad, output=tmp_path / "e")
     assert not (tmp_path / "e").exists()
+
+
+def test_an_encoder_keeps_the_linear_kernels_timed_faster(tmp_path, monkeypatch):
+    """kiln build times an encoder's AOTI package on oneDNN's prepacked linears against the same
+    graph on MKL's GEMM, through the C++ runtime, and keeps the faster: here MKL, by a stand-in
+    for this CPU's verdict (the real times are taken and checked too), so the package moved into
+    place is the MKL one and still computes the model."""
+    from kiln import bench
+    from kiln.roofline import artifact_kernels
+
+    real, timed = bench.time_engines, []
+
+    def mkl_wins(engines, manifest, threads=0, budget_s=1.0, iters=10):
+        ms, shape = real(engines, manifest, threads, budget_s=0.1, iters=5)
+        timed.append(ms)
+        return {"onednn_prepacked": ms["onednn_prepacked"], "mkl": 0.5 * ms["onednn_prepacked"]}, shape
+
+    monkeypatch.setattr(bench, "time_engines", mkl_wins)
+    d = registry.get("bert", "feature-extraction")
+    ckpt, _ = make_checkpoint(d, tmp_path / "ckpt")
+    recipe = Recipe.for_checkpoint(ckpt, d.task)
+    engine = build(recipe, output=tmp_path / "e", formats=["aoti"], linear_kernels="measure").path
+    assert len(timed) == 1 and set(timed[0]) == {"onednn_prepacked", "mkl"} and min(timed[0].values()) > 0
+    m = read_manifest(engine)
+    k = m.artifact("aoti").extra["linear_kernels"]
+    assert k["prepacked"] is False and k["measured_ms"]["mkl"] < k["measured_ms"]["onednn_prepacked"]
+    assert k["shape"] == {n: r.opt for n, r in m.dims.items()} and "MKL" in k["why"]
+    kernels = artifact_kernels(engine / "model.pt2")
+    assert "addmm_out" in kernels and "_linear_pointwise" not in kernels, kernels
+    assert not (engine / ".mkl-candidate").exists()  # the loser is not left in the engine
+    assert run_parity(engine, backends=["kiln-aoti"]).passed
+
+
+def test_small_encoders_keep_onednn_untimed(tiny_engines):
+    """Below TIMED_GFLOP at the opt dims (`--linear-kernels auto`) the build compiles once and says why."""
+    k = read_manifest(tiny_engines["text-classification"][0]).artifact("aoti").extra["linear_kernels"]
+    assert k["prepacked"] is True and "measured_ms" not in k and "not timed against MKL" in k["why"], k
+
+
+def test_linear_kernels_option_is_checked(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="linear_kernels 'fastest': expected one of auto, measure, fixed"):
+        build(load_recipe("minilm-feature-extraction"), output=tmp_path / "e", linear_kernels="fastest")
 
 
 # --- parity -------------------------------------------------------------------------------

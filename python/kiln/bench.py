@@ -252,29 +252,41 @@ def choose_backend(engine_dir: str | Path, threads: int = 0, budget_s: float = 1
     the manifest's backend_choice, which "auto" follows on a CPU of the same model. None when
     fewer than two CPU backends can run it here."""
     from .backends import cpp_backends
-    from .runtime import Engine
 
     manifest = read_graph_manifest(engine_dir)
     usable, _ = cpp_backends()
     names = [b for b in CHOICE_BACKENDS if b in usable and manifest.artifact(b)]
     if len(names) < 2:
         return None
-    batch = manifest.dims["batch"].opt if "batch" in manifest.dims else 1
-    feed = _feed(manifest, batch, None)
-    fns = {b: Engine(engine_dir, backend=b, num_threads=threads).run for b in names}
-    times = _measure_interleaved(fns, feed, warmup=1, iters=10, budget_s=budget_s * len(names))
-    ms = {b: round(float(np.median(v)) * 1e3, 3) for b, v in times.items()}
+    ms, shape = time_engines({b: (Path(engine_dir), b) for b in names}, manifest, threads, budget_s)
     return {
         "backend": min(ms, key=lambda b: ms[b]),
         "cpu": roofline.cpu_info()["cpu"],
         "measured_ms": ms,
-        "shape": {
-            name: int(np.shape(feed[s.name])[i])
-            for s in manifest.inputs
-            for i, name in enumerate(s.shape)
-            if isinstance(name, str) and s.name in feed
-        },
+        "shape": shape,
     }
+
+
+def time_engines(
+    engines: dict[str, tuple[Path, str]], manifest: Manifest, threads: int = 0, budget_s: float = 1.0, iters: int = 10
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Median ms of each (engine dir, backend) through the C++ runtime on the same inputs, at
+    `manifest`'s opt dims (a generation decoder's opt is a decode step, new = 1), taking turns;
+    and the shape timed (dim -> size)."""
+    from .runtime import Engine
+
+    batch = manifest.dims["batch"].opt if "batch" in manifest.dims else 1
+    feed = _feed(manifest, batch, None)
+    fns = {name: Engine(path, backend=b, num_threads=threads).run for name, (path, b) in engines.items()}
+    times = _measure_interleaved(fns, feed, warmup=1, iters=iters, budget_s=budget_s * len(fns))
+    ms = {name: round(float(np.median(v)) * 1e3, 3) for name, v in times.items()}
+    shape = {
+        name: int(np.shape(feed[s.name])[i])
+        for s in manifest.inputs
+        for i, name in enumerate(s.shape)
+        if isinstance(name, str) and s.name in feed
+    }
+    return ms, shape
 
 
 def _footprints(

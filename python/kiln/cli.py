@@ -114,6 +114,7 @@ def cmd_build(args) -> int:
             formats=formats,
             precisions=precisions,
             version_compatible=args.version_compatible,
+            linear_kernels=args.linear_kernels,
             progress=progress,
         )
     from .manifest import graph_manifests
@@ -421,6 +422,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--version-compatible",
         action="store_true",
         help="build version-compatible TensorRT plans (runnable by the lean runtime)",
+    )
+    s.add_argument(
+        "--linear-kernels",
+        choices=["auto", "measure", "fixed"],
+        default="auto",
+        help="an encoder's AOTI linears: auto (default) compiles a model of 0.2 GFLOP or more at its "
+        "opt dims on oneDNN's prepacked kernels and on MKL's GEMM, times both on this CPU and keeps the "
+        "faster; measure: the same at any size; fixed: oneDNN prepacked, untimed (a faster build)",
     )
     s.set_defaults(fn=cmd_build)
 

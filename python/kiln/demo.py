@@ -62,7 +62,9 @@ def _build_if_needed(name: str, engines_dir: Path, console) -> Path:
         pass
     with console.status(f"building {name}") as status:
         t = time.perf_counter()
-        build(recipe, output=out, progress=lambda msg: status.update(f"{name}: {msg}"))
+        # fixed: one AOTI compile per graph (kiln build's default compiles an encoder twice and
+        # keeps the faster linears: minutes more over the demo's 14 engines, for a few per cent)
+        build(recipe, output=out, linear_kernels="fixed", progress=lambda msg: status.update(f"{name}: {msg}"))
     console.print(f"[green]built[/] {out} in {time.perf_counter() - t:.0f} s")
     return out
 

@@ -8,6 +8,7 @@ so a failed build never leaves a directory that looks valid.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 import shutil
@@ -35,7 +36,16 @@ from ..manifest import (
 )
 from ..paths import resolve_checkpoint
 from ..recipe import FORMATS, Recipe
-from .layout import decoder_in_out, one_row_linears, one_row_reduction, pack_rows, prepack_linears
+from .layout import (
+    LINEAR_KERNELS,
+    TIMED_GFLOP,
+    decode_rows,
+    decoder_in_out,
+    one_row_linears,
+    one_row_reduction,
+    pack_rows,
+    prepack_linears,
+)
 
 ENGINES_DIR = Path("engines")
 PROCESSING_FILES = (
@@ -162,6 +172,100 @@ def clamp_dims(d: Deployable, dims: dict[str, DimRange], config: Any) -> tuple[d
     return out, clamped
 
 
+def opt_sizes(dims: dict[str, DimRange]) -> dict[str, int]:
+    """Every dim at its opt (what an engine is built to run fastest); a derived dim the sum."""
+    sizes = {name: r.opt for name, r in dims.items() if not r.sum}
+    for name, r in dims.items():
+        if r.sum:
+            sizes[name] = sum(sizes[t] for t in r.sum)
+    return sizes
+
+
+MKL_CANDIDATE = ".mkl-candidate"  # an encoder's AOTI package on MKL's GEMM, until it is timed
+
+
+def _mkl_candidate(
+    graph: Graph,
+    module: torch.nn.Module,
+    config: Any,
+    dims: dict[str, DimRange],
+    export: tuple[tuple[torch.Tensor, ...], tuple],
+    package: Path,
+    mode: str,
+    kernels: dict[str, Any],
+    progress: Progress,
+) -> dict[str, Any]:
+    """An encoder's AOTI package is compiled on oneDNN's prepacked linears at `package`; here the
+    same graph on MKL's GEMM goes to MKL_CANDIDATE beside it, for _keep_faster_linears to time
+    both (`mode`: kiln build --linear-kernels; layout.prepack_linears' doc). Returns the manifest's
+    linear_kernels record, which says why where nothing is timed."""
+    from ..roofline import Work
+    from .aoti import export_aoti
+
+    if mode == "fixed":
+        return {**kernels, "why": f"{kernels['why']}; not timed against MKL (--linear-kernels fixed)"}
+    if mode == "auto":
+        example = graph.make_example(config, opt_sizes(dims))
+        feed = tuple(torch.from_numpy(example[s.name]) for s in graph.input_specs(config))
+        gflop = Work.of(lambda: module(*feed)).flops / 1e9
+        if gflop < TIMED_GFLOP:
+            why = f"not timed against MKL: {gflop:.3g} GFLOP at the opt dims, under {TIMED_GFLOP}"
+            return {**kernels, "why": f"{kernels['why']}; {why}"}
+    label = f"{graph.name} " if graph.name != "model" else ""
+    progress(f"  {label}aoti: compiling it on MKL's GEMM too, to time both on this CPU")
+    args, shapes = export
+    (package.parent / MKL_CANDIDATE).mkdir(exist_ok=True)
+    export_aoti(module, args, package.parent / MKL_CANDIDATE / package.name, shapes, prepack=False)
+    return kernels
+
+
+def _keep_faster_linears(manifest: Manifest, out: Path, progress: Progress) -> None:
+    """Time the encoder's AOTI package (oneDNN prepacked) against its MKL_CANDIDATE through kiln's
+    C++ runtime, at the opt dims, taking turns; keep the faster (MKL only where it is 3 % faster or
+    more) and record both times. Timed through the runtime users run: torch's own loader ran the
+    prepacked MiniLM package 26-51 % slower than kiln's runtime does (AMD EPYC, Zen 3), and would
+    choose MKL where the runtime finds them equal."""
+    from ..backends import cpp_backends
+    from ..bench import time_engines
+    from ..roofline import cpu_model_name
+
+    candidate = out / MKL_CANDIDATE
+    art = manifest.artifact("aoti", "fp32")
+    if not candidate.is_dir() or art is None:
+        return
+    try:
+        kernels = dict(art.extra["linear_kernels"])
+        if "aoti" not in cpp_backends()[0]:
+            kernels["why"] += "; not timed against MKL: kiln's C++ runtime cannot run aoti here"
+        else:
+            label = f"{manifest.graph} " if manifest.graph != "model" else ""
+            progress(f"timing {label}aoti's linears on this CPU: oneDNN prepacked against MKL's GEMM")
+            mkl = copy.copy(manifest)
+            mkl.artifacts = [Artifact.of(candidate, "aoti", art.file, device="cpu", versions=art.versions)]
+            mkl.backend_choice = None
+            mkl.write(candidate)
+            pair = {"onednn_prepacked": (out, "aoti"), "mkl": (candidate, "aoti")}
+            ms, shape = time_engines(pair, manifest, budget_s=2.0, iters=20)
+            prepacked = not ms["mkl"] < 0.97 * ms["onednn_prepacked"]
+            if not prepacked:
+                (candidate / art.file).replace(out / art.file)
+            cpu = cpu_model_name()
+            times = f"oneDNN prepacked {ms['onednn_prepacked']:.2f} ms, MKL {ms['mkl']:.2f} ms"
+            at = " x ".join(f"{n} {v}" for n, v in shape.items())
+            kept = "oneDNN prepacked" if prepacked else "MKL's GEMM"
+            progress(f"  {label}aoti linears -> {kept} ({times} at {at}, {cpu})")
+            why = f"{kept}: the faster on {cpu} at the opt dims, through kiln's runtime ({times}; MKL if 3 % faster)"
+            kernels = {"prepacked": prepacked, "why": why, "measured_ms": ms, "cpu": cpu, "shape": shape}
+        extra = {**art.extra, "linear_kernels": kernels}
+        kept_art = Artifact.of(
+            out, "aoti", art.file, precision=art.precision, device=art.device, versions=art.versions, **extra
+        )
+        manifest.artifacts[manifest.artifacts.index(art)] = kept_art
+        manifest.write(out)
+    finally:
+        shutil.rmtree(candidate, ignore_errors=True)
+
+
 def _export_graph(
     graph: Graph,
     module: torch.nn.Module,
@@ -173,6 +277,7 @@ def _export_graph(
     version_compatible: bool,
     previous: Path | None,
     progress: Progress,
+    linear_kernels: str = "auto",
 ) -> tuple[list[Artifact], dict[str, str], dict[str, float]]:
     """Every requested format of one graph into `out`: (artifacts, skipped, seconds)."""
     example = graph.make_example(config, example_sizes(dims))
@@ -220,12 +325,18 @@ def _export_graph(
             linears = one_row_linears(module) if reduce else decoder_in_out(module, graph_dims)
             with linears as (cpu_module, layout):
                 export_aoti(cpu_module, args, out / file, shapes, prepack=prepack, pack_rows=rows)
-            kernels: dict[str, Any] = {"linear_kernels": {"prepacked": prepack, "why": reason}}
-            if rows is not None:
-                kernels["linear_kernels"]["packed_for_rows"] = rows
-            if reduce:
-                kernels["linear_kernels"]["one_row_reduction"] = True
-            artifacts.append(Artifact.of(out, fmt, file, device="cpu", versions=versions, **layout, **kernels))
+                kernels: dict[str, Any] = {"prepacked": prepack, "why": reason}
+                if rows is not None:
+                    kernels["packed_for_rows"] = rows
+                if reduce:
+                    kernels["one_row_reduction"] = True
+                if prepack and decode_rows(graph_dims) is None:  # an encoder: MKL or oneDNN, by its time here
+                    kernels = _mkl_candidate(
+                        graph, cpu_module, config, dims, (args, shapes), out / file, linear_kernels, kernels, progress
+                    )
+            artifacts.append(
+                Artifact.of(out, fmt, file, device="cpu", versions=versions, **layout, linear_kernels=kernels)
+            )
         elif fmt == "tensorrt":
             from .tensorrt import build_tensorrt
 
@@ -493,13 +604,18 @@ def build(
     formats: list[str] | None = None,
     precisions: list[str] | None = None,
     version_compatible: bool = False,
+    linear_kernels: str = "auto",
     progress: Progress = lambda msg: None,
 ) -> BuildResult:
-    """Export the recipe's deployable to every format into engines/<name>/ (or `output`)."""
+    """Export the recipe's deployable to every format into engines/<name>/ (or `output`).
+    `linear_kernels`: how an encoder's AOTI linears are chosen (layout.LINEAR_KERNELS)."""
     from ..checkpoint import checkpoint_hash
 
     formats = list(formats or recipe.formats)
     precisions = list(precisions or ["fp32"])
+    if linear_kernels not in LINEAR_KERNELS:
+        choices = ", ".join(LINEAR_KERNELS)
+        raise InvalidArgumentError(f"linear_kernels {linear_kernels!r}: expected one of {choices} (--linear-kernels)")
     _check_precisions(formats, precisions)
     if "tensorrt" in formats and "onnx" not in formats:
         formats.append("onnx")  # TensorRT engines are built from the ONNX graph
@@ -560,6 +676,7 @@ def build(
                 version_compatible,
                 previous,
                 progress,
+                linear_kernels,
             )
             skipped.update(why)
             seconds.update({f"{g.name}:{fmt}" if generation else fmt: s for fmt, s in secs.items()})
@@ -588,6 +705,7 @@ def build(
                 )
                 seconds[f"{g.name}:int8" if generation else "int8"] = time.perf_counter() - t
                 manifest.write(out)
+            _keep_faster_linears(manifest, out, progress)
             _record_backend_choice(manifest, out, progress)
         if d.generation is not None:
             gen = d.generation

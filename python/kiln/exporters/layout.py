@@ -25,8 +25,15 @@ prepacked kernel is. Four choices follow, all made at build time:
   these weights for oneDNN like any other.
 - `prepack_linears`: Inductor's oneDNN weight prepacking (`cpp.weight_prepack`), kept except
   for a decoder whose decode step at the engine's opt dims is one row (MKL on an Intel CPU,
-  `one_row_reduction` elsewhere). MKL takes a slow path on AMD EPYC, where the prepacked
-  kernels won by a lot (MiniLM 26 -> 16 ms), so AMD keeps them for encoders and beam decoders.
+  `one_row_reduction` elsewhere). Beam decoders keep it. An encoder (a graph without a cache)
+  is compiled both ways and each is timed through kiln's C++ runtime on the build machine at the
+  opt dims; the faster is kept (`kiln build --linear-kernels`, LINEAR_KERNELS). No rule by vendor
+  holds for encoders. On the AMD EPYC (Zen 3) of issue 15, through kiln's runtime, MiniLM ran
+  alike both ways at 1 x 128 (26-31 ms fastest, six rounds) and 2-13 % faster on MKL at 8 x 128
+  (187-221 against 203-242 ms fastest; the medians split); an earlier Zen 4 EPYC measured the
+  prepacked kernels faster. Timed
+  through torch's own loader instead, the prepacked package ran 26-51 % slower than kiln's
+  runtime runs it (the MKL one alike), so that loader would choose MKL where the runtime finds a tie.
 - `pack_rows`: where Inductor prepacks a decoder's weights, oneDNN lays them out for the rows of a
   step at the engine's opt dims, not for the export example's (aoti.packed_for_rows).
 - `one_row_reduction`: on a CPU other than Intel's, an AOTInductor decoder whose step at the
@@ -138,6 +145,15 @@ def _vendor(vendor: str | None) -> str:
 
         vendor = str(cpu_info().get("vendor", ""))
     return vendor
+
+
+# kiln build --linear-kernels: how an encoder's AOTI linears are chosen. auto: timed (oneDNN
+# prepacked against MKL, both compiled) where the graph does at least TIMED_GFLOP at its opt dims
+# (MiniLM at 1 x 128 does 2.7); below that the second compile is not worth it and the times are
+# noise, so it keeps oneDNN prepacked. measure: timed at any size. fixed: never timed (one compile:
+# a build of MiniLM takes 45 s less on the AMD EPYC).
+LINEAR_KERNELS = ("auto", "measure", "fixed")
+TIMED_GFLOP = 0.2
 
 
 def one_row_reduction(dims: dict[str, Any], vendor: str | None = None) -> bool:
