@@ -166,6 +166,8 @@ def test_inspect_shows_the_manifest(capsys, tiny_engines):
     assert code == 0
     for text in ("question-answering", "input_ids", "start_logits", "model.pt2", "sequence 2..128"):
         assert text in out
+    # how the AOTI linears were chosen at build (a tiny model: oneDNN, untimed, and why)
+    assert "aoti fp32 linears: oneDNN prepacked" in out and "not timed against MKL" in out, out
 
 
 def test_build_errors(capsys, tmp_path):

@@ -284,6 +284,7 @@ def cmd_check_trt(args) -> int:
 
 
 def _inspect_graph(m, console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     dims = ", ".join(
@@ -312,12 +313,14 @@ def _inspect_graph(m, console) -> None:
         )
     console.print(table)
     if m.backend_choice:
-        from rich.markup import escape
-
         c = m.backend_choice
         times = ", ".join(f"{b} {ms:.2f} ms" for b, ms in c.get("measured_ms", {}).items())
         cpu = escape(str(c.get("cpu")))
         console.print(f"auto runs {c.get('backend')} on {cpu} (measured at build: {times})")
+    for a in m.artifacts:
+        kernels = a.extra.get("linear_kernels")
+        if isinstance(kernels, dict) and "why" in kernels:
+            console.print(f"{a.format} {a.precision} linears: {escape(str(kernels['why']))}")
     if m.labels:
         console.print(f"labels: {', '.join(m.labels)}")
 
