@@ -120,10 +120,16 @@ def test_an_encoder_keeps_the_linear_kernels_timed_faster(tmp_path, monkeypatch)
     assert run_parity(engine, backends=["kiln-aoti"]).passed
 
 
-def test_small_encoders_keep_onednn_untimed(tiny_engines):
-    """Below TIMED_GFLOP at the opt dims (`--linear-kernels auto`) the build compiles once and says why."""
-    k = read_manifest(tiny_engines["text-classification"][0]).artifact("aoti").extra["linear_kernels"]
-    assert k["prepacked"] is True and "measured_ms" not in k and "not timed against MKL" in k["why"], k
+def test_small_encoders_keep_onednn_untimed(tiny_engines, deployable_engine):
+    """Under TIMED_WEIGHT_MB of weights, or TIMED_GFLOP at the opt dims (`--linear-kernels auto`),
+    the build compiles once and says why: a tiny BERT by its weights; a tiny GLPN (0.3 MB at a
+    full image size) by its weights too, though it does 2.4 GFLOP."""
+    from conftest import engine_of
+
+    for engine in (tiny_engines["text-classification"][0], engine_of(deployable_engine, "glpn", "depth-estimation")[0]):
+        k = read_manifest(engine).artifact("aoti").extra["linear_kernels"]
+        assert k["prepacked"] is True and "measured_ms" not in k, k
+        assert "not timed against MKL" in k["why"] and "MB of weights, under 8" in k["why"], k
 
 
 def test_linear_kernels_option_is_checked(tmp_path):

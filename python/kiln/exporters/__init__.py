@@ -39,6 +39,7 @@ from ..recipe import FORMATS, Recipe
 from .layout import (
     LINEAR_KERNELS,
     TIMED_GFLOP,
+    TIMED_WEIGHT_MB,
     decode_rows,
     decoder_in_out,
     one_row_linears,
@@ -199,17 +200,13 @@ def _mkl_candidate(
     same graph on MKL's GEMM goes to MKL_CANDIDATE beside it, for _keep_faster_linears to time
     both (`mode`: kiln build --linear-kernels; layout.prepack_linears' doc). Returns the manifest's
     linear_kernels record, which says why where nothing is timed."""
-    from ..roofline import Work
     from .aoti import export_aoti
 
     if mode == "fixed":
         return {**kernels, "why": f"{kernels['why']}; not timed against MKL (--linear-kernels fixed)"}
     if mode == "auto":
-        example = graph.make_example(config, opt_sizes(dims))
-        feed = tuple(torch.from_numpy(example[s.name]) for s in graph.input_specs(config))
-        gflop = Work.of(lambda: module(*feed)).flops / 1e9
-        if gflop < TIMED_GFLOP:
-            why = f"not timed against MKL: {gflop:.3g} GFLOP at the opt dims, under {TIMED_GFLOP}"
+        why = _too_small_to_time(graph, module, config, dims)
+        if why:
             return {**kernels, "why": f"{kernels['why']}; {why}"}
     label = f"{graph.name} " if graph.name != "model" else ""
     progress(f"  {label}aoti: compiling it on MKL's GEMM too, to time both on this CPU")
@@ -217,6 +214,33 @@ def _mkl_candidate(
     (package.parent / MKL_CANDIDATE).mkdir(exist_ok=True)
     export_aoti(module, args, package.parent / MKL_CANDIDATE / package.name, shapes, prepack=False)
     return kernels
+
+
+def _too_small_to_time(graph: Graph, module: torch.nn.Module, config: Any, dims: dict[str, DimRange]) -> str | None:
+    """Why `--linear-kernels auto` leaves this graph untimed (layout.TIMED_WEIGHT_MB, TIMED_GFLOP),
+    or None."""
+    from ..roofline import Work
+
+    weight_mb = sum(t.numel() * t.element_size() for t in module.parameters()) / 1e6
+    if weight_mb < TIMED_WEIGHT_MB:
+        return f"not timed against MKL: {weight_mb:.3g} MB of weights, under {TIMED_WEIGHT_MB}"
+    example = graph.make_example(config, opt_sizes(dims))
+    feed = tuple(torch.from_numpy(example[s.name]) for s in graph.input_specs(config))
+    # FlopCounterMode's module tracker hooks every module input that requires grad (DETR's query
+    # embeddings), which fails without autograd: count over the weights frozen
+    trainable = [t for t in module.parameters() if t.requires_grad]
+    try:
+        for t in trainable:
+            t.requires_grad_(False)
+        gflop = Work.of(lambda: module(*feed)).flops / 1e9
+    except Exception as e:  # the count only decides whether to time: the build goes on without it
+        return f"not timed against MKL: its FLOPs could not be counted ({type(e).__name__}: {e})"
+    finally:
+        for t in trainable:
+            t.requires_grad_(True)
+    if gflop < TIMED_GFLOP:
+        return f"not timed against MKL: {gflop:.3g} GFLOP at the opt dims, under {TIMED_GFLOP}"
+    return None
 
 
 def _keep_faster_linears(manifest: Manifest, out: Path, progress: Progress) -> None:
