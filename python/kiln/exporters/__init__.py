@@ -173,15 +173,6 @@ def clamp_dims(d: Deployable, dims: dict[str, DimRange], config: Any) -> tuple[d
     return out, clamped
 
 
-def opt_sizes(dims: dict[str, DimRange]) -> dict[str, int]:
-    """Every dim at its opt (what an engine is built to run fastest); a derived dim the sum."""
-    sizes = {name: r.opt for name, r in dims.items() if not r.sum}
-    for name, r in dims.items():
-        if r.sum:
-            sizes[name] = sum(sizes[t] for t in r.sum)
-    return sizes
-
-
 MKL_CANDIDATE = ".mkl-candidate"  # an encoder's AOTI package on MKL's GEMM, until it is timed
 
 
@@ -224,7 +215,7 @@ def _too_small_to_time(graph: Graph, module: torch.nn.Module, config: Any, dims:
     weight_mb = sum(t.numel() * t.element_size() for t in module.parameters()) / 1e6
     if weight_mb < TIMED_WEIGHT_MB:
         return f"not timed against MKL: {weight_mb:.3g} MB of weights, under {TIMED_WEIGHT_MB}"
-    example = graph.make_example(config, opt_sizes(dims))
+    example = graph.make_example(config, {name: r.opt for name, r in dims.items()})  # as bench's feeds
     feed = tuple(torch.from_numpy(example[s.name]) for s in graph.input_specs(config))
     # FlopCounterMode's module tracker hooks every module input that requires grad (DETR's query
     # embeddings), which fails without autograd: count over the weights frozen
