@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -250,20 +250,22 @@ def _keep_faster_linears(manifest: Manifest, out: Path, progress: Progress) -> N
         return
     try:
         kernels = dict(art.extra["linear_kernels"])
+        kept_art = art
         if "aoti" not in cpp_backends()[0]:
             kernels["why"] += "; not timed against MKL: kiln's C++ runtime cannot run aoti here"
         else:
             label = f"{manifest.graph} " if manifest.graph != "model" else ""
             progress(f"timing {label}aoti's linears on this CPU: oneDNN prepacked against MKL's GEMM")
+            mkl_art = Artifact.of(candidate, "aoti", art.file, device="cpu", versions=art.versions)
             mkl = copy.copy(manifest)
-            mkl.artifacts = [Artifact.of(candidate, "aoti", art.file, device="cpu", versions=art.versions)]
-            mkl.backend_choice = None
+            mkl.artifacts = [mkl_art]
             mkl.write(candidate)
             pair = {"onednn_prepacked": (out, "aoti"), "mkl": (candidate, "aoti")}
             ms, shape = time_engines(pair, manifest, budget_s=2.0, iters=20)
             prepacked = not ms["mkl"] < 0.97 * ms["onednn_prepacked"]
             if not prepacked:
                 (candidate / art.file).replace(out / art.file)
+                kept_art = mkl_art  # its sha256 and size, taken once
             cpu = cpu_model_name()
             times = f"oneDNN prepacked {ms['onednn_prepacked']:.2f} ms, MKL {ms['mkl']:.2f} ms"
             at = " x ".join(f"{n} {v}" for n, v in shape.items())
@@ -272,10 +274,7 @@ def _keep_faster_linears(manifest: Manifest, out: Path, progress: Progress) -> N
             why = f"{kept}: the faster on {cpu} at the opt dims, through kiln's runtime ({times}; MKL if 3 % faster)"
             kernels = {"prepacked": prepacked, "why": why, "measured_ms": ms, "cpu": cpu, "shape": shape}
         extra = {**art.extra, "linear_kernels": kernels}
-        kept_art = Artifact.of(
-            out, "aoti", art.file, precision=art.precision, device=art.device, versions=art.versions, **extra
-        )
-        manifest.artifacts[manifest.artifacts.index(art)] = kept_art
+        manifest.artifacts[manifest.artifacts.index(art)] = replace(kept_art, extra=extra)
         manifest.write(out)
     finally:
         shutil.rmtree(candidate, ignore_errors=True)
